@@ -1,0 +1,3 @@
+from imloss_cli.cli import app
+
+app(prog_name="imloss")

@@ -1,0 +1,307 @@
+"""The training loop of Algorithm 1: CE + lambda * IM-Loss, BPTT, K(i) of the ESG once per epoch.
+
+``Trainer(recipe, seed).fit()`` yields one ``EpochRecord`` per epoch: plain data, which the caller
+stores wherever it likes. Everything the loop needs comes from the recipe; nothing is defaulted here.
+Within an epoch nothing is read back to the host: sums stay on the device until the epoch ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from imloss_cli import data as data_mod
+from imloss_cli.checkpoint import load_checkpoint, save_checkpoint
+from imloss_cli.recipe import Recipe, canonical_json
+from imloss_cli.snn.im_loss import im_loss, rate_im_loss
+from imloss_cli.snn.models import SpikingNet, build_model
+from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
+from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
+from imloss_cli.snn.surrogate import esg_k
+
+StepCallback = Callable[[int, int], None]
+
+
+class TrainingError(Exception):
+    """The run cannot go on (bad device request, divergence, unusable checkpoint)."""
+
+
+class DivergedError(TrainingError):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+        super().__init__(f"diverged at epoch {epoch}, step {step}: the loss became NaN or infinite")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch produced: scalar metrics and per-layer statistics on the test set."""
+
+    epoch: int
+    metrics: dict[str, float]
+    layers: list[LayerStats] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    total: Tensor
+    ce: Tensor
+    im: Tensor
+    logits: Tensor
+
+
+def surrogate_k(recipe: Recipe, epoch: int) -> float:
+    """K for epoch ``epoch`` (1-based, as i = 1..I in Algorithm 1), so the last epoch has K_max."""
+    s = recipe.surrogate
+    if s.schedule == "fixed":
+        return s.k_fixed
+    return esg_k(epoch, recipe.train.epochs, s.k_min, s.k_max)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The RNG seed of one epoch: epochs are independent, so a resumed run replays them exactly."""
+    return (seed * 1_000_003 + epoch) % (2**63 - 1)
+
+
+def im_layers(model: torch.nn.Module, choice: str) -> list[LIF]:
+    """The hidden spiking layers IM-Loss averages over ("all", or "blocks": stem and block outputs)."""
+    layers = [m for _, m in spiking_layers(model)]
+    return layers if choice == "all" else [m for m in layers if m.block_output]
+
+
+def loss_step(model: SpikingNet, x: Tensor, y: Tensor, layers: list[LIF], recipe: Recipe) -> StepLoss:
+    """Forward pass and L_total = L_CE + lambda * L_IM (Algorithm 1, lines 3-9).
+
+    ``layers`` must have ``store_v_seq`` set, so the forward pass leaves their potentials behind.
+    """
+    logits = model(x)
+    ce = F.cross_entropy(logits, y)
+    if recipe.loss.im_target == "membrane":
+        im = im_loss([m.v_seq.float().mean() for m in layers], recipe.neuron.v_threshold)
+    else:
+        im = rate_im_loss([m.spike_seq.float().mean() for m in layers], recipe.model.timesteps)
+    if recipe.loss.im_weight == 0:
+        im = im.detach()  # logged for comparison, but the baseline trains on CE alone
+    return StepLoss(ce + recipe.loss.im_weight * im, ce, im, logits)
+
+
+class Trainer:
+    """Builds data, model and optimizer from a recipe and trains it, epoch by epoch.
+
+    Args:
+        recipe: the resolved recipe.
+        seed: the run's seed (model init, data order and augmentation derive from it).
+        checkpoint_dir: where ``last.pt`` / ``best.pt`` go; None: no checkpoints.
+        on_step: called as ``on_step(step, steps)`` after each training step (progress bars).
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        seed: int,
+        *,
+        checkpoint_dir: Path | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        self.recipe, self.seed = recipe, seed
+        self.checkpoint_dir = checkpoint_dir if recipe.train.checkpoint else None
+        self.on_step = on_step
+        self.device = resolve_device(recipe.train.device)
+        self.start_epoch = 1
+        self.best_acc = -math.inf
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _setup_data(self) -> None:
+        self.data = data_mod.build_datasets(self.recipe.data)
+
+    def _setup_model(self) -> None:
+        train = self.recipe.train
+        cuda = self.device.type == "cuda"
+        self.compiled = train.compile == "on" or (train.compile == "auto" and cuda)
+        bf16 = train.precision == "bf16" or (train.precision == "auto" and cuda)
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        self.channels_last = cuda
+        torch.manual_seed(self.seed)
+        model = build_model(
+            self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size, compiled=self.compiled
+        )
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model.to(self.device)
+        self.hidden_layers = spiking_layers(self.model)
+        self.im_layers = im_layers(self.model, self.recipe.loss.im_layers)
+
+    def _setup_optimizer(self) -> None:
+        o = self.recipe.optim
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if o.no_decay_norm_bias and p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": o.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        if o.name == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0
+            )
+        elif o.name == "adam":
+            self.optimizer = torch.optim.Adam(groups, lr=o.lr)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=o.lr)
+        if o.scheduler == "cosine":
+            self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=self.recipe.train.epochs
+            )
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint written by this trainer: the next epoch is the one after it."""
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("recipe") != canonical_json(self.recipe) or state.get("seed") != self.seed:
+            raise TrainingError(f"{path} was written for another recipe or seed; it cannot resume this run")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_acc = float(state["best_acc"])
+
+    def _save(self, epoch: int, test_acc: float) -> None:
+        if self.checkpoint_dir is None:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "seed": self.seed,
+            "recipe": canonical_json(self.recipe),
+            "best_acc": max(self.best_acc, test_acc),
+            "torch_rng": torch.get_rng_state(),
+        }
+        save_checkpoint(self.checkpoint_dir / "last.pt", state)
+        if test_acc > self.best_acc:
+            save_checkpoint(self.checkpoint_dir / "best.pt", state)
+        self.best_acc = max(self.best_acc, test_acc)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def steps_per_epoch(self) -> int:
+        steps = math.ceil(len(self.data.train) / self.recipe.data.batch_size)
+        limit = self.recipe.train.max_steps_per_epoch
+        return steps if limit is None else min(steps, limit)
+
+    def fit(self) -> Iterator[EpochRecord]:
+        """Train from ``start_epoch`` to the recipe's last epoch, yielding each epoch's record."""
+        for epoch in range(self.start_epoch, self.recipe.train.epochs + 1):
+            start = time.perf_counter()
+            k = surrogate_k(self.recipe, epoch)
+            set_surrogate_k(self.model, k)
+            lr = self.optimizer.param_groups[0]["lr"]
+            torch.manual_seed(epoch_seed(self.seed, epoch))
+            train_metrics = self._train_epoch(epoch)
+            train_seconds = time.perf_counter() - start
+            test_metrics, layers = self.evaluate()
+            self.scheduler.step()
+            self._save(epoch, test_metrics["test_acc"])
+            metrics = {
+                **train_metrics,
+                **test_metrics,
+                "k": k,
+                "lr": lr,
+                "mean_entropy": sum(s.entropy for s in layers) / len(layers),
+                "mean_firing_rate": sum(s.firing_rate for s in layers) / len(layers),
+                "train_seconds": train_seconds,
+                "epoch_seconds": time.perf_counter() - start,
+            }
+            yield EpochRecord(epoch, metrics, layers)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _store(self, layers: list[LIF]) -> None:
+        for _, m in self.hidden_layers:
+            m.store_v_seq = m in layers
+            m.v_seq = m.spike_seq = None
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        self._store(self.im_layers)
+        loader = data_mod.train_loader(
+            self.data, self.recipe.data, seed=self.seed, epoch=epoch, pin_memory=self.device.type == "cuda"
+        )
+        steps = self.steps_per_epoch()
+        # [loss, ce, im, correct, samples] summed over the epoch, on the device.
+        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                out = loss_step(self.model, x, y, self.im_layers, self.recipe)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.total.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                n = y.shape[0]
+                correct = (out.logits.argmax(1) == y).sum()
+                sums += torch.stack([out.total.double() * n, out.ce.double() * n, out.im.double() * n, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+                bad = ~torch.isfinite(out.total.detach())
+                first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
+            if self.on_step is not None:
+                self.on_step(step + 1, steps)
+        self._store([])
+        loss, ce, im, correct, samples = sums.tolist()
+        bad_step = int(first_bad.item())
+        if bad_step > 0:
+            raise DivergedError(epoch, bad_step)
+        return {"loss": loss / samples, "ce": ce / samples, "im": im / samples, "train_acc": correct / samples}
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], list[LayerStats]]:
+        """Test accuracy and loss, and the statistics of every hidden spiking layer."""
+        self.model.eval()
+        layers = [m for _, m in self.hidden_layers]
+        self._store(layers)
+        stats = LayerStatsAccumulator(self.hidden_layers)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # [loss, correct, samples]
+        for x, y in data_mod.test_loader(self.data, self.recipe.data, pin_memory=self.device.type == "cuda"):
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits = self.model(x)
+            stats.update()
+            n = y.shape[0]
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+        self._store([])
+        loss, correct, samples = sums.tolist()
+        return {"test_loss": loss / samples, "test_acc": correct / samples}, stats.compute()

@@ -1,0 +1,327 @@
+"""Recipes: the pydantic models that describe a run completely.
+
+Every default of the project lives in these fields and nowhere else. A recipe is read from TOML,
+patched with ``--set section.key=value`` overrides, validated as a whole (every problem reported at
+once, each with its field path), and reduced to a canonical JSON form whose hash groups seeds.
+
+This module imports nothing else from imloss_cli, so every layer may read it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ARCHITECTURES = ("convnet3", "resnet19", "resnet20", "vgg16", "resnet34")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+
+# Fields that name, place or schedule a run without changing what it computes: two runs that
+# differ only here are the same configuration (their seeds are pooled in reports).
+NON_SEMANTIC_FIELDS = (
+    "name",
+    "notes",
+    "train.seed",
+    "train.device",
+    "train.compile",
+    "train.output_dir",
+    "train.keep_last",
+    "data.num_workers",
+    "data.eval_batch_size",
+    "data.root",
+    "data.download",
+)
+
+
+class RecipeError(Exception):
+    """A recipe that cannot be used; ``problems`` holds one "field.path: reason" line each."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "; ".join(problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ModelConfig(_Section):
+    arch: Literal[ARCHITECTURES] = Field(  # type: ignore[valid-type]
+        "convnet3", description="network, looked up by name in imloss_cli.snn.models"
+    )
+    timesteps: int = Field(4, ge=1, le=1000, description="T: the input is presented T times")
+    norm: Literal["bn", "tdbn", "none"] = Field(
+        "bn",
+        description="bn: BatchNorm shared over time (folded T*B batch); tdbn: the same with its "
+        "scale initialised to alpha*V_th (Zheng et al.); none: no normalisation",
+    )
+
+
+class NeuronConfig(_Section):
+    decay: float = Field(0.25, gt=0.0, le=1.0, description="membrane leak per time step")
+    v_threshold: float = Field(0.5, gt=0.0, le=100.0, description="firing threshold V_th")
+    reset: Literal["hard", "soft"] = Field(
+        "hard", description="hard: u*(1-o) after a spike; soft: u - V_th*o"
+    )
+    detach_reset: bool = Field(False, description="stop gradients through the reset path")
+
+
+class SurrogateConfig(_Section):
+    schedule: Literal["esg", "fixed"] = Field(
+        "esg", description="esg: K ramps k_min->k_max over the epochs; fixed: K = k_fixed"
+    )
+    k_min: float = Field(1.0, gt=0.0, le=1000.0)
+    k_max: float = Field(10.0, gt=0.0, le=1000.0)
+    # The authors' code uses a tanh surrogate of temperature 3 without any schedule.
+    k_fixed: float = Field(3.0, gt=0.0, le=1000.0, description="K when schedule = 'fixed'")
+
+    @model_validator(mode="after")
+    def _k_range(self) -> SurrogateConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min: {self.k_min} must not exceed k_max ({self.k_max})")
+        return self
+
+
+class LossConfig(_Section):
+    im_weight: float = Field(2.0, ge=0.0, le=1e6, description="lambda in CE + lambda * IM")
+    im_target: Literal["membrane", "rate"] = Field(
+        "membrane",
+        description="membrane: (mean U_l - V_th)^2 (the paper); "
+        "rate: (mean spike rate - 0.5/T)^2 (the authors' simplified code)",
+    )
+    im_layers: Literal["all", "blocks"] = Field(
+        "all", description="all hidden spiking layers, or only the stem and residual-block outputs"
+    )
+
+
+class DataConfig(_Section):
+    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    root: str = Field("data", description="data directory (imagefolder: holds train/ and test/)")
+    download: bool = Field(False, description="let torchvision download CIFAR into root")
+    batch_size: int = Field(64, ge=1, le=65536)
+    eval_batch_size: int = Field(256, ge=1, le=65536)
+    num_workers: int = Field(0, ge=0, le=128)
+    augment: Literal["none", "crop_flip", "resized_crop_flip"] = Field(
+        "none",
+        description="crop_flip: random crop (pad 4) + horizontal flip (CIFAR); "
+        "resized_crop_flip: random resized crop + flip (ImageNet)",
+    )
+    image_size: int = Field(32, ge=4, le=1024, description="input side (imagefolder)")
+    mean: tuple[float, float, float] | None = Field(
+        None, description="normalisation mean; None: the dataset's known statistics"
+    )
+    std: tuple[float, float, float] | None = Field(None, description="normalisation std")
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits: held-out share")
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: tuple[float, float, float] | None) -> Any:
+        if std is not None and min(std) <= 0:
+            raise ValueError("every std must be > 0")
+        return std
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0, le=100.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    nesterov: bool = False
+    no_decay_norm_bias: bool = Field(
+        False, description="exempt BatchNorm weights and all biases from weight decay"
+    )
+    scheduler: Literal["cosine", "none"] = Field("cosine", description="cosine: lr -> 0 at the end")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(6, ge=1, le=100_000)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="None: drawn and recorded")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the LIF time loops; auto: where it pays"
+    )
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke runs)")
+    checkpoint: bool = True
+    keep_last: int = Field(1, ge=1, le=1000)
+    output_dir: str = Field("runs", description="checkpoints go to OUTPUT_DIR/<run id>/")
+
+
+class Recipe(_Section):
+    name: str = Field("digits", min_length=1, max_length=200)
+    notes: str = ""
+    model: ModelConfig = ModelConfig()
+    neuron: NeuronConfig = NeuronConfig()
+    surrogate: SurrogateConfig = SurrogateConfig()
+    loss: LossConfig = LossConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
+        """A validated copy with dotted-path values replaced (``{"loss.im_weight": 0}``)."""
+        data = self.model_dump(mode="json")
+        for path, value in overrides.items():
+            _set_path(data, path, value)
+        return validate_recipe(data)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["loss.im_weight=0", "data.root=/x"]`` into a dict; values are read as TOML.
+
+    A value that is not valid TOML (``data.root=/tmp/x``) is taken as a plain string.
+
+    Raises:
+        RecipeError: an item without '=' or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. loss.im_weight=0")
+            continue
+        out[key] = _parse_value(raw.strip())
+    if problems:
+        raise RecipeError(problems)
+    return out
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a TOML recipe (None: the embedded digits default), apply overrides, validate.
+
+    Raises:
+        RecipeError: unreadable file, TOML syntax error, or any invalid field (all listed).
+    """
+    source = str(path) if path is not None else "<default recipe>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise RecipeError([f"recipe file not found: {p}"]) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RecipeError([f"cannot read recipe {p}: {e}"]) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise RecipeError([f"TOML syntax error: {e}"], source) from None
+    problems = []
+    for key, value in (overrides or {}).items():
+        try:
+            _set_path(data, key, value)
+        except RecipeError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise RecipeError(problems, source)
+    return validate_recipe(data, source)
+
+
+def validate_recipe(data: dict[str, Any], source: str | None = None) -> Recipe:
+    """Validate a recipe dict; every problem is reported with its dotted field path."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError([_describe(err) for err in e.errors()], source) from None
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: i + 1])
+            raise RecipeError([f"{path}: {where} is a value, not a section"])
+        node = child
+    node[leaf] = value
+
+
+def _describe(err: Any) -> str:
+    loc = [str(p) for p in err["loc"]]
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key" + _did_you_mean(loc)
+    elif err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        # Model-level checks name their field as "field: reason"; fold it into the path.
+        field, sep, reason = msg.partition(": ")
+        if sep and field.isidentifier():
+            loc, msg = [*loc, field], reason
+    elif err["type"] == "literal_error":
+        msg = f"{err['input']!r} is not one of: " + msg.removeprefix("Input should be ")
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    return f"{'.'.join(loc) or '<recipe>'}: {msg}"
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(model.model_fields)}"
+
+
+# --- identity ------------------------------------------------------------------------------------
+
+
+def canonical_json(recipe: Recipe) -> str:
+    """The recipe as sorted, compact JSON: equal recipes give equal strings."""
+    return json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(recipe: Recipe) -> str:
+    """Hash of what the run computes: the recipe without seed, names and placement fields."""
+    data = recipe.model_dump(mode="json")
+    for path in NON_SEMANTIC_FIELDS:
+        *parents, leaf = path.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node.pop(leaf)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_fingerprint(recipe: Recipe, seed: int, code_version: str) -> str:
+    """Identity of one trial: configuration + seed + code version."""
+    blob = f"{config_hash(recipe)}|{seed}|{code_version}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_toml(recipe: Recipe) -> str:
+    """The resolved recipe as TOML (fields that are None are left out, as TOML has no null)."""
+    return tomli_w.dumps(_drop_none(recipe.model_dump(mode="json")))
+
+
+def _drop_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_none(v) for k, v in node.items() if v is not None}
+    return node
+

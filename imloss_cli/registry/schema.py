@@ -1,0 +1,176 @@
+"""Database schema of the imloss run registry (SQLAlchemy 2 declarative models).
+
+Conventions:
+    * ids are the first 12 hex characters of a uuid4;
+    * timestamps are timezone-aware UTC ``datetime`` objects in Python and float seconds since
+      the Unix epoch in the database (see :class:`UTCTimestamp`);
+    * recipes, axes, argv and environment are JSON text, encoded and decoded by the store;
+    * metric values are floats; NaN is stored as NULL (SQLite cannot hold NaN) and comes back
+      as NaN in data frames.
+
+The bulk tables ``epoch_metrics`` and ``layer_stats`` are keyed on ``(run_id, epoch, ...)`` and
+are SQLite ``WITHOUT ROWID`` tables: rows of one run and epoch sit next to each other in the
+primary-key b-tree, so "all rows of these runs" and "the last epoch of each run" are index range
+scans rather than table scans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Connection,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SCHEMA_VERSION = 1
+"""Version of the schema defined here; stored in ``meta`` under the key ``schema_version``."""
+
+STATUSES: tuple[str, ...] = ("QUEUED", "RUNNING", "FINISHED", "FAILED", "KILLED")
+KINDS: tuple[str, ...] = ("train", "ablate")
+
+Migration = Callable[[Connection], None]
+"""Upgrades a registry by one schema version, inside the caller's write transaction."""
+
+MIGRATIONS: Mapping[int, Migration] = MappingProxyType({})
+"""``{from_version: step}``: ``step`` upgrades a registry from ``from_version`` to
+``from_version + 1``. Empty while only version 1 exists."""
+
+ID_LENGTH = 12
+
+
+class UTCTimestamp(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetime stored as float seconds since the Unix epoch.
+
+    Floats compare and sort correctly on every backend, whereas SQLite's string dates silently
+    drop the timezone.
+    """
+
+    impl = Float
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> float | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # A naive datetime would be read as local time by .timestamp(): refuse the ambiguity.
+            raise ValueError(f"registry timestamps must be timezone-aware, got {value!r}")
+        return value.timestamp()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return datetime.fromtimestamp(float(value), tz=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of all registry tables."""
+
+
+class Meta(Base):
+    """Key/value facts about the registry itself (values are JSON text), e.g. schema_version."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Group(Base):
+    """An ablation group: one base recipe swept over ``axes``."""
+
+    __tablename__ = "groups"
+    __table_args__ = (Index("ix_groups_created_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCTimestamp())
+    base_recipe: Mapped[str] = mapped_column(Text)
+    axes: Mapped[str] = mapped_column(Text)
+    argv: Mapped[str] = mapped_column(Text)
+
+
+class Run(Base):
+    """One training run (standalone or a member of an ablation group)."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('QUEUED', 'RUNNING', 'FINISHED', 'FAILED', 'KILLED')",
+                        name="ck_runs_status"),
+        CheckConstraint("kind IN ('train', 'ablate')", name="ck_runs_kind"),
+        Index("ix_runs_created_at", "created_at"),
+        Index("ix_runs_status", "status"),
+        Index("ix_runs_group_id", "group_id"),
+        Index("ix_runs_kind_created_at", "kind", "created_at"),
+        Index("ix_runs_config_hash", "config_hash"),
+        Index("ix_runs_fingerprint", "fingerprint"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    group_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("groups.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCTimestamp())
+    started_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+    recipe: Mapped[str] = mapped_column(Text)
+    config_hash: Mapped[str] = mapped_column(String(128))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    seed: Mapped[int] = mapped_column(Integer)
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    git_dirty: Mapped[bool | None] = mapped_column(Boolean)
+    code_version: Mapped[str] = mapped_column(String(128))
+    argv: Mapped[str] = mapped_column(Text)
+    environment: Mapped[str] = mapped_column(Text)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    error_type: Mapped[str | None] = mapped_column(String(255))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    checkpoint_dir: Mapped[str | None] = mapped_column(Text)
+
+
+class EpochMetric(Base):
+    """One scalar metric of one run at the end of one epoch (long format)."""
+
+    __tablename__ = "epoch_metrics"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+
+
+class LayerStat(Base):
+    """One statistic of one spiking layer of one run at the end of one epoch."""
+
+    __tablename__ = "layer_stats"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stat: Mapped[str] = mapped_column(String(64), primary_key=True)
+    layer: Mapped[str] = mapped_column(String(255))
+    value: Mapped[float | None] = mapped_column(Float)

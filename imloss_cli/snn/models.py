@@ -1,0 +1,223 @@
+"""Spiking networks, built from a few blocks and looked up by name (timm's create_model idea).
+
+Every model takes a static image batch [B, C, H, W] and returns logits [B, classes] averaged over
+T time steps (direct encoding). Inside, activations are time-first [T, B, ...]; stateless layers
+(conv, norm, pool, linear) run on the folded batch [T*B, ...] via ``Folded``. Hidden spiking layers
+are ``LIF`` modules; the readout is a plain linear layer, so it is never part of IM-Loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from imloss_cli.recipe import Recipe
+from imloss_cli.snn.neuron import LIF
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What every builder takes: the same keyword arguments for all architectures."""
+
+    num_classes: int
+    in_channels: int
+    timesteps: int
+    image_size: int = 32
+    decay: float = 0.25
+    v_threshold: float = 0.5
+    reset: str = "hard"
+    detach_reset: bool = False
+    norm: str = "bn"
+    compiled: bool = False
+
+    def lif(self, block_output: bool = True) -> LIF:
+        return LIF(self.decay, self.v_threshold, self.reset, self.detach_reset, self.compiled, block_output)
+
+    def conv_norm(self, cin: int, cout: int, kernel: int, stride: int = 1, alpha: float = 1.0) -> nn.Sequential:
+        """conv + normalisation; tdBN initialises the norm's scale to alpha * V_th."""
+        conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=self.norm == "none")
+        if self.norm == "none":
+            return nn.Sequential(conv)
+        bn = nn.BatchNorm2d(cout)
+        if self.norm == "tdbn":
+            nn.init.constant_(bn.weight, alpha * self.v_threshold)
+        return nn.Sequential(conv, bn)
+
+
+class Folded(nn.Sequential):
+    """Stateless layers on the folded batch: [T, B, ...] -> [T*B, ...] -> [T, B, ...]."""
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        T, B = x_seq.shape[:2]
+        return super().forward(x_seq.flatten(0, 1)).unflatten(0, (T, B))
+
+
+class StaticEncoder(nn.Module):
+    """First conv + norm + LIF for an image repeated over T.
+
+    The input is the same at every step, so the conv and norm run once on [B, ...] and the result is
+    broadcast over T: exact for the forward (BatchNorm's batch statistics of T identical copies equal
+    those of one), T times less work.
+    """
+
+    def __init__(self, layers: nn.Module, lif: LIF, timesteps: int) -> None:
+        super().__init__()
+        self.layers, self.lif, self.timesteps = layers, lif, timesteps
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.layers(x)  # [B, C, H, W]
+        return self.lif(y.unsqueeze(0).expand(self.timesteps, *y.shape))  # [T, B, C, H, W]
+
+
+class Readout(nn.Module):
+    """Global average pool (for feature maps), linear layer, mean of the logits over T."""
+
+    def __init__(self, features: int, num_classes: int, pool: bool = True) -> None:
+        super().__init__()
+        self.pool = pool
+        self.fc = nn.Linear(features, num_classes)
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        x = x_seq.flatten(0, 1)  # [T*B, ...]
+        x = x.mean(dim=(2, 3)) if self.pool else x.flatten(1)
+        return self.fc(x).unflatten(0, x_seq.shape[:2]).mean(0)  # [B, classes]
+
+
+class SpikingNet(nn.Module):
+    """encoder -> body -> readout; the common shape of every model here."""
+
+    def __init__(self, encoder: StaticEncoder, body: nn.Module, readout: Readout) -> None:
+        super().__init__()
+        self.encoder, self.body, self.readout = encoder, body, readout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.body(self.encoder(x)))
+
+
+class BasicBlock(nn.Module):
+    """Spiking residual block: LIF(norm(conv(LIF(norm(conv(x))))) + shortcut(x)).
+
+    The inner LIF is not a block output (``im_layers = "blocks"`` leaves it out of IM-Loss).
+    """
+
+    def __init__(self, spec: NetSpec, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        # tdBN scales the two branches that are summed by 1/sqrt(2) (Zheng et al., 2021).
+        alpha = 1.0 / math.sqrt(2.0)
+        self.conv1 = Folded(*spec.conv_norm(cin, cout, 3, stride))
+        self.lif1 = spec.lif(block_output=False)
+        self.conv2 = Folded(*spec.conv_norm(cout, cout, 3, 1, alpha))
+        self.shortcut = (
+            Folded(*spec.conv_norm(cin, cout, 1, stride, alpha)) if stride != 1 or cin != cout else nn.Identity()
+        )
+        self.lif2 = spec.lif(block_output=True)
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        return self.lif2(self.conv2(self.lif1(self.conv1(x_seq))) + self.shortcut(x_seq))
+
+
+def _resnet(spec: NetSpec, blocks: list[int], widths: list[int], imagenet_stem: bool) -> SpikingNet:
+    if imagenet_stem:
+        stem = spec.conv_norm(spec.in_channels, 64, 7, 2)
+        first = 64
+    else:
+        stem = spec.conv_norm(spec.in_channels, widths[0], 3)
+        first = widths[0]
+    encoder = StaticEncoder(stem, spec.lif(), spec.timesteps)
+    layers: list[nn.Module] = [Folded(nn.MaxPool2d(3, 2, 1))] if imagenet_stem else []
+    cin = first
+    for stage, (n, width) in enumerate(zip(blocks, widths)):
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            layers.append(BasicBlock(spec, cin, width, stride))
+            cin = width
+    return SpikingNet(encoder, nn.Sequential(*layers), Readout(cin, spec.num_classes))
+
+
+def resnet19(spec: NetSpec) -> SpikingNet:
+    """ResNet-19 (tdBN/TET CIFAR setting): 3x3 stem of 128, basic blocks [3, 3, 2] at 128/256/512."""
+    return _resnet(spec, [3, 3, 2], [128, 256, 512], imagenet_stem=False)
+
+
+def resnet20(spec: NetSpec) -> SpikingNet:
+    """ResNet-20 as in the authors' code: basic blocks [3, 3, 3] at 128/256/512."""
+    return _resnet(spec, [3, 3, 3], [128, 256, 512], imagenet_stem=False)
+
+
+def resnet34(spec: NetSpec) -> SpikingNet:
+    """ResNet-34 for ImageNet: 7x7 stride-2 stem of 64, max pool, blocks [3, 4, 6, 3] at 64..512."""
+    return _resnet(spec, [3, 4, 6, 3], [64, 128, 256, 512], imagenet_stem=True)
+
+
+VGG16_LAYOUT = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"]
+
+
+def vgg16(spec: NetSpec) -> SpikingNet:
+    """VGG-16 with normalisation and average pooling (CIFAR sizes), one linear readout."""
+    encoder = StaticEncoder(spec.conv_norm(spec.in_channels, 64, 3), spec.lif(), spec.timesteps)
+    layers: list[nn.Module] = []
+    cin = 64
+    for item in VGG16_LAYOUT[1:]:
+        if item == "A":
+            layers.append(Folded(nn.AvgPool2d(2)))
+        else:
+            layers += [Folded(*spec.conv_norm(cin, int(item), 3)), spec.lif()]
+            cin = int(item)
+    return SpikingNet(encoder, nn.Sequential(*layers), Readout(cin, spec.num_classes))
+
+
+def convnet3(spec: NetSpec) -> SpikingNet:
+    """Small net for 8x8 digits: conv32 - conv64/2 - fc128, each followed by LIF, then the readout."""
+    side = (spec.image_size + 1) // 2  # after the stride-2 conv
+    body = nn.Sequential(
+        Folded(*spec.conv_norm(32, 64, 3, 2)),
+        spec.lif(),
+        Folded(nn.Flatten(), nn.Linear(64 * side * side, 128)),
+        spec.lif(),
+    )
+    encoder = StaticEncoder(spec.conv_norm(spec.in_channels, 32, 3), spec.lif(), spec.timesteps)
+    return SpikingNet(encoder, body, Readout(128, spec.num_classes, pool=False))
+
+
+MODELS: dict[str, Callable[[NetSpec], SpikingNet]] = {
+    "convnet3": convnet3,
+    "resnet19": resnet19,
+    "resnet20": resnet20,
+    "vgg16": vgg16,
+    "resnet34": resnet34,
+}
+
+
+def create_model(arch: str, spec: NetSpec) -> SpikingNet:
+    """Build a registered architecture by name.
+
+    Raises:
+        KeyError: unknown name (recipes are validated against the same names beforehand).
+    """
+    if arch not in MODELS:
+        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
+    return MODELS[arch](spec)
+
+
+def build_model(
+    recipe: Recipe, num_classes: int, in_channels: int, image_size: int, compiled: bool = False
+) -> SpikingNet:
+    """The recipe's network for a data set of ``num_classes``, ``in_channels`` and square side ``image_size``."""
+    n = recipe.neuron
+    spec = NetSpec(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        timesteps=recipe.model.timesteps,
+        image_size=image_size,
+        decay=n.decay,
+        v_threshold=n.v_threshold,
+        reset=n.reset,
+        detach_reset=n.detach_reset,
+        norm=recipe.model.norm,
+        compiled=compiled,
+    )
+    return create_model(recipe.model.arch, spec)

@@ -1,0 +1,35 @@
+"""The naive LIF: one autograd node per time step, as in the authors' code.
+
+Slow and memory-hungry on purpose: it is the reference the fused LIF is checked against (tests and
+the benchmark's correctness gate) and the "naive" variant of the benchmark.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from imloss_cli.snn.surrogate import spike
+
+
+def lif_naive(
+    x_seq: Tensor,
+    k: Tensor | float,
+    decay: float,
+    v_threshold: float,
+    reset: str = "hard",
+    detach_reset: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-step Python loop of the LIF dynamics (see neuron.py). Returns (spike_seq, v_seq)."""
+    spikes, potentials = [], []
+    h = x_seq[0]
+    o: Tensor | None = None
+    for t in range(x_seq.shape[0]):
+        if o is not None:
+            r = o.detach() if detach_reset else o
+            kept = h - v_threshold * r if reset == "soft" else h * (1.0 - r)
+            h = decay * kept + x_seq[t]
+        o = spike(h, k, v_threshold)
+        spikes.append(o)
+        potentials.append(h)
+    return torch.stack(spikes), torch.stack(potentials)
