@@ -136,6 +136,11 @@ def test_digits_mean_std_normalise_when_given() -> None:
         build_datasets(DataConfig(mean=(0.1, 0.2, 0.3)))
 
 
+def test_digits_too_small_test_fraction() -> None:
+    with pytest.raises(DataError, match="data.test_fraction = 0.001 cannot split digits"):
+        build_datasets(DataConfig(test_fraction=0.001))
+
+
 @pytest.mark.parametrize("augment", ["crop_flip", "resized_crop_flip"])
 def test_digits_rejects_augmentation(augment: str) -> None:
     with pytest.raises(DataError, match=f"data.augment = '{augment}' is for image datasets; digits takes 'none'"):

@@ -471,7 +471,7 @@ class Registry:
             conn = s.connection()
             for chunk in _chunks(run_ids):
                 stmt = base.where(t.run_id.in_(chunk)).order_by(t.run_id, t.epoch, t.name)
-                rows.extend(conn.execute(stmt))
+                rows.extend(conn.execute(stmt).fetchall())
         return _frame(rows, _METRIC_COLUMNS)
 
     def layer_stats(self, run_ids: Sequence[str], *, epoch: int | None = None,
@@ -514,7 +514,7 @@ class Registry:
         with _db_errors(self._where), Session(self._engine) as s, s.begin():
             conn = s.connection()
             for chunk in _chunks(run_ids):
-                rows.extend(conn.execute(stmt.where(restrict(chunk))))
+                rows.extend(conn.execute(stmt.where(restrict(chunk))).fetchall())
         return _frame(rows, _LAYER_COLUMNS)
 
     def runs_frame(self, run_ids: Sequence[str] | None = None, *, status: str | None = None,

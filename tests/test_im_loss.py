@@ -1,0 +1,119 @@
+"""IM-Loss: hand-computed values, its gradient, and one SGD step pulling membrane means to V_th."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from imloss_cli.snn.im_loss import im_loss, rate_im_loss
+from imloss_cli.snn.neuron import LIF
+
+V_TH = 0.5
+
+
+def test_im_loss_hand_computed() -> None:
+    # ((0.2-0.5)^2 + (0.5-0.5)^2 + (0.9-0.5)^2) / 3 = (0.09 + 0 + 0.16) / 3
+    means = [torch.tensor(0.2, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.9, dtype=torch.float64)]
+    out = im_loss(means, V_TH)
+    assert out.shape == ()
+    assert out.item() == pytest.approx(0.25 / 3, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("means", "v_th", "expected"),
+    [
+        ([0.5], 0.5, 0.0),
+        ([0.0], 0.5, 0.25),
+        ([1.0, 0.0], 1.0, 0.5),  # (0 + 1) / 2
+        ([-0.5, 0.25, 0.5, 2.0], 0.5, (1.0 + 0.0625 + 0.0 + 2.25) / 4),
+    ],
+)
+def test_im_loss_is_mean_squared_distance_to_threshold(means: list[float], v_th: float, expected: float) -> None:
+    out = im_loss([torch.tensor(m, dtype=torch.float64) for m in means], v_th)
+    assert out.item() == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_im_loss_gradient_is_two_times_distance_over_layers() -> None:
+    m = torch.tensor([0.2, 0.5, 0.9, -0.1], dtype=torch.float64, requires_grad=True)
+    im_loss(list(m.unbind()), V_TH).backward()
+    # 2 * (m - V_th) / L with L = 4
+    expected = torch.tensor([2 * -0.3 / 4, 0.0, 2 * 0.4 / 4, 2 * -0.6 / 4], dtype=torch.float64)
+    assert_close(m.grad, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_im_loss_needs_a_layer() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        im_loss([], V_TH)
+
+
+@pytest.mark.parametrize(
+    ("rates", "T", "expected"),
+    [
+        # target 0.5/4 = 0.125: ((0.125-0.125)^2 + (0.375-0.125)^2) / 2 = 0.0625 / 2
+        ([0.125, 0.375], 4, 0.03125),
+        # target 0.5/2 = 0.25: ((0-0.25)^2 + (0.5-0.25)^2 + (0.25-0.25)^2) / 3 = 0.125 / 3
+        ([0.0, 0.5, 0.25], 2, 0.125 / 3),
+        # T = 1: target 0.5
+        ([1.0], 1, 0.25),
+    ],
+)
+def test_rate_im_loss_hand_computed(rates: list[float], T: int, expected: float) -> None:
+    out = rate_im_loss([torch.tensor(r, dtype=torch.float64) for r in rates], T)
+    assert out.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_rate_im_loss_gradient() -> None:
+    r = torch.tensor([0.1, 0.3], dtype=torch.float64, requires_grad=True)
+    rate_im_loss(list(r.unbind()), 5).backward()  # target 0.1
+    assert_close(r.grad, torch.tensor([0.0, 2 * 0.2 / 2], dtype=torch.float64))
+
+
+def test_rate_im_loss_needs_a_layer() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        rate_im_loss([], 4)
+
+
+class TinySNN(nn.Module):
+    """Linear -> LIF -> Linear -> LIF on time-first [T, B, F] inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.lif1 = LIF(0.25, V_TH)
+        self.fc2 = nn.Linear(16, 8)
+        self.lif2 = LIF(0.25, V_TH)
+        for lif in (self.lif1, self.lif2):
+            lif.store_v_seq = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lif2(self.fc2(self.lif1(self.fc1(x))))
+
+
+def _layer_means(model: TinySNN, x: torch.Tensor) -> list[torch.Tensor]:
+    model(x)
+    return [model.lif1.v_seq.mean(), model.lif2.v_seq.mean()]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sgd_step_on_im_loss_moves_every_layer_mean_toward_threshold(seed: int) -> None:
+    torch.manual_seed(seed)
+    model = TinySNN()
+    x = torch.randn(4, 8, 6)  # [T, B, F]
+    before = [m.item() for m in _layer_means(model, x)]
+    assert all(abs(b - V_TH) > 0.05 for b in before)  # the step has something to do
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = im_loss(_layer_means(model, x), V_TH)
+    loss.backward()
+    for p in (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    opt.step()
+
+    with torch.no_grad():
+        after = [m.item() for m in _layer_means(model, x)]
+        new_loss = im_loss([torch.tensor(a) for a in after], V_TH).item()
+    for b, a in zip(before, after):
+        assert abs(a - V_TH) < abs(b - V_TH), (before, after)
+    assert new_loss < loss.item()

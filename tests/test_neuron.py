@@ -1,0 +1,260 @@
+"""Fused multi-step LIF against the per-step reference, hand-computed dynamics, K buffer, compiled kernels."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from imloss_cli.snn.neuron import (
+    EAGER_KERNELS,
+    LIF,
+    MultiStepLIFFunction,
+    compiled_kernels,
+    set_surrogate_k,
+    spiking_layers,
+)
+from imloss_cli.snn.reference import lif_naive
+
+DECAY, V_TH = 0.25, 0.5
+
+
+def _input(T: int, seed: int = 0, shape: tuple[int, ...] = (3, 5), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inputs around the threshold, so that spikes and resets happen at every step."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(T, *shape, generator=g, dtype=dtype) * 1.2).requires_grad_(True)
+
+
+def _fused(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    k_t = torch.tensor(k, dtype=x.dtype)
+    return MultiStepLIFFunction.apply(x, k_t, DECAY, V_TH, reset == "soft", detach_reset, EAGER_KERNELS)
+
+
+CASES = [(T, reset, detach) for T in (1, 2, 4) for reset in ("hard", "soft") for detach in (False, True)]
+
+
+# --- fused == reference ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("T", "reset", "detach_reset"), CASES)
+def test_fused_lif_matches_naive_with_gradients_on_both_outputs(T: int, reset: str, detach_reset: bool) -> None:
+    k = 2.5
+    x_ref = _input(T, seed=T)
+    x = x_ref.detach().clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(100 + T)
+    grad_s = torch.randn(x.shape, generator=g)
+    grad_v = torch.randn(x.shape, generator=g)
+
+    s_ref, v_ref = lif_naive(x_ref, k, DECAY, V_TH, reset, detach_reset)
+    s, v = _fused(x, k, reset, detach_reset)
+    assert torch.equal(s, s_ref)
+    assert_close(v, v_ref, rtol=0, atol=1e-6)
+    if T > 1:  # the input must actually exercise both spiking and non-spiking steps
+        assert 0 < s.sum() < s.numel()
+
+    torch.autograd.backward([s_ref, v_ref], [grad_s, grad_v])
+    torch.autograd.backward([s, v], [grad_s, grad_v])
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("T", "reset", "detach_reset"), CASES)
+def test_fused_lif_matches_naive_with_only_spikes_used(T: int, reset: str, detach_reset: bool) -> None:
+    k = 4.0
+    x_ref = _input(T, seed=10 + T)
+    x = x_ref.detach().clone().requires_grad_(True)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+
+    s_ref, _ = lif_naive(x_ref, k, DECAY, V_TH, reset, detach_reset)
+    (s_ref * w).sum().backward()
+    s, _ = _fused(x, k, reset, detach_reset)
+    (s * w).sum().backward()
+    assert torch.equal(s, s_ref)
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("reset", "detach_reset"), [("hard", False), ("soft", True)])
+def test_fused_lif_matches_naive_with_only_potentials_used(reset: str, detach_reset: bool) -> None:
+    x_ref = _input(4, seed=3)
+    x = x_ref.detach().clone().requires_grad_(True)
+    v_ref = lif_naive(x_ref, 1.0, DECAY, V_TH, reset, detach_reset)[1]
+    v_ref.mean().backward()
+    _fused(x, 1.0, reset, detach_reset)[1].mean().backward()
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("T", "reset", "detach_reset"), CASES)
+def test_lif_module_matches_naive(T: int, reset: str, detach_reset: bool) -> None:
+    lif = LIF(DECAY, V_TH, reset=reset, detach_reset=detach_reset)
+    lif.k.fill_(3.0)
+    lif.store_v_seq = True
+    x_ref = _input(T, seed=20 + T, shape=(2, 3, 4, 4))
+    x = x_ref.detach().clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(200 + T)
+    grad_s = torch.randn(x.shape, generator=g)
+    grad_v = torch.randn(x.shape, generator=g)
+
+    s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, reset, detach_reset)
+    s = lif(x)
+    assert torch.equal(s, s_ref)
+    assert_close(lif.v_seq, v_ref, rtol=0, atol=1e-6)
+    torch.autograd.backward([s_ref, v_ref], [grad_s, grad_v])
+    torch.autograd.backward([s, lif.v_seq], [grad_s, grad_v])
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+# --- hand-computed dynamics --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("x", "reset", "h", "o"),
+    [
+        # h0 = 0.3; h1 = 0.25*0.3 + 0.4 = 0.475; h2 = 0.25*0.475 + 0.9 = 1.01875 (fires)
+        ([0.3, 0.4, 0.9], "hard", [0.3, 0.475, 1.01875], [0, 0, 1]),
+        # no spike before the last step: soft reset gives the same trace
+        ([0.3, 0.4, 0.9], "soft", [0.3, 0.475, 1.01875], [0, 0, 1]),
+        # one more step shows the reset: hard h3 = 0.25*1.01875*(1-1) + 0.2 = 0.2
+        ([0.3, 0.4, 0.9, 0.2], "hard", [0.3, 0.475, 1.01875, 0.2], [0, 0, 1, 0]),
+        # soft h3 = 0.25*(1.01875 - 0.5) + 0.2 = 0.1296875 + 0.2 = 0.3296875
+        ([0.3, 0.4, 0.9, 0.2], "soft", [0.3, 0.475, 1.01875, 0.3296875], [0, 0, 1, 0]),
+        # fires at once: hard h1 = 0 + 0.3; h2 = 0.075 + 0.2 = 0.275; h3 = 0.06875 + 0.5 = 0.56875
+        ([0.6, 0.3, 0.2, 0.5], "hard", [0.6, 0.3, 0.275, 0.56875], [1, 0, 0, 1]),
+        # soft h1 = 0.25*(0.6-0.5) + 0.3 = 0.325; h2 = 0.08125 + 0.2 = 0.28125; h3 = 0.0703125 + 0.5
+        ([0.6, 0.3, 0.2, 0.5], "soft", [0.6, 0.325, 0.28125, 0.5703125], [1, 0, 0, 1]),
+        # exactly at threshold fires: h0 = 0.5
+        ([0.5, 0.5], "hard", [0.5, 0.5], [1, 1]),
+        ([0.5, 0.5], "soft", [0.5, 0.5], [1, 1]),
+    ],
+)
+def test_lif_hand_computed_single_neuron(x: list[float], reset: str, h: list[float], o: list[int]) -> None:
+    x_seq = torch.tensor(x, dtype=torch.float64).view(-1, 1, 1)  # [T, B=1, 1 neuron]
+    for s, v in (
+        _fused(x_seq, 1.0, reset, False),
+        lif_naive(x_seq, 1.0, DECAY, V_TH, reset),
+    ):
+        assert s.flatten().tolist() == [float(b) for b in o]
+        assert_close(v.flatten(), torch.tensor(h, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def _gp(h: float, k: float) -> float:
+    return 0.5 * k * (1.0 - math.tanh(k * (h - V_TH)) ** 2)
+
+
+@pytest.mark.parametrize(("reset", "detach_reset"), [("hard", False), ("hard", True), ("soft", False), ("soft", True)])
+def test_lif_gradient_through_reset_closed_form(reset: str, detach_reset: bool) -> None:
+    """Two steps, x = [0.6, 0.3], L = o1. h0 = 0.6 fires, so o0 = 1.
+
+    dL/dx1 = g'(h1)
+    dL/dx0 = g'(h1) * dh1/dh0, with h1 = decay * r(h0, o0(h0)) + x1:
+        hard: decay * (1 - o0) + decay * (-h0) * g'(h0)    (last term only without detach)
+        soft: decay            + decay * (-V_th) * g'(h0)
+    """
+    k = 2.0
+    h0 = 0.6
+    h1 = (0.25 * (h0 - V_TH) if reset == "soft" else 0.0) + 0.3
+    through = 0.0 if reset == "hard" else DECAY  # o0 = 1 zeroes the hard path
+    via_spike = 0.0 if detach_reset else DECAY * (-(h0 if reset == "hard" else V_TH)) * _gp(h0, k)
+    expected = [_gp(h1, k) * (through + via_spike), _gp(h1, k)]
+
+    for fn in (lambda x: _fused(x, k, reset, detach_reset), lambda x: lif_naive(x, k, DECAY, V_TH, reset, detach_reset)):
+        x = torch.tensor([0.6, 0.3], dtype=torch.float64).view(2, 1, 1).requires_grad_(True)
+        s, _ = fn(x)
+        s[1].sum().backward()
+        assert_close(x.grad.flatten(), torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-15)
+
+
+def test_surrogate_k_buffer_changes_the_gradient_as_closed_form() -> None:
+    """T = 1: dL/dx = g'(x) exactly, so K = 1 and K = 10 give the closed forms of each K."""
+    x0 = torch.tensor([[0.2, 0.45, 0.5, 0.7, 1.2]])
+    grads = {}
+    for k in (1.0, 10.0):
+        lif = LIF(DECAY, V_TH)
+        set_surrogate_k(lif, k)
+        x = x0.clone().unsqueeze(0).requires_grad_(True)
+        lif(x).sum().backward()
+        grads[k] = x.grad.flatten()
+        expected = 0.5 * k * (1 - torch.tanh(k * (x0.flatten() - V_TH)) ** 2)
+        assert_close(grads[k], expected)
+    assert grads[1.0][2].item() == pytest.approx(0.5)
+    assert grads[10.0][2].item() == pytest.approx(5.0)
+    assert not torch.allclose(grads[1.0], grads[10.0])
+
+
+def test_lif_k_defaults_to_one() -> None:
+    lif = LIF(DECAY, V_TH)
+    assert lif.k.item() == 1.0
+    assert "k" not in lif.state_dict()  # non-persistent: set per epoch, not checkpointed
+
+
+# --- module behaviour --------------------------------------------------------------------------
+
+
+def test_lif_does_not_store_potentials_by_default() -> None:
+    lif = LIF(DECAY, V_TH)
+    assert lif.store_v_seq is False
+    lif(_input(2))
+    assert lif.v_seq is None and lif.spike_seq is None
+
+
+def test_lif_store_v_seq_keeps_potentials_and_spikes_in_the_graph() -> None:
+    lif = LIF(DECAY, V_TH, detach_reset=True)  # detached: the reset adds no surrogate term here
+    lif.store_v_seq = True
+    x = torch.tensor([0.3, 0.4, 0.9]).view(3, 1, 1).requires_grad_(True)
+    out = lif(x)
+    assert lif.spike_seq is out
+    assert_close(lif.v_seq.flatten(), torch.tensor([0.3, 0.475, 1.01875]))
+    assert lif.v_seq.requires_grad
+    lif.v_seq.sum().backward()  # attached to the graph: d(sum h)/dx reaches the input
+    # dsum/dx2 = 1; dsum/dx1 = 1 + decay; dsum/dx0 = 1 + decay + decay^2 (no spikes before t=2)
+    assert_close(x.grad.flatten(), torch.tensor([1.3125, 1.25, 1.0]))
+
+
+def test_lif_rejects_unknown_reset() -> None:
+    with pytest.raises(ValueError, match="reset"):
+        LIF(DECAY, V_TH, reset="zero")
+
+
+def test_set_surrogate_k_sets_every_layer() -> None:
+    model = nn.Sequential(LIF(DECAY, V_TH), nn.Sequential(nn.Identity(), LIF(DECAY, V_TH)), LIF(DECAY, V_TH, "soft"))
+    layers = spiking_layers(model)
+    assert [name for name, _ in layers] == ["0", "1.1", "2"]
+    set_surrogate_k(model, 6.5)
+    assert [m.k.item() for _, m in layers] == [6.5, 6.5, 6.5]
+    set_surrogate_k(model, 2.0)
+    assert [m.k.item() for _, m in layers] == [2.0, 2.0, 2.0]
+
+
+# --- compiled kernels --------------------------------------------------------------------------
+
+
+def test_compiled_kernels_match_eager() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    try:
+        kernels = compiled_kernels()
+    except Exception as e:  # pragma: no cover - depends on the platform
+        pytest.skip(f"torch.compile unavailable: {e}")
+    x_ref = _input(4, seed=5, shape=(2, 8))
+    x = x_ref.detach().clone().requires_grad_(True)
+    k = torch.tensor(3.0)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+
+    s_ref, v_ref = MultiStepLIFFunction.apply(x_ref, k, DECAY, V_TH, False, False, EAGER_KERNELS)
+    (s_ref * w).sum().backward()
+    s, v = MultiStepLIFFunction.apply(x, k, DECAY, V_TH, False, False, kernels)
+    (s * w).sum().backward()
+    assert torch.equal(s, s_ref)
+    assert_close(v, v_ref)
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+    # the LIF module with compiled=True goes through the same (cached) kernels
+    lif = LIF(DECAY, V_TH, compiled=True)
+    lif.k.fill_(3.0)
+    x2 = x_ref.detach().clone().requires_grad_(True)
+    s2 = lif(x2)
+    (s2 * w).sum().backward()
+    assert torch.equal(s2, s_ref)
+    assert_close(x2.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
