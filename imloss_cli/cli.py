@@ -91,13 +91,106 @@ def train(
 
     Example: imloss train recipes/digits.toml --set loss.im_weight=0
     """
-    from imloss_cli.runner import train_run
+    from imloss_cli.runner import Callbacks, train_run
     from imloss_cli.ui import TrainDisplay
 
     r = load(recipe, set_, **{"train.seed": seed, "train.device": device, "name": name})
     with TrainDisplay(console) as ui:
         result = guarded(
-            lambda: train_run(r, registry_url=registry, argv=sys.argv, on_start=ui.start, on_step=ui.step, on_epoch=ui.epoch_done)
+            lambda: train_run(r, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks())
         )
     m = result.last.metrics
     console.print(f"[bold green]done[/]  test accuracy {m['test_acc']:.4f}  run {result.run_id}")
+
+
+@app.command()
+def resume(
+    run: Annotated[str, typer.Argument(help="run id or unique prefix")],
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Continue a KILLED, FAILED or LOST run from its last checkpoint, in the same registry row.
+
+    Example: imloss resume 3fa2c1
+    """
+    from imloss_cli.runner import resume_run
+    from imloss_cli.ui import TrainDisplay
+
+    with TrainDisplay(console) as ui:
+        result = guarded(lambda: resume_run(run, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks()))
+    acc = f"test accuracy {result.last.metrics['test_acc']:.4f}  " if result.last else ""
+    console.print(f"[bold green]done[/]  {acc}run {result.run_id}")
+
+
+@app.command()
+def ablate(
+    recipe: RecipeArg = None,
+    im_weight: Annotated[str | None, typer.Option("--im-weight", help="loss.im_weight values, e.g. 0,1,2")] = None,
+    surrogate: Annotated[str | None, typer.Option(help="surrogate.schedule values: esg,fixed")] = None,
+    timesteps: Annotated[str | None, typer.Option(help="model.timesteps values, e.g. 2,4")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", help="any field: KEY=V1,V2 (repeatable)")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="seeds 0..N-1")] = None,
+    seed: Annotated[str | None, typer.Option("--seed", help="explicit seeds, e.g. 0,1,2")] = None,
+    set_: SetOpt = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed trial")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the trials, run nothing")] = False,
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Run a grid of trials (cartesian product x seeds) as one ablation group; rerun to resume it.
+
+    Without RECIPE, the recipe of the most recent `imloss train` run is ablated.
+
+    Example: imloss ablate recipes/digits.toml --im-weight 0,1,2 --seeds 2
+    """
+    from imloss_cli.ablation import GridSpec, latest_train_recipe, run_ablation
+    from imloss_cli.ui import AblationView
+
+    spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
+    if recipe is None:
+        base_run, base = guarded(lambda: latest_train_recipe(registry, parse_overrides(set_ or [])))
+        console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
+    else:
+        base = load(recipe, set_)
+    with AblationView(console, registry) as view:
+        result = guarded(
+            lambda: run_ablation(
+                base, spec, registry_url=registry, argv=sys.argv, fail_fast=fail_fast, dry_run=dry_run,
+                on_trial=view.trial, on_outcome=view.outcome,
+            )
+        )  # fmt: skip
+    view.summary(result)
+    raise typer.Exit(1 if result.failed else 0)
+
+
+@app.command()
+def runs(
+    status: Annotated[str | None, typer.Option(help="QUEUED, RUNNING, FINISHED, FAILED, KILLED or LOST")] = None,
+    group: Annotated[str | None, typer.Option(help="ablation group id or prefix")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 20,
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """List recorded runs: id, status, key recipe fields, best/last test accuracy, duration.
+
+    Example: imloss runs --status FINISHED --limit 10
+    """
+    from imloss_cli.history import runs_overview
+    from imloss_cli.registry import Registry
+    from imloss_cli.ui import frame_table
+
+    frame = guarded(lambda: runs_overview(Registry(registry), status=status and status.upper(), group=group, limit=limit))
+    console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
+
+
+@app.command()
+def show(
+    run: Annotated[str, typer.Argument(help="run id or unique prefix")],
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Print a run's resolved recipe, environment, per-epoch table and last layer statistics.
+
+    Example: imloss show 3fa2c1
+    """
+    from imloss_cli.history import run_details
+    from imloss_cli.registry import Registry
+    from imloss_cli.ui import render_details
+
+    render_details(console, guarded(lambda: run_details(Registry(registry), run)))

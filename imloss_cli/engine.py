@@ -92,7 +92,7 @@ def loss_step(model: SpikingNet, x: Tensor, y: Tensor, layers: list[LIF], recipe
     logits = model(x)
     ce = F.cross_entropy(logits, y)
     if recipe.loss.im_target == "membrane":
-        im = im_loss([m.v_seq.float().mean() for m in layers], recipe.neuron.v_threshold)
+        im = im_loss([m.v_mean for m in layers], recipe.neuron.v_threshold)
     else:
         im = rate_im_loss([m.spike_seq.float().mean() for m in layers], recipe.model.timesteps)
     if recipe.loss.im_weight == 0:
@@ -250,7 +250,7 @@ class Trainer:
     def _store(self, layers: list[LIF]) -> None:
         for _, m in self.hidden_layers:
             m.store_v_seq = m in layers
-            m.v_seq = m.spike_seq = None
+            m.clear()
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()

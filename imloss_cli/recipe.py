@@ -50,7 +50,8 @@ class RecipeError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict: a TOML `true` or "4" is an error, not silently 1.0 or 4 (ints still pass as floats).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class ModelConfig(_Section):
@@ -115,10 +116,11 @@ class DataConfig(_Section):
         "resized_crop_flip: random resized crop + flip (ImageNet)",
     )
     image_size: int = Field(32, ge=4, le=1024, description="input side (imagefolder)")
+    # strict=False: TOML and JSON hand these over as lists.
     mean: tuple[float, float, float] | None = Field(
-        None, description="normalisation mean; None: the dataset's known statistics"
+        None, strict=False, description="normalisation mean; None: the dataset's known statistics"
     )
-    std: tuple[float, float, float] | None = Field(None, description="normalisation std")
+    std: tuple[float, float, float] | None = Field(None, strict=False, description="normalisation std")
     test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits: held-out share")
 
     @field_validator("std")
@@ -195,13 +197,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. loss.im_weight=0")
             continue
-        out[key] = _parse_value(raw.strip())
+        out[key] = parse_value(raw.strip())
     if problems:
         raise RecipeError(problems)
     return out
 
 
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
+    """A command-line value read as TOML (0 -> int, 0.5 -> float, [1, 2] -> list), else a string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imloss_cli.engine import EpochRecord, StepCallback, Trainer
+from imloss_cli.engine import EpochRecord, StepCallback, Trainer, TrainingError
 from imloss_cli.environment import code_version, environment, git_state
-from imloss_cli.recipe import Recipe, config_hash, run_fingerprint
-from imloss_cli.registry import Registry
+from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, validate_recipe
+from imloss_cli.registry import Registry, RunInfo
+
+RESUMABLE = ("QUEUED", "FAILED", "KILLED", "LOST")
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,24 @@ class RunStart:
     device: str
     epochs: int
     steps_per_epoch: int
+    first_epoch: int
 
 
 @dataclass(frozen=True)
 class RunResult:
     run_id: str
     seed: int
-    last: EpochRecord
+    last: EpochRecord | None
     checkpoint_dir: Path | None
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """What a front end wants to hear about while a run trains."""
+
+    on_start: Callable[[RunStart], None] | None = None
+    on_step: StepCallback | None = None
+    on_epoch: Callable[[EpochRecord], None] | None = None
 
 
 class Terminated(KeyboardInterrupt):
@@ -44,7 +56,7 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         raise Terminated()
 
@@ -66,19 +78,45 @@ def resolve_seed(recipe: Recipe) -> Recipe:
     return recipe.with_overrides({"train.seed": secrets.randbelow(2**31)})
 
 
+def run_identity(recipe: Recipe) -> tuple[str, str, str]:
+    """(config hash, fingerprint, code version) of a recipe whose seed is set."""
+    version = code_version(git_state())
+    return config_hash(recipe), run_fingerprint(recipe, recipe.train.seed or 0, version), version
+
+
+def queue_run(registry: Registry, recipe: Recipe, *, argv: list[str], kind: str, group_id: str | None) -> str:
+    """Record a run as QUEUED (ablation trials are queued before any of them trains)."""
+    chash, fingerprint, version = run_identity(recipe)
+    return registry.create_run(
+        name=recipe.name,
+        recipe=recipe.model_dump(mode="json"),
+        config_hash=chash,
+        fingerprint=fingerprint,
+        seed=recipe.train.seed or 0,
+        code_version=version,
+        kind=kind,
+        group_id=group_id,
+        status="QUEUED",
+        argv=argv,
+    )
+
+
 def train_run(
     recipe: Recipe,
     *,
     registry_url: str,
     argv: list[str],
-    on_start: Callable[[RunStart], None] | None = None,
-    on_step: StepCallback | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
+    callbacks: Callbacks = Callbacks(),
+    queued_run: str | None = None,
 ) -> RunResult:
     """Train ``recipe`` and record it in the registry at ``registry_url``.
 
-    Returns:
-        The run id, seed, last epoch's record and checkpoint directory.
+    Args:
+        recipe: the resolved recipe (a missing seed is drawn and recorded).
+        registry_url: SQLAlchemy URL or SQLite path.
+        argv: the command line, recorded with the run.
+        callbacks: progress hooks for a front end.
+        queued_run: id of a QUEUED run row to fill instead of creating a new one.
 
     Raises:
         RegistryError, DataError, TrainingError: before any row is written (except divergence).
@@ -86,46 +124,65 @@ def train_run(
     """
     registry = Registry(registry_url)
     recipe = resolve_seed(recipe)
-    seed = recipe.train.seed
-    assert seed is not None
-    trainer = Trainer(recipe, seed, on_step=on_step)
+    trainer = Trainer(recipe, recipe.train.seed or 0, on_step=callbacks.on_step)
+    run_id = queued_run or queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
+    return _execute(registry, registry.get_run(run_id), trainer, argv, callbacks)
+
+
+def resume_run(
+    run: str, *, registry_url: str, argv: list[str], callbacks: Callbacks = Callbacks()
+) -> RunResult:
+    """Continue a QUEUED, KILLED, FAILED or LOST run from its last checkpoint, in the same row.
+
+    Raises:
+        RegistryError: no such run. TrainingError: the run is finished or still running.
+    """
+    registry = Registry(registry_url)
+    info = registry.get_run(run)
+    if info.display_status not in RESUMABLE:
+        raise TrainingError(f"run {info.id} is {info.display_status}; only {', '.join(RESUMABLE)} runs can be resumed")
+    recipe = validate_recipe(info.recipe, f"run {info.id}")
+    trainer = Trainer(recipe, info.seed, on_step=callbacks.on_step)
+    return _execute(registry, info, trainer, argv, callbacks)
+
+
+def _execute(registry: Registry, info: RunInfo, trainer: Trainer, argv: list[str], callbacks: Callbacks) -> RunResult:
+    """Mark the run RUNNING, train (from its last checkpoint if it has one), close it with a status."""
+    recipe, run_id = trainer.recipe, info.id
+    checkpoint_dir = Path(info.checkpoint_dir or Path(recipe.train.output_dir) / run_id) if recipe.train.checkpoint else None
+    last_checkpoint = checkpoint_dir / "last.pt" if checkpoint_dir is not None else None
+    if last_checkpoint is not None and last_checkpoint.is_file():
+        trainer.resume(last_checkpoint)
     git = git_state()
-    version = code_version(git)
-    run_id = registry.create_run(
-        name=recipe.name,
-        recipe=recipe.model_dump(mode="json"),
-        config_hash=config_hash(recipe),
-        fingerprint=run_fingerprint(recipe, seed, version),
-        seed=seed,
-        code_version=version,
-        argv=argv,
-        environment=environment(trainer.device),
-        git_commit=git.commit,
-        git_dirty=git.dirty,
+    registry.mark_running(
+        run_id, environment=environment(trainer.device), argv=argv, git_commit=git.commit, git_dirty=git.dirty
     )
-    checkpoint_dir = Path(recipe.train.output_dir) / run_id if recipe.train.checkpoint else None
     if checkpoint_dir is not None:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         registry.set_checkpoint_dir(run_id, str(checkpoint_dir))
         if git.dirty:
             (checkpoint_dir / "code.diff").write_text(git.diff)
     trainer.checkpoint_dir = checkpoint_dir
-    if on_start is not None:
-        on_start(RunStart(run_id, seed, str(trainer.device), recipe.train.epochs, trainer.steps_per_epoch()))
+    if callbacks.on_start is not None:
+        callbacks.on_start(
+            RunStart(run_id, trainer.seed, str(trainer.device), recipe.train.epochs, trainer.steps_per_epoch(), trainer.start_epoch)
+        )
     last: EpochRecord | None = None
-    with _sigterm_as_exception():
+    with sigterm_as_interrupt():
         try:
             for record in trainer.fit():
-                registry.log_epoch(run_id, record.epoch, record.metrics, [(s.index, s.name, s.as_dict()) for s in record.layers])
+                layers = [(s.index, s.name, s.as_dict()) for s in record.layers]
+                registry.log_epoch(run_id, record.epoch, record.metrics, layers)
                 last = record
-                if on_epoch is not None:
-                    on_epoch(record)
+                if callbacks.on_epoch is not None:
+                    callbacks.on_epoch(record)
         except KeyboardInterrupt:
             registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", error_message="interrupted")
             raise
         except BaseException as e:
-            registry.finish_run(run_id, "FAILED", error_type=type(e).__name__, error_message=str(e), traceback=traceback.format_exc())
+            registry.finish_run(
+                run_id, "FAILED", error_type=type(e).__name__, error_message=str(e), traceback=traceback.format_exc()
+            )
             raise
     registry.finish_run(run_id, "FINISHED")
-    assert last is not None
-    return RunResult(run_id, seed, last, checkpoint_dir)
+    return RunResult(run_id, trainer.seed, last, checkpoint_dir)

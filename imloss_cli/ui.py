@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from types import TracebackType
 
+import pandas as pd
 from rich.console import Console
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from imloss_cli.ablation import AblationResult, Trial, TrialOutcome
 from imloss_cli.engine import EpochRecord
-from imloss_cli.runner import RunStart
+from imloss_cli.history import RunDetails
+from imloss_cli.runner import Callbacks, RunStart
 
 
 def epoch_line(record: EpochRecord, epochs: int) -> str:
@@ -45,6 +50,9 @@ class TrainDisplay:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.progress.__exit__(et, ev, tb)
 
+    def callbacks(self) -> Callbacks:
+        return Callbacks(on_start=self.start, on_step=self.step, on_epoch=self.epoch_done)
+
     def start(self, run: RunStart) -> None:
         self.epochs = run.epochs
         self.console.print(
@@ -52,7 +60,12 @@ class TrainDisplay:
             f"{run.epochs} epochs x {run.steps_per_epoch} steps",
             soft_wrap=True,
         )
-        self.task = self.progress.add_task("train", total=run.steps_per_epoch, epoch=f"1/{run.epochs}")
+        self.epoch = run.first_epoch
+        if run.first_epoch > 1:
+            self.console.print(f"resuming at epoch {run.first_epoch}")
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task("train", total=run.steps_per_epoch, epoch=f"{self.epoch}/{run.epochs}")
 
     def step(self, step: int, steps: int) -> None:
         if self.task is not None:
@@ -63,3 +76,102 @@ class TrainDisplay:
         self.epoch = record.epoch + 1
         if self.task is not None:
             self.progress.reset(self.task)
+
+
+def frame_table(frame: pd.DataFrame, title: str | None = None, floats: str = "{:.4f}") -> Table:
+    """A rich table of a DataFrame (index included when it is named)."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    index_name = frame.index.name if frame.index.name is not None else None
+    if index_name is not None:
+        table.add_column(str(index_name), justify="right")
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left")
+    for idx, row in frame.iterrows():
+        cells = [_cell(v, floats) for v in row.tolist()]
+        table.add_row(*([str(idx)] if index_name is not None else []), *cells)
+    return table
+
+
+def _cell(value: object, floats: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return floats.format(value)
+    return str(value)
+
+
+def trial_header(number: int, total: int, label: str, run_id: str) -> str:
+    return f"[bold]trial {number}/{total}[/]  {label}  run {run_id}"
+
+
+class AblationView:
+    """Progress of an ablation: a header per trial, its epochs, its outcome at once, a summary."""
+
+    def __init__(self, console: Console, registry_url: str) -> None:
+        self.console = console
+        self.registry_url = registry_url
+        self.display = TrainDisplay(console)
+
+    def __enter__(self) -> AblationView:
+        self.display.__enter__()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.display.__exit__(et, ev, tb)
+
+    def trial(self, number: int, total: int, trial: Trial, run_id: str) -> Callbacks:
+        self.console.print(f"[bold]trial {number}/{total}[/]  {trial.label}  run {run_id}", highlight=False)
+        return self.display.callbacks()
+
+    def outcome(self, outcome: TrialOutcome) -> None:
+        label = outcome.trial.label
+        if outcome.status == "FAILED":
+            self.console.print(f"[bold red]FAILED[/]  {label}  run {outcome.run_id}: {outcome.error}", highlight=False)
+        elif outcome.status == "SKIPPED":
+            self.console.print(f"[dim]skipped (finished before)[/]  {label}  run {outcome.run_id}", highlight=False)
+        elif outcome.status == "FINISHED" and outcome.test_acc is not None:
+            self.console.print(f"[green]finished[/]  {label}  test accuracy {outcome.test_acc:.4f}", highlight=False)
+
+    def summary(self, result: AblationResult) -> None:
+        if result.group_id is None:  # dry run
+            rows = pd.DataFrame([o.trial.values for o in result.outcomes])
+            rows.index = pd.RangeIndex(1, len(rows) + 1, name="trial")
+            self.console.print(frame_table(rows, title=f"{len(rows)} trials (dry run: nothing recorded)", floats="{}"))
+            return
+        from imloss_cli.report import build_report, render
+        from imloss_cli.registry import Registry
+
+        counts = pd.Series([o.status for o in result.outcomes]).value_counts().to_dict()
+        self.console.print(f"group {result.group_id}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), highlight=False)
+        try:
+            report = build_report(Registry(self.registry_url), group=result.group_id)
+        except Exception as e:  # no finished run to compare yet: the outcomes above say why
+            self.console.print(f"no summary table: {e}", highlight=False)
+            return
+        self.console.print(render(report, "markdown"), markup=False, highlight=False)
+
+
+def render_details(console: Console, details: RunDetails) -> None:
+    """``imloss show``: header, recipe, environment, epochs, layers."""
+    from imloss_cli.recipe import to_toml, validate_recipe
+
+    run = details.run
+    console.print(
+        f"[bold]run {run.id}[/]  {run.name}  {run.display_status}  kind {run.kind}  seed {run.seed}  "
+        f"attempt {run.attempt}  group {run.group_id or '-'}",
+        highlight=False,
+    )
+    console.print(f"code {run.code_version}  commit {run.git_commit or '-'}{'  (dirty)' if run.git_dirty else ''}", highlight=False)
+    console.print(f"started {run.started_at}  ended {run.ended_at}  checkpoints {run.checkpoint_dir or '-'}", highlight=False)
+    if run.error_message:
+        console.print(f"[red]{run.error_type}: {run.error_message}[/]", highlight=False)
+    console.print("\n[bold]recipe[/]")
+    console.print(to_toml(validate_recipe(run.recipe)), markup=False, highlight=False)
+    console.print("[bold]environment[/]")
+    for key, value in run.environment.items():
+        console.print(f"  {key}: {value}", highlight=False, markup=False)
+    if len(details.epochs):
+        cols = [c for c in ("loss", "ce", "im", "train_acc", "test_acc", "k", "lr", "mean_entropy", "epoch_seconds") if c in details.epochs]
+        console.print(frame_table(details.epochs[cols], title="epochs"))
+    if len(details.layers):
+        console.print(frame_table(details.layers, title="layers (last epoch)"))

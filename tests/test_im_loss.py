@@ -15,7 +15,7 @@ V_TH = 0.5
 
 def test_im_loss_hand_computed() -> None:
     # ((0.2-0.5)^2 + (0.5-0.5)^2 + (0.9-0.5)^2) / 3 = (0.09 + 0 + 0.16) / 3
-    means = [torch.tensor(0.2, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.9, dtype=torch.float64)]
+    means = [torch.tensor(m, dtype=torch.float64) for m in (0.2, 0.5, 0.9)]
     out = im_loss(means, V_TH)
     assert out.shape == ()
     assert out.item() == pytest.approx(0.25 / 3, rel=1e-12)
@@ -91,13 +91,16 @@ class TinySNN(nn.Module):
         return self.lif2(self.fc2(self.lif1(self.fc1(x))))
 
 
-def _layer_means(model: TinySNN, x: torch.Tensor) -> list[torch.Tensor]:
+def _layer_means(model: TinySNN, x: torch.Tensor, source: str = "v_seq") -> list[torch.Tensor]:
     model(x)
+    if source == "v_mean":  # the fused mean the LIF computes (what the training loop differentiates)
+        return [model.lif1.v_mean, model.lif2.v_mean]
     return [model.lif1.v_seq.mean(), model.lif2.v_seq.mean()]
 
 
+@pytest.mark.parametrize("source", ["v_seq", "v_mean"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_sgd_step_on_im_loss_moves_every_layer_mean_toward_threshold(seed: int) -> None:
+def test_sgd_step_on_im_loss_moves_every_layer_mean_toward_threshold(seed: int, source: str) -> None:
     torch.manual_seed(seed)
     model = TinySNN()
     x = torch.randn(4, 8, 6)  # [T, B, F]
@@ -105,7 +108,7 @@ def test_sgd_step_on_im_loss_moves_every_layer_mean_toward_threshold(seed: int) 
     assert all(abs(b - V_TH) > 0.05 for b in before)  # the step has something to do
 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss = im_loss(_layer_means(model, x), V_TH)
+    loss = im_loss(_layer_means(model, x, source), V_TH)
     loss.backward()
     for p in (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias):
         assert p.grad is not None and p.grad.abs().sum() > 0
@@ -117,3 +120,17 @@ def test_sgd_step_on_im_loss_moves_every_layer_mean_toward_threshold(seed: int) 
     for b, a in zip(before, after):
         assert abs(a - V_TH) < abs(b - V_TH), (before, after)
     assert new_loss < loss.item()
+
+
+def test_im_loss_on_fused_v_mean_gives_the_same_gradients_as_on_v_seq_mean() -> None:
+    torch.manual_seed(3)
+    model = TinySNN()
+    x = torch.randn(3, 5, 6)
+    grads = {}
+    for source in ("v_seq", "v_mean"):
+        model.zero_grad()
+        means = _layer_means(model, x, source)
+        im_loss(means, V_TH).backward()
+        grads[source] = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads["v_seq"], grads["v_mean"]):
+        assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -29,9 +29,17 @@ def _input(T: int, seed: int = 0, shape: tuple[int, ...] = (3, 5), dtype: torch.
     return (torch.rand(T, *shape, generator=g, dtype=dtype) * 1.2).requires_grad_(True)
 
 
-def _fused(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _fused3(
+    x: torch.Tensor, k: float, reset: str, detach_reset: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(spike_seq, v_seq, v_mean) of the fused function on the eager kernels."""
     k_t = torch.tensor(k, dtype=x.dtype)
     return MultiStepLIFFunction.apply(x, k_t, DECAY, V_TH, reset == "soft", detach_reset, EAGER_KERNELS)
+
+
+def _fused(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    s, v, _ = _fused3(x, k, reset, detach_reset)
+    return s, v
 
 
 CASES = [(T, reset, detach) for T in (1, 2, 4) for reset in ("hard", "soft") for detach in (False, True)]
@@ -52,7 +60,7 @@ def test_fused_lif_matches_naive_with_gradients_on_both_outputs(T: int, reset: s
     s_ref, v_ref = lif_naive(x_ref, k, DECAY, V_TH, reset, detach_reset)
     s, v = _fused(x, k, reset, detach_reset)
     assert torch.equal(s, s_ref)
-    assert_close(v, v_ref, rtol=0, atol=1e-6)
+    assert torch.equal(v, v_ref)  # same operations in the same order: bitwise equal
     if T > 1:  # the input must actually exercise both spiking and non-spiking steps
         assert 0 < s.sum() < s.numel()
 
@@ -87,6 +95,47 @@ def test_fused_lif_matches_naive_with_only_potentials_used(reset: str, detach_re
 
 
 @pytest.mark.parametrize(("T", "reset", "detach_reset"), CASES)
+def test_fused_lif_matches_naive_with_gradients_on_all_three_outputs(T: int, reset: str, detach_reset: bool) -> None:
+    """v_mean's gradient (added inside the backward loop) equals autograd's through v_seq.mean()."""
+    x_ref = _input(T, seed=30 + T)
+    x = x_ref.detach().clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(300 + T)
+    grad_s = torch.randn(x.shape, generator=g)
+    grad_v = torch.randn(x.shape, generator=g)
+    grad_m = torch.tensor(-2.5)
+
+    s_ref, v_ref = lif_naive(x_ref, 2.0, DECAY, V_TH, reset, detach_reset)
+    torch.autograd.backward([s_ref, v_ref, v_ref.mean()], [grad_s, grad_v, grad_m])
+    s, v, v_mean = _fused3(x, 2.0, reset, detach_reset)
+    assert v_mean.shape == ()
+    assert_close(v_mean, v_ref.mean())
+    torch.autograd.backward([s, v, v_mean], [grad_s, grad_v, grad_m])
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("reset", "detach_reset"), [("hard", False), ("hard", True), ("soft", False)])
+def test_fused_v_mean_alone_matches_naive_mean_gradient(reset: str, detach_reset: bool) -> None:
+    x_ref = _input(4, seed=4, shape=(2, 3, 5))
+    x = x_ref.detach().clone().requires_grad_(True)
+    v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, reset, detach_reset)[1]
+    (v_ref.mean() * 3.0).backward()
+    (_fused3(x, 3.0, reset, detach_reset)[2] * 3.0).backward()
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_v_mean_gradient_without_spikes_is_closed_form() -> None:
+    """Below threshold with the reset detached: h[t] = sum_s decay^(t-s) x[s], so with T = 3 and
+    N values per step, d mean(h) / dx[s] = (1 + decay + ... + decay^(T-1-s)) / (T*N)."""
+    x = torch.full((3, 2, 2), 0.05, dtype=torch.float64, requires_grad=True)
+    _, v, v_mean = _fused3(x, 1.0, "hard", True)
+    assert v.max() < V_TH
+    v_mean.backward()
+    n = 3 * 4
+    expected = torch.tensor([1 + 0.25 + 0.0625, 1 + 0.25, 1.0], dtype=torch.float64) / n
+    assert_close(x.grad, expected.view(3, 1, 1).expand(3, 2, 2))
+
+
+@pytest.mark.parametrize(("T", "reset", "detach_reset"), CASES)
 def test_lif_module_matches_naive(T: int, reset: str, detach_reset: bool) -> None:
     lif = LIF(DECAY, V_TH, reset=reset, detach_reset=detach_reset)
     lif.k.fill_(3.0)
@@ -100,7 +149,7 @@ def test_lif_module_matches_naive(T: int, reset: str, detach_reset: bool) -> Non
     s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, reset, detach_reset)
     s = lif(x)
     assert torch.equal(s, s_ref)
-    assert_close(lif.v_seq, v_ref, rtol=0, atol=1e-6)
+    assert torch.equal(lif.v_seq, v_ref)
     torch.autograd.backward([s_ref, v_ref], [grad_s, grad_v])
     torch.autograd.backward([s, lif.v_seq], [grad_s, grad_v])
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
@@ -159,7 +208,10 @@ def test_lif_gradient_through_reset_closed_form(reset: str, detach_reset: bool) 
     via_spike = 0.0 if detach_reset else DECAY * (-(h0 if reset == "hard" else V_TH)) * _gp(h0, k)
     expected = [_gp(h1, k) * (through + via_spike), _gp(h1, k)]
 
-    for fn in (lambda x: _fused(x, k, reset, detach_reset), lambda x: lif_naive(x, k, DECAY, V_TH, reset, detach_reset)):
+    for fn in (
+        lambda x: _fused(x, k, reset, detach_reset),
+        lambda x: lif_naive(x, k, DECAY, V_TH, reset, detach_reset),
+    ):
         x = torch.tensor([0.6, 0.3], dtype=torch.float64).view(2, 1, 1).requires_grad_(True)
         s, _ = fn(x)
         s[1].sum().backward()
@@ -196,7 +248,7 @@ def test_lif_does_not_store_potentials_by_default() -> None:
     lif = LIF(DECAY, V_TH)
     assert lif.store_v_seq is False
     lif(_input(2))
-    assert lif.v_seq is None and lif.spike_seq is None
+    assert lif.v_seq is None and lif.spike_seq is None and lif.v_mean is None
 
 
 def test_lif_store_v_seq_keeps_potentials_and_spikes_in_the_graph() -> None:
@@ -210,6 +262,11 @@ def test_lif_store_v_seq_keeps_potentials_and_spikes_in_the_graph() -> None:
     lif.v_seq.sum().backward()  # attached to the graph: d(sum h)/dx reaches the input
     # dsum/dx2 = 1; dsum/dx1 = 1 + decay; dsum/dx0 = 1 + decay + decay^2 (no spikes before t=2)
     assert_close(x.grad.flatten(), torch.tensor([1.3125, 1.25, 1.0]))
+    # v_mean = (0.3 + 0.475 + 1.01875) / 3, attached to the graph too
+    assert_close(lif.v_mean, torch.tensor(1.79375 / 3))
+    assert lif.v_mean.requires_grad
+    lif.clear()
+    assert lif.v_seq is None and lif.v_mean is None and lif.spike_seq is None
 
 
 def test_lif_rejects_unknown_reset() -> None:
@@ -242,19 +299,21 @@ def test_compiled_kernels_match_eager() -> None:
     k = torch.tensor(3.0)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
 
-    s_ref, v_ref = MultiStepLIFFunction.apply(x_ref, k, DECAY, V_TH, False, False, EAGER_KERNELS)
-    (s_ref * w).sum().backward()
-    s, v = MultiStepLIFFunction.apply(x, k, DECAY, V_TH, False, False, kernels)
-    (s * w).sum().backward()
+    s_ref, v_ref, m_ref = MultiStepLIFFunction.apply(x_ref, k, DECAY, V_TH, False, False, EAGER_KERNELS)
+    ((s_ref * w).sum() + 2.0 * m_ref).backward()
+    s, v, m = MultiStepLIFFunction.apply(x, k, DECAY, V_TH, False, False, kernels)
+    ((s * w).sum() + 2.0 * m).backward()
     assert torch.equal(s, s_ref)
     assert_close(v, v_ref)
+    assert_close(m, m_ref)
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
 
     # the LIF module with compiled=True goes through the same (cached) kernels
     lif = LIF(DECAY, V_TH, compiled=True)
     lif.k.fill_(3.0)
+    lif.store_v_seq = True
     x2 = x_ref.detach().clone().requires_grad_(True)
     s2 = lif(x2)
-    (s2 * w).sum().backward()
+    ((s2 * w).sum() + 2.0 * lif.v_mean).backward()
     assert torch.equal(s2, s_ref)
     assert_close(x2.grad, x_ref.grad, rtol=1e-5, atol=1e-6)

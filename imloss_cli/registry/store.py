@@ -16,7 +16,10 @@ import json
 import operator
 import os
 import socket
+import sqlite3
+import time
 import uuid
+from itertools import repeat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import URL, Connection, Engine, create_engine, delete, event, func, insert
-from sqlalchemy import inspect, make_url, select, tuple_, update
+from sqlalchemy import URL, Connection, Engine, Select, bindparam, create_engine, delete, event
+from sqlalchemy import func, insert, inspect, make_url, select, update
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.pool import StaticPool
@@ -51,8 +54,7 @@ LOST = "LOST"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _IMMEDIATE = "imloss_begin_immediate"  # execution option marking the write engine
 _BUSY_TIMEOUT_MS = 30_000
-# Well below SQLite's host-parameter limit (999 before 3.32), so any id list is safe to chunk.
-_IN_CHUNK = 500
+_RUN_PARAM = "run_id"  # bind parameter of the per-run bulk queries
 _STARTABLE = frozenset({"QUEUED", "FAILED", "KILLED"})
 
 _METRIC_COLUMNS = ["run_id", "epoch", "name", "value"]
@@ -460,19 +462,17 @@ class Registry:
     def epoch_metrics(self, run_ids: Sequence[str]) -> pd.DataFrame:
         """Return the epoch metrics of these runs in long format.
 
+        Args:
+            run_ids: exact run ids; unknown ids contribute no rows.
+
         Returns:
-            Columns run_id, epoch, name, value, sorted by (run_id, epoch, name). Unknown ids
-            contribute no rows.
+            Columns run_id, epoch, name, value, sorted by (run_id, epoch, name).
         """
         t = EpochMetric.__table__.c
-        base = select(t.run_id, t.epoch, t.name, t.value)
-        rows: list[Any] = []
+        stmt = (select(t.epoch, t.name, t.value).where(t.run_id == bindparam(_RUN_PARAM))
+                .order_by(t.epoch, t.name))
         with _db_errors(self._where), Session(self._engine) as s, s.begin():
-            conn = s.connection()
-            for chunk in _chunks(run_ids):
-                stmt = base.where(t.run_id.in_(chunk)).order_by(t.run_id, t.epoch, t.name)
-                rows.extend(conn.execute(stmt).fetchall())
-        return _frame(rows, _METRIC_COLUMNS)
+            return _per_run_frame(s.connection(), stmt, run_ids, _METRIC_COLUMNS)
 
     def layer_stats(self, run_ids: Sequence[str], *, epoch: int | None = None,
                     last_epoch_only: bool = False) -> pd.DataFrame:
@@ -493,29 +493,19 @@ class Registry:
         if epoch is not None and last_epoch_only:
             raise RegistryError("give either epoch or last_epoch_only, not both")
         t = LayerStat.__table__.c
-        stmt = select(t.run_id, t.epoch, t.layer_index, t.layer, t.stat, t.value)
+        run = bindparam(_RUN_PARAM)
+        stmt = (select(t.epoch, t.layer_index, t.layer, t.stat, t.value).where(t.run_id == run)
+                .order_by(t.epoch, t.layer_index, t.stat))
         if last_epoch_only:
-            # (run_id, epoch) IN (each run's max epoch): max(epoch) per run is one index seek
-            # (SQLite's min/max optimisation) and the matching rows one primary-key range, so the
-            # planner never walks a run's whole history.
+            # max(epoch) of one run is a single primary-key seek (SQLite's min/max optimisation)
+            # and its rows one key range: the run's older epochs are never read.
             latest = aliased(LayerStat)
-            last = select(func.max(latest.epoch)).where(latest.run_id == Run.id).scalar_subquery()
-
-            def restrict(chunk: list[str]) -> Any:
-                return tuple_(t.run_id, t.epoch).in_(select(Run.id, last).where(Run.id.in_(chunk)))
-        else:
-            if epoch is not None:
-                stmt = stmt.where(t.epoch == _as_int(epoch, "epoch"))
-
-            def restrict(chunk: list[str]) -> Any:
-                return t.run_id.in_(chunk)
-        stmt = stmt.order_by(t.run_id, t.epoch, t.layer_index, t.stat)
-        rows: list[Any] = []
+            last = select(func.max(latest.epoch)).where(latest.run_id == run).scalar_subquery()
+            stmt = stmt.where(t.epoch == last)
+        elif epoch is not None:
+            stmt = stmt.where(t.epoch == _as_int(epoch, "epoch"))
         with _db_errors(self._where), Session(self._engine) as s, s.begin():
-            conn = s.connection()
-            for chunk in _chunks(run_ids):
-                rows.extend(conn.execute(stmt.where(restrict(chunk))).fetchall())
-        return _frame(rows, _LAYER_COLUMNS)
+            return _per_run_frame(s.connection(), stmt, run_ids, _LAYER_COLUMNS)
 
     def runs_frame(self, run_ids: Sequence[str] | None = None, *, status: str | None = None,
                    group_id: str | None = None, kind: str | None = None,
@@ -654,11 +644,29 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA busy_timeout = 30000")  # keep in step with _BUSY_TIMEOUT_MS
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: sqlite3.Cursor) -> None:
+    # Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "database is
+    # locked" at once instead of using the busy timeout when several processes create the
+    # registry together; retry for as long as the busy timeout would have waited. Once the file
+    # is in WAL mode (persistent), this pragma is a no-op.
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _on_sqlite_begin(conn: Connection) -> None:
@@ -754,25 +762,55 @@ def _group_info(row: Group) -> GroupInfo:
                      argv=json.loads(row.argv))
 
 
-def _frame(rows: list[Any], columns: list[str]) -> pd.DataFrame:
-    # Column-wise construction is several times faster than DataFrame(list_of_rows).
-    data = list(zip(*rows)) if rows else [()] * len(columns)
-    frame = pd.DataFrame({name: pd.Series(values, dtype=_dtype(name), copy=False)
-                          for name, values in zip(columns, data)})
-    return frame
+def _per_run_frame(conn: Connection, stmt: Select[Any], run_ids: Sequence[str],
+                   columns: list[str]) -> pd.DataFrame:
+    """Run ``stmt`` once per run id (bound as ``_RUN_PARAM``) and stack the results.
+
+    One query per run keeps every query a primary-key range scan, needs no IN list (so no
+    host-parameter limit), and lets the run_id column be built by repetition instead of
+    decoding the same string for every row. Column lists are built run by run: transposing one
+    list of a million row tuples would cost more than reading them.
+    """
+    run_column: list[str] = []
+    data: list[list[Any]] = [[] for _ in columns[1:]]
+    for run_id, rows in _rows_per_run(conn, stmt, sorted(set(run_ids))):
+        if rows:
+            run_column.extend(repeat(run_id, len(rows)))
+            for values, column in zip(data, zip(*rows)):
+                values.extend(column)
+    frame = {"run_id": pd.Series(run_column, dtype=object)}
+    for name, values in zip(columns[1:], data):
+        frame[name] = pd.Series(values, dtype=_dtype(name))
+    return pd.DataFrame(frame)
+
+
+def _rows_per_run(conn: Connection, stmt: Select[Any],
+                  run_ids: list[str]) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+    """Yield ``(run_id, rows)`` with ``rows`` as plain tuples.
+
+    On SQLite the SQLAlchemy-compiled statement runs on the driver cursor of the session's own
+    connection (so inside its transaction): wrapping each of a million rows in a Row would cost
+    more than SQLite needs to read them, and none of these column types has a result processor.
+    """
+    if conn.dialect.name != "sqlite":
+        for run_id in run_ids:
+            yield run_id, [tuple(row) for row in conn.execute(stmt, {_RUN_PARAM: run_id})]
+        return
+    compiled = stmt.compile(conn)
+    sql, names, fixed = str(compiled), compiled.positiontup or [], compiled.params
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for run_id in run_ids:
+            params = [run_id if name == _RUN_PARAM else fixed[name] for name in names]
+            yield run_id, cursor.execute(sql, params).fetchall()
+    finally:
+        cursor.close()
 
 
 def _dtype(column: str) -> str:
     if column in _INT_COLUMNS:
         return "int64"
     return "float64" if column == "value" else "object"
-
-
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
-    # Sorted, so concatenating chunk results keeps the frame sorted by run_id.
-    unique = sorted(set(ids))
-    for start in range(0, len(unique), _IN_CHUNK):
-        yield unique[start:start + _IN_CHUNK]
 
 
 def _pid_alive(pid: int) -> bool:

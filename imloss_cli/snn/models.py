@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor, nn
 
-from imloss_cli.recipe import Recipe
 from imloss_cli.snn.neuron import LIF
+
+if TYPE_CHECKING:  # snn/ stays importable with torch alone (benchmarks run where pydantic is absent)
+    from imloss_cli.recipe import Recipe
 
 
 @dataclass(frozen=True)

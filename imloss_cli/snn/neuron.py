@@ -22,8 +22,15 @@ from torch import Tensor, nn
 from imloss_cli.snn.surrogate import surrogate_grad
 
 
-def lif_forward_loop(x_seq: Tensor, decay: float, v_threshold: float, soft_reset: bool) -> tuple[Tensor, Tensor]:
-    """Run the LIF over T steps. Returns (spike_seq, v_seq), both shaped like x_seq [T, B, ...]."""
+def lif_forward_loop(
+    x_seq: Tensor, decay: float, v_threshold: float, soft_reset: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the LIF over T steps.
+
+    Returns:
+        spike_seq and v_seq, both shaped like x_seq [T, B, ...], and v_mean, the mean of v_seq
+        (the quantity IM-Loss needs; computed here so a compiled kernel fuses it into the loop).
+    """
     spike_seq = torch.empty_like(x_seq)
     v_seq = torch.empty_like(x_seq)
     h = x_seq[0]
@@ -34,12 +41,13 @@ def lif_forward_loop(x_seq: Tensor, decay: float, v_threshold: float, soft_reset
             h = decay * kept + x_seq[t]
         v_seq[t] = h
         spike_seq[t] = (h >= v_threshold).to(x_seq.dtype)
-    return spike_seq, v_seq
+    return spike_seq, v_seq, v_seq.mean(dtype=torch.float32)
 
 
 def lif_backward_loop(
     grad_spike: Tensor,
     grad_v: Tensor | None,
+    grad_v_mean: Tensor | None,
     v_seq: Tensor,
     k: Tensor,
     decay: float,
@@ -47,15 +55,17 @@ def lif_backward_loop(
     soft_reset: bool,
     detach_reset: bool,
 ) -> Tensor:
-    """BPTT through the LIF. Returns dL/dx_seq given dL/dspike_seq, dL/dv_seq and the saved h.
+    """BPTT through the LIF. Returns dL/dx_seq given dL/dspike_seq, dL/dv_seq, dL/dv_mean and h.
 
-    With g = dL/dh[t+1] flowing back from the next step:
+    dL/dv_mean reaches every h[t] as the same constant dL/dv_mean / numel, added here instead of
+    being expanded into a full tensor by autograd. With g = dL/dh[t+1] flowing back from step t+1:
         dL/do[t] = grad_spike[t] + g * dh[t+1]/do[t]      (-decay*h[t] hard, -decay*V_th soft, 0 detached)
         dL/dh[t] = grad_v[t] + dL/do[t] * g'(h[t]) + g * dh[t+1]/dh[t]|o   (decay*(1-o[t]) hard, decay soft)
         dL/dx[t] = dL/dh[t]
     """
     grad_x = torch.empty_like(v_seq)
     g = torch.zeros_like(v_seq[0])
+    from_mean = None if grad_v_mean is None else (grad_v_mean / v_seq.numel()).to(v_seq.dtype)
     for t in range(v_seq.shape[0] - 1, -1, -1):
         h = v_seq[t]
         o = (h >= v_threshold).to(h.dtype)
@@ -66,13 +76,15 @@ def lif_backward_loop(
         grad_h = grad_o * surrogate_grad(h, k, v_threshold) + through
         if grad_v is not None:
             grad_h = grad_h + grad_v[t]
+        if from_mean is not None:
+            grad_h = grad_h + from_mean
         grad_x[t] = grad_h
         g = grad_h
     return grad_x
 
 
 class LIFKernels(NamedTuple):
-    forward: Callable[..., tuple[Tensor, Tensor]]
+    forward: Callable[..., tuple[Tensor, Tensor, Tensor]]
     backward: Callable[..., Tensor]
 
 
@@ -86,7 +98,10 @@ def compiled_kernels() -> LIFKernels:
 
 
 class MultiStepLIFFunction(torch.autograd.Function):
-    """Fused multi-step LIF: no per-time-step autograd graph, only h is saved for backward."""
+    """Fused multi-step LIF: no per-time-step autograd graph, only h is saved for backward.
+
+    Outputs (spike_seq, v_seq, v_mean); any of them may carry a gradient.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -98,15 +113,17 @@ class MultiStepLIFFunction(torch.autograd.Function):
         soft_reset: bool,
         detach_reset: bool,
         kernels: LIFKernels,
-    ) -> tuple[Tensor, Tensor]:
-        spike_seq, v_seq = kernels.forward(x_seq, decay, v_threshold, soft_reset)
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        spike_seq, v_seq, v_mean = kernels.forward(x_seq, decay, v_threshold, soft_reset)
         ctx.save_for_backward(v_seq, k)
         ctx.args = (decay, v_threshold, soft_reset, detach_reset, kernels)
         ctx.set_materialize_grads(False)
-        return spike_seq, v_seq
+        return spike_seq, v_seq, v_mean
 
     @staticmethod
-    def backward(ctx, grad_spike: Tensor | None, grad_v: Tensor | None):  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx, grad_spike: Tensor | None, grad_v: Tensor | None, grad_v_mean: Tensor | None
+    ):
         v_seq, k = ctx.saved_tensors
         decay, v_threshold, soft_reset, detach_reset, kernels = ctx.args
         if grad_spike is None:
@@ -114,6 +131,7 @@ class MultiStepLIFFunction(torch.autograd.Function):
         grad_x = kernels.backward(
             grad_spike,
             grad_v,
+            grad_v_mean,
             v_seq,
             k,
             decay,
@@ -135,8 +153,10 @@ class LIF(nn.Module):
         compiled: use the torch.compile'd time loops.
         block_output: whether this layer counts for IM-Loss when only block outputs are chosen.
 
-    Set ``store_v_seq = True`` to keep the last ``v_seq`` and ``spike_seq`` (for IM-Loss and layer
-    statistics); they are attached to the autograd graph.
+    Set ``store_v_seq = True`` to keep, from the last forward pass, ``v_mean`` (the mean membrane
+    potential, attached to the autograd graph: IM-Loss differentiates it), ``spike_seq`` (attached)
+    and ``v_seq`` (for layer statistics; differentiate ``v_mean`` rather than ``v_seq.mean()``,
+    which costs a full-size gradient tensor).
     """
 
     def __init__(
@@ -161,17 +181,22 @@ class LIF(nn.Module):
         self.register_buffer("k", torch.tensor(1.0), persistent=False)
         self.store_v_seq = False
         self.v_seq: Tensor | None = None
+        self.v_mean: Tensor | None = None
         self.spike_seq: Tensor | None = None
 
     def forward(self, x_seq: Tensor) -> Tensor:
         kernels = compiled_kernels() if self.compiled else EAGER_KERNELS
         k = self.k.to(x_seq.dtype)
-        spike_seq, v_seq = MultiStepLIFFunction.apply(
+        spike_seq, v_seq, v_mean = MultiStepLIFFunction.apply(
             x_seq, k, self.decay, self.v_threshold, self.soft_reset, self.detach_reset, kernels
         )
         if self.store_v_seq:
-            self.v_seq, self.spike_seq = v_seq, spike_seq
+            self.v_seq, self.v_mean, self.spike_seq = v_seq, v_mean, spike_seq
         return spike_seq
+
+    def clear(self) -> None:
+        """Drop what the last forward pass stored (and the graph it holds on to)."""
+        self.v_seq = self.v_mean = self.spike_seq = None
 
     def extra_repr(self) -> str:
         reset = "soft" if self.soft_reset else "hard"

@@ -1,0 +1,160 @@
+"""Model registry: every architecture builds, runs and back-propagates; the static encoder is exact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from imloss_cli import recipe as recipe_mod
+from imloss_cli.engine import im_layers
+from imloss_cli.recipe import load_recipe
+from imloss_cli.snn.models import MODELS, Folded, NetSpec, StaticEncoder, build_model, create_model
+from imloss_cli.snn.neuron import LIF, spiking_layers
+
+# (in_channels, side, batch) per architecture: small inputs keep the whole set around a few seconds.
+INPUTS = {
+    "convnet3": (1, 8, 2),
+    "resnet19": (3, 32, 2),
+    "resnet20": (3, 32, 2),
+    "vgg16": (3, 32, 2),
+    "resnet34": (3, 64, 2),
+}
+# hidden LIF layers: stem + 2 per basic block (resnets), stem + 12 convs (vgg16), 3 (convnet3)
+LIF_COUNT = {"convnet3": 3, "resnet19": 1 + 2 * 8, "resnet20": 1 + 2 * 9, "vgg16": 13, "resnet34": 1 + 2 * 16}
+
+
+def _spec(arch: str, **kw) -> NetSpec:
+    cin, side, _ = INPUTS[arch]
+    return NetSpec(num_classes=7, in_channels=cin, timesteps=2, image_size=side, **kw)
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_every_model_outputs_logits_and_trains_every_parameter(arch: str) -> None:
+    assert arch in INPUTS, f"new architecture {arch}: add it to INPUTS"
+    torch.manual_seed(0)
+    cin, side, batch = INPUTS[arch]
+    model = create_model(arch, _spec(arch))
+    assert len(spiking_layers(model)) == LIF_COUNT[arch]
+    x = torch.randn(batch, cin, side, side)
+    logits = model(x)
+    assert logits.shape == (batch, 7)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert bad == []
+    # the surrogate lets the gradient reach the very first conv
+    first = next(model.encoder.layers.parameters())
+    assert first.grad.abs().sum() > 0
+
+
+def test_create_model_rejects_unknown_name() -> None:
+    with pytest.raises(KeyError, match="resnet99"):
+        create_model("resnet99", _spec("convnet3"))
+
+
+def test_recipe_architectures_equal_model_registry() -> None:
+    assert set(recipe_mod.ARCHITECTURES) == set(MODELS)
+    assert len(recipe_mod.ARCHITECTURES) == len(MODELS)
+
+
+def _folded_path(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
+    """The plain path: repeat the image T times and run the first conv on the folded [T*B] batch."""
+    enc: StaticEncoder = model.encoder
+    x_seq = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    s = enc.lif(Folded(*enc.layers)(x_seq))
+    return model.readout(model.body(s))
+
+
+def test_static_encoder_runs_first_conv_once_and_equals_folded_path_in_eval() -> None:
+    torch.manual_seed(1)
+    T = 3
+    model = create_model("convnet3", NetSpec(num_classes=5, in_channels=1, timesteps=T, image_size=8))
+    # non-trivial running statistics for BatchNorm
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    conv = model.encoder.layers[0]
+    seen: list[tuple[int, ...]] = []
+    hook = conv.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        logits = model(x)
+        assert seen == [(4, 1, 8, 8)]  # one call, on [B, ...], not [T*B, ...]
+        reference = _folded_path(model, x, T)
+    hook.remove()
+    assert seen[1] == (T * 4, 1, 8, 8)
+    assert_close(logits, reference, rtol=0, atol=1e-6)
+
+
+def test_static_encoder_forward_is_exact_in_training_mode_too() -> None:
+    """BatchNorm's batch statistics of T identical copies equal those of one copy."""
+    torch.manual_seed(2)
+    model = create_model("convnet3", NetSpec(num_classes=5, in_channels=1, timesteps=2, image_size=8))
+    model.train()
+    x = torch.randn(4, 1, 8, 8)
+    twin = copy.deepcopy(model)
+    logits = model(x)
+    reference = _folded_path(twin, x, 2)
+    assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    # the same function of the parameters, so the same gradients (autograd sums the T copies)
+    logits.square().sum().backward()
+    reference.square().sum().backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), twin.named_parameters()):
+        assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_build_model_reads_neuron_and_time_settings_from_recipe() -> None:
+    recipe = load_recipe(
+        None,
+        {
+            "model.arch": "convnet3",
+            "model.timesteps": 3,
+            "neuron.decay": 0.5,
+            "neuron.v_threshold": 0.75,
+            "neuron.reset": "soft",
+            "neuron.detach_reset": True,
+        },
+    )
+    model = build_model(recipe, num_classes=10, in_channels=1, image_size=8)
+    assert model.encoder.timesteps == 3
+    layers = [m for _, m in spiking_layers(model)]
+    assert len(layers) == 3
+    for m in layers:
+        assert (m.decay, m.v_threshold, m.soft_reset, m.detach_reset, m.compiled) == (0.5, 0.75, True, True, False)
+    assert model.readout.fc.out_features == 10
+    lif0 = model.encoder.lif
+    lif0.store_v_seq = True
+    model(torch.randn(2, 1, 8, 8))
+    assert lif0.v_seq.shape[0] == 3  # T = 3 steps
+
+
+def test_build_model_tdbn_scales_norm_to_threshold() -> None:
+    recipe = load_recipe(None, {"model.norm": "tdbn", "neuron.v_threshold": 0.75})
+    model = build_model(recipe, num_classes=10, in_channels=1, image_size=8)
+    bn = model.encoder.layers[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    assert_close(bn.weight.detach(), torch.full_like(bn.weight, 0.75))
+
+
+def test_im_layers_blocks_selects_stem_and_block_outputs_of_resnet19() -> None:
+    model = create_model("resnet19", _spec("resnet19"))
+    all_layers = im_layers(model, "all")
+    blocks = im_layers(model, "blocks")
+    assert len(all_layers) == 17
+    assert len(blocks) == 9  # stem + 8 block outputs
+    assert blocks[0] is model.encoder.lif
+    assert blocks[1:] == [blk.lif2 for blk in model.body]
+    assert all(isinstance(m, LIF) for m in blocks)
+
+
+def test_im_layers_blocks_keeps_every_layer_of_plain_nets() -> None:
+    model = create_model("vgg16", _spec("vgg16"))
+    assert len(im_layers(model, "blocks")) == len(im_layers(model, "all")) == 13

@@ -1,0 +1,663 @@
+"""Tests of the run registry (imloss_cli.registry)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine, update
+
+from imloss_cli.registry import (
+    SCHEMA_VERSION,
+    TERMINAL,
+    GroupInfo,
+    Registry,
+    RegistryError,
+    RunInfo,
+)
+from imloss_cli.registry import store as store_module
+from imloss_cli.registry.schema import Meta, Run
+
+REPO = Path(__file__).resolve().parents[1]
+WRITER = REPO / "tests" / "registry_writer.py"
+PACKAGE = REPO / "imloss_cli" / "registry"
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture
+def memory_registry() -> Iterator[Registry]:
+    """A fresh in-memory registry."""
+    with Registry("sqlite://") as registry:
+        yield registry
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Where the file registry lives; its directory does not exist yet."""
+    return tmp_path / "nested" / "dir" / "registry.db"
+
+
+@pytest.fixture
+def file_registry(db_path: Path) -> Iterator[Registry]:
+    """A fresh SQLite-file registry, opened from a plain path."""
+    with Registry(str(db_path)) as registry:
+        yield registry
+
+
+@pytest.fixture(params=["memory", "file"])
+def registry(request: pytest.FixtureRequest) -> Registry:
+    """Both kinds of registry, for behaviour that must not depend on the backend."""
+    fixture = "memory_registry" if request.param == "memory" else "file_registry"
+    return request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
+    """Make the next ids handed out by the store the given ones, in order."""
+    def install(ids: list[str]) -> None:
+        pending = iter(ids)
+        monkeypatch.setattr(store_module, "_new_id", lambda: next(pending))
+    return install
+
+
+def new_run(registry: Registry, name: str = "run", **overrides: Any) -> str:
+    fields: dict[str, Any] = dict(name=name, recipe={"model": {"arch": "resnet19"}, "lr": 0.1},
+                                  config_hash=f"cfg-{name}", fingerprint=f"fp-{name}", seed=7,
+                                  code_version="0.1.0")
+    fields.update(overrides)
+    return registry.create_run(**fields)
+
+
+def raw_update(db: Path, run_id: str, **values: Any) -> None:
+    """Change a run behind the registry's back, as another process or an old crash would."""
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(update(Run).where(Run.id == run_id).values(**values))
+    engine.dispose()
+
+
+def set_schema_version(db: Path, version: int) -> None:
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(version)))
+    engine.dispose()
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+# ------------------------------------------------------------------------------ round trip
+
+def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
+    group = registry.create_group("sweep", {"loss": {"im_weight": 1.0}},
+                                  {"loss.im_weight": [0, 1, 2]}, ["imloss", "ablate", "x.yaml"])
+    run_id = new_run(registry, kind="ablate", group_id=group, argv=["imloss", "train"],
+                     environment={"python": "3.11", "device": "cpu"}, git_commit="abc123",
+                     git_dirty=True, checkpoint_dir="/ckpt/run")
+    registry.log_epoch(run_id, 0, {"loss": 2.302585092994046, "acc": 0.1, "nan": float("nan")},
+                       [(0, "stem.lif", {"firing_rate": 0.125, "entropy": 0.6931471805599453}),
+                        (1, "layer1.0.lif2", {"firing_rate": 1e-12, "membrane_std": -0.3})])
+    registry.log_epoch(run_id, 1, {"loss": 1.5, "acc": float("inf")},
+                       [(0, "stem.lif", {"firing_rate": 0.2})])
+
+    run = registry.get_run(run_id)
+    assert isinstance(run, RunInfo)
+    assert (run.id, run.name, run.status, run.display_status, run.kind) == (
+        run_id, "run", "RUNNING", "RUNNING", "ablate")
+    assert run.group_id == group
+    assert run.recipe == {"model": {"arch": "resnet19"}, "lr": 0.1}
+    assert (run.config_hash, run.fingerprint, run.seed, run.code_version) == (
+        "cfg-run", "fp-run", 7, "0.1.0")
+    assert run.argv == ["imloss", "train"]
+    assert run.environment == {"python": "3.11", "device": "cpu"}
+    assert (run.git_commit, run.git_dirty, run.checkpoint_dir) == ("abc123", True, "/ckpt/run")
+    assert (run.host, run.pid, run.attempt) == (socket.gethostname(), os.getpid(), 1)
+    assert run.created_at.tzinfo is not None and run.created_at.utcoffset() == timedelta(0)
+    assert run.started_at == run.created_at
+    assert run.heartbeat_at is not None and run.heartbeat_at >= run.created_at
+    assert run.ended_at is None and run.error_type is None and not run.is_terminal
+
+    metrics = registry.epoch_metrics([run_id])
+    expected = pd.DataFrame({
+        "run_id": [run_id] * 5, "epoch": [0, 0, 0, 1, 1],
+        "name": ["acc", "loss", "nan", "acc", "loss"],
+        "value": [0.1, 2.302585092994046, float("nan"), float("inf"), 1.5]})
+    pd.testing.assert_frame_equal(metrics, expected.astype({"run_id": object, "name": object}))
+
+    layers = registry.layer_stats([run_id])
+    assert list(layers.columns) == ["run_id", "epoch", "layer_index", "layer", "stat", "value"]
+    assert list(layers.itertuples(index=False, name=None)) == [
+        (run_id, 0, 0, "stem.lif", "entropy", 0.6931471805599453),
+        (run_id, 0, 0, "stem.lif", "firing_rate", 0.125),
+        (run_id, 0, 1, "layer1.0.lif2", "firing_rate", 1e-12),
+        (run_id, 0, 1, "layer1.0.lif2", "membrane_std", -0.3),
+        (run_id, 1, 0, "stem.lif", "firing_rate", 0.2),
+    ]
+    assert layers.dtypes.to_dict() == {"run_id": object, "epoch": "int64", "layer_index": "int64",
+                                       "layer": object, "stat": object, "value": "float64"}
+
+    registry.finish_run(run_id, "FINISHED")
+    done = registry.get_run(run_id)
+    assert done.status == done.display_status == "FINISHED" and done.is_terminal
+    assert done.ended_at is not None and done.ended_at >= done.started_at  # type: ignore[operator]
+    assert done.duration == done.ended_at - done.started_at  # type: ignore[operator]
+
+    info = registry.get_group(group)
+    assert isinstance(info, GroupInfo)
+    assert (info.name, info.base_recipe, info.axes, info.argv) == (
+        "sweep", {"loss": {"im_weight": 1.0}}, {"loss.im_weight": [0, 1, 2]},
+        ["imloss", "ablate", "x.yaml"])
+    assert registry.latest_group() == info
+
+
+def test_failed_run_keeps_its_error(memory_registry: Registry) -> None:
+    run_id = new_run(memory_registry)
+    memory_registry.finish_run(run_id, "FAILED", error_type="ValueError",
+                               error_message="loss is NaN", traceback="Traceback ...\nValueError")
+    run = memory_registry.get_run(run_id)
+    assert (run.status, run.error_type, run.error_message, run.traceback) == (
+        "FAILED", "ValueError", "loss is NaN", "Traceback ...\nValueError")
+    with pytest.raises(RegistryError, match=f"run {run_id} has already ended as FAILED"):
+        memory_registry.finish_run(run_id, "FINISHED")
+
+
+def test_finish_rejects_non_terminal_status(memory_registry: Registry) -> None:
+    run_id = new_run(memory_registry)
+    with pytest.raises(RegistryError, match="finish status must be one of FAILED, FINISHED, KILLED"):
+        memory_registry.finish_run(run_id, "RUNNING")
+    assert TERMINAL == {"FINISHED", "FAILED", "KILLED"}
+    assert memory_registry.get_run(run_id).status == "RUNNING"
+
+
+def test_logging_an_epoch_twice_replaces_it(registry: Registry) -> None:
+    run_id = new_run(registry)
+    registry.log_epoch(run_id, 0, {"a": 1.0, "b": 2.0},
+                       [(0, "stem.lif", {"firing_rate": 0.1}), (1, "l1", {"firing_rate": 0.2})])
+    registry.log_epoch(run_id, 1, {"a": 10.0}, [(0, "stem.lif", {"firing_rate": 0.5})])
+    registry.log_epoch(run_id, 0, {"a": 3.0}, [(0, "stem.lif", {"firing_rate": 0.3})])
+
+    metrics = registry.epoch_metrics([run_id])
+    assert list(metrics.itertuples(index=False, name=None)) == [
+        (run_id, 0, "a", 3.0), (run_id, 1, "a", 10.0)]
+    layers = registry.layer_stats([run_id])
+    assert list(layers[["epoch", "layer_index", "value"]].itertuples(index=False, name=None)) == [
+        (0, 0, 0.3), (1, 0, 0.5)]
+
+
+def test_log_epoch_errors(memory_registry: Registry) -> None:
+    run_id = new_run(memory_registry)
+    with pytest.raises(RegistryError, match="no run with id 'nope'"):
+        memory_registry.log_epoch("nope", 0, {"a": 1.0}, [])
+    with pytest.raises(RegistryError, match="layer index 0 appears twice in epoch 3"):
+        memory_registry.log_epoch(run_id, 3, {}, [(0, "a", {"x": 1.0}), (0, "b", {"x": 2.0})])
+    with pytest.raises(RegistryError, match="metric 'acc' must be a number"):
+        memory_registry.log_epoch(run_id, 0, {"acc": "high"}, [])
+    with pytest.raises(RegistryError, match="epoch must be an integer"):
+        memory_registry.log_epoch(run_id, 1.5, {}, [])  # type: ignore[arg-type]
+    assert memory_registry.epoch_metrics([run_id]).empty
+
+
+def test_heartbeat_and_checkpoint_dir(memory_registry: Registry) -> None:
+    run_id = new_run(memory_registry)
+    before = memory_registry.get_run(run_id).heartbeat_at
+    memory_registry.heartbeat(run_id)
+    memory_registry.set_checkpoint_dir(run_id, Path("/data/ckpt"))
+    run = memory_registry.get_run(run_id)
+    assert run.heartbeat_at is not None and before is not None and run.heartbeat_at > before
+    assert run.checkpoint_dir == "/data/ckpt"
+    with pytest.raises(RegistryError, match="no run with id 'missing'"):
+        memory_registry.set_checkpoint_dir("missing", "/x")
+
+
+def test_create_run_validation(memory_registry: Registry) -> None:
+    with pytest.raises(RegistryError, match="kind must be one of train, ablate, got 'sweep'"):
+        new_run(memory_registry, kind="sweep")
+    with pytest.raises(RegistryError, match="initial status must be one of QUEUED, RUNNING"):
+        new_run(memory_registry, status="FINISHED")
+    with pytest.raises(RegistryError, match="no group with id 'feedfeedfeed'"):
+        new_run(memory_registry, group_id="feedfeedfeed")
+    with pytest.raises(RegistryError, match="recipe is not JSON-serialisable"):
+        new_run(memory_registry, recipe={"path": object()})
+    assert memory_registry.list_runs() == []
+
+
+def test_queued_run_lifecycle_and_attempts(memory_registry: Registry) -> None:
+    run_id = new_run(memory_registry, status="QUEUED")
+    queued = memory_registry.get_run(run_id)
+    assert (queued.status, queued.started_at, queued.attempt) == ("QUEUED", None, 1)
+
+    memory_registry.mark_running(run_id, environment={"device": "cuda:0"}, argv=["imloss", "x"])
+    first = memory_registry.get_run(run_id)
+    assert (first.status, first.attempt, first.environment, first.argv) == (
+        "RUNNING", 1, {"device": "cuda:0"}, ["imloss", "x"])
+    assert first.started_at is not None
+    with pytest.raises(RegistryError, match="only QUEUED, FAILED, KILLED or LOST runs"):
+        memory_registry.mark_running(run_id)
+
+    memory_registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt")
+    memory_registry.mark_running(run_id, git_commit="def456")
+    second = memory_registry.get_run(run_id)
+    assert (second.status, second.attempt, second.error_type, second.ended_at) == (
+        "RUNNING", 2, None, None)
+    assert second.git_commit == "def456" and second.environment == {"device": "cuda:0"}
+    memory_registry.finish_run(run_id, "FINISHED")
+    with pytest.raises(RegistryError, match="is FINISHED; only QUEUED"):
+        memory_registry.mark_running(run_id)
+
+
+# ------------------------------------------------------------------------------ lookups
+
+def test_run_prefix_lookup(memory_registry: Registry, fixed_ids: Callable[[list[str]], None]) -> None:
+    fixed_ids(["ab1200000000", "ab3400000000", "cd5600000000"])
+    for name in ("one", "two", "three"):
+        new_run(memory_registry, name)
+    assert memory_registry.get_run("ab1200000000").name == "one"
+    assert memory_registry.get_run("ab1").name == "one"
+    assert memory_registry.get_run("AB3").name == "two"
+    assert memory_registry.get_run("c").name == "three"
+    with pytest.raises(RegistryError) as ambiguous:
+        memory_registry.get_run("ab")
+    assert str(ambiguous.value) == ("run prefix 'ab' is ambiguous: matches ab1200000000, "
+                                    "ab3400000000 (give more characters)")
+    with pytest.raises(RegistryError, match="^no run matches 'xyz'$"):
+        memory_registry.get_run("xyz")
+    with pytest.raises(RegistryError, match="no run matches 'ab%'"):
+        memory_registry.get_run("ab%")  # LIKE wildcards are literal characters
+    with pytest.raises(RegistryError, match="empty run id"):
+        memory_registry.get_run("  ")
+
+
+def test_group_prefix_lookup(memory_registry: Registry, fixed_ids: Callable[[list[str]], None]) -> None:
+    assert memory_registry.latest_group() is None
+    fixed_ids(["ee0100000000", "ee0200000000"])
+    memory_registry.create_group("first", {}, {}, [])
+    memory_registry.create_group("second", {}, {}, [])
+    assert memory_registry.get_group("ee01").name == "first"
+    latest = memory_registry.latest_group()
+    assert latest is not None and latest.name == "second"
+    with pytest.raises(RegistryError, match="group prefix 'ee0' is ambiguous: matches "
+                                            "ee0100000000, ee0200000000"):
+        memory_registry.get_group("ee0")
+    with pytest.raises(RegistryError, match="no group matches 'ff'"):
+        memory_registry.get_group("ff")
+
+
+def test_list_runs_filters_and_order(memory_registry: Registry) -> None:
+    group = memory_registry.create_group("g", {}, {"seed": [1, 2]}, [])
+    t1 = new_run(memory_registry, "t1")
+    a1 = new_run(memory_registry, "a1", kind="ablate", group_id=group, fingerprint="same")
+    t2 = new_run(memory_registry, "t2")
+    a2 = new_run(memory_registry, "a2", kind="ablate", group_id=group, fingerprint="same")
+    q = new_run(memory_registry, "q", status="QUEUED", fingerprint="same")
+    memory_registry.finish_run(t1, "FINISHED")
+    memory_registry.finish_run(a1, "FAILED")
+
+    def ids(runs: list[RunInfo]) -> list[str]:
+        return [run.id for run in runs]
+
+    assert ids(memory_registry.list_runs()) == [q, a2, t2, a1, t1]
+    assert ids(memory_registry.list_runs(limit=2)) == [q, a2]
+    assert ids(memory_registry.list_runs(kind="train")) == [q, t2, t1]
+    assert ids(memory_registry.list_runs(group_id=group)) == [a2, a1]
+    assert ids(memory_registry.list_runs(status="RUNNING")) == [a2, t2]
+    assert ids(memory_registry.list_runs(status="RUNNING", limit=1)) == [a2]
+    assert ids(memory_registry.list_runs(status="FINISHED")) == [t1]
+    assert ids(memory_registry.list_runs(status="FAILED", group_id=group, kind="ablate")) == [a1]
+    assert memory_registry.list_runs(status="LOST") == []
+
+    latest_train = memory_registry.latest_run()
+    assert latest_train is not None and latest_train.id == q
+    latest_ablate = memory_registry.latest_run("ablate")
+    assert latest_ablate is not None and latest_ablate.id == a2
+    latest_any = memory_registry.latest_run(None)
+    assert latest_any is not None and latest_any.id == q
+
+    newest = memory_registry.find_run_by_fingerprint("same")
+    assert newest is not None and newest.id == q
+    in_group = memory_registry.find_run_by_fingerprint("same", group_id=group)
+    assert in_group is not None and in_group.id == a2
+    assert memory_registry.find_run_by_fingerprint("other") is None
+
+    with pytest.raises(RegistryError, match="status must be one of"):
+        memory_registry.list_runs(status="DONE")
+
+    frame = memory_registry.runs_frame()
+    assert list(frame["id"]) == [q, a2, t2, a1, t1]
+    assert list(frame["status"]) == ["QUEUED", "RUNNING", "RUNNING", "FAILED", "FINISHED"]
+    assert isinstance(frame["created_at"].dtype, pd.DatetimeTZDtype)
+    assert str(frame["created_at"].dtype.tz) == "UTC"
+    assert frame["started_at"].isna().tolist() == [True, False, False, False, False]
+    assert list(memory_registry.runs_frame([t1, a1, "unknown"])["id"]) == [a1, t1]
+
+
+def test_empty_registry_reads(memory_registry: Registry) -> None:
+    assert memory_registry.latest_run() is None
+    metrics = memory_registry.epoch_metrics([])
+    assert list(metrics.columns) == ["run_id", "epoch", "name", "value"] and metrics.empty
+    assert str(metrics["epoch"].dtype) == "int64" and str(metrics["value"].dtype) == "float64"
+    layers = memory_registry.layer_stats(["nonexistent"], last_epoch_only=True)
+    assert list(layers.columns) == ["run_id", "epoch", "layer_index", "layer", "stat", "value"]
+    assert layers.empty
+    assert memory_registry.runs_frame().empty
+
+
+# ------------------------------------------------------------------------------ LOST runs
+
+def test_dead_process_on_this_host_is_lost(file_registry: Registry, db_path: Path) -> None:
+    run_id = new_run(file_registry)
+    raw_update(db_path, run_id, pid=dead_pid())
+
+    lost = file_registry.get_run(run_id)
+    assert (lost.status, lost.display_status) == ("RUNNING", "LOST")
+    assert [r.id for r in file_registry.list_runs(status="LOST")] == [run_id]
+    assert file_registry.list_runs(status="RUNNING") == []
+
+    # The same pid recorded by another machine says nothing about this one.
+    raw_update(db_path, run_id, host="some-other-host")
+    assert file_registry.get_run(run_id).display_status == "RUNNING"
+
+    raw_update(db_path, run_id, host=socket.gethostname())
+    file_registry.mark_running(run_id)  # a LOST run may be resumed
+    resumed = file_registry.get_run(run_id)
+    assert (resumed.display_status, resumed.pid, resumed.attempt) == ("RUNNING", os.getpid(), 2)
+
+
+def test_stale_heartbeat_is_lost(file_registry: Registry, db_path: Path) -> None:
+    run_id = new_run(file_registry)
+    finished = new_run(file_registry, "done")
+    file_registry.finish_run(finished, "FINISHED")
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
+    raw_update(db_path, run_id, heartbeat_at=two_hours_ago)
+    raw_update(db_path, finished, heartbeat_at=two_hours_ago)
+
+    assert file_registry.get_run(run_id).display_status == "LOST"
+    assert file_registry.get_run(finished).display_status == "FINISHED"
+    with Registry(str(db_path), stale_after=3 * 3600) as patient:
+        assert patient.get_run(run_id).display_status == "RUNNING"
+
+    file_registry.log_epoch(run_id, 0, {"loss": 1.0}, [])  # logging is a heartbeat
+    assert file_registry.get_run(run_id).display_status == "RUNNING"
+
+
+# ------------------------------------------------------------------------------ layer stats
+
+def test_layer_stats_last_epoch_only(registry: Registry) -> None:
+    short = new_run(registry, "short")
+    long = new_run(registry, "long")
+    metrics_only = new_run(registry, "metrics-only")
+    for epoch in range(3):
+        registry.log_epoch(short, epoch, {"loss": 1.0},
+                           [(i, f"l{i}", {"firing_rate": epoch + i / 10}) for i in range(2)])
+    for epoch in (0, 1, 2, 3, 4):
+        registry.log_epoch(long, epoch, {}, [(0, "stem.lif", {"entropy": epoch * 1.5,
+                                                              "firing_rate": 0.01})])
+    registry.log_epoch(long, 1, {}, [(0, "stem.lif", {"entropy": 99.0})])  # re-log an old epoch
+    registry.log_epoch(metrics_only, 5, {"loss": 0.5}, [])
+
+    last = registry.layer_stats([short, long, metrics_only, short], last_epoch_only=True)
+    expected = sorted([(short, 2, 0, "l0", "firing_rate", 2.0),
+                       (short, 2, 1, "l1", "firing_rate", 2.1),
+                       (long, 4, 0, "stem.lif", "entropy", 6.0),
+                       (long, 4, 0, "stem.lif", "firing_rate", 0.01)])
+    assert list(last.itertuples(index=False, name=None)) == expected
+
+    at_one = registry.layer_stats([long, short], epoch=1)
+    assert sorted(at_one.itertuples(index=False, name=None)) == sorted([
+        (long, 1, 0, "stem.lif", "entropy", 99.0),
+        (short, 1, 0, "l0", "firing_rate", 1.0), (short, 1, 1, "l1", "firing_rate", 1.1)])
+    assert list(at_one["run_id"]) == sorted(at_one["run_id"])
+    assert len(registry.layer_stats([short, long])) == 6 + 9
+    with pytest.raises(RegistryError, match="either epoch or last_epoch_only"):
+        registry.layer_stats([short], epoch=1, last_epoch_only=True)
+
+
+def test_many_run_ids_in_one_query(memory_registry: Registry) -> None:
+    run_ids = [new_run(memory_registry, f"r{i}") for i in range(40)]
+    for index, run_id in enumerate(run_ids):
+        memory_registry.log_epoch(run_id, index % 3, {"m": float(index)},
+                                  [(0, "stem.lif", {"firing_rate": float(index)})])
+    wanted = run_ids + [f"missing{i:05d}" for i in range(2000)]  # beyond SQLite's 999 variables
+    metrics = memory_registry.epoch_metrics(wanted)
+    assert list(metrics["run_id"]) == sorted(run_ids)
+    by_run = dict(zip(metrics["run_id"], metrics["value"]))
+    assert by_run == {run_id: float(i) for i, run_id in enumerate(run_ids)}
+    assert len(memory_registry.layer_stats(wanted, last_epoch_only=True)) == 40
+
+
+# ------------------------------------------------------------------------------ opening
+
+def test_file_registry_uses_wal(file_registry: Registry, db_path: Path) -> None:
+    assert db_path.is_file()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),)
+        kinds = dict(conn.execute("SELECT name, type FROM sqlite_master"))
+    assert {"meta", "groups", "runs", "epoch_metrics", "layer_stats"} <= set(kinds)
+    assert {"ix_runs_group_id", "ix_runs_status", "ix_runs_created_at"} <= set(kinds)
+
+
+def test_reopen_sees_data_and_plain_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with Registry("runs/registry.db") as first:
+        run_id = new_run(first)
+        first.log_epoch(run_id, 0, {"loss": 0.75}, [])
+    assert (tmp_path / "runs" / "registry.db").is_file()
+    with Registry(f"sqlite:///{tmp_path / 'runs' / 'registry.db'}") as second:
+        assert second.epoch_metrics([run_id])["value"].tolist() == [0.75]
+    (tmp_path / "empty.db").touch()  # a zero-byte file is an empty SQLite database
+    with Registry(str(tmp_path / "empty.db")) as empty:
+        assert empty.list_runs() == []
+
+
+def test_newer_schema_version_is_refused(db_path: Path) -> None:
+    Registry(str(db_path)).close()
+    set_schema_version(db_path, SCHEMA_VERSION + 1)
+    with pytest.raises(RegistryError, match=rf"registry schema version {SCHEMA_VERSION + 1} is "
+                                            rf"newer than this imloss understands "
+                                            rf"\({SCHEMA_VERSION}\); upgrade imloss"):
+        Registry(str(db_path))
+
+
+def test_older_schema_version_is_migrated(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Registry(str(db_path)).close()
+    set_schema_version(db_path, SCHEMA_VERSION - 1)
+    with pytest.raises(RegistryError, match=f"has no migration from it to {SCHEMA_VERSION}"):
+        Registry(str(db_path))
+
+    applied: list[int] = []
+    monkeypatch.setattr(store_module, "MIGRATIONS",
+                        {SCHEMA_VERSION - 1: lambda conn: applied.append(SCHEMA_VERSION - 1)})
+    Registry(str(db_path)).close()
+    assert applied == [SCHEMA_VERSION - 1]
+    Registry(str(db_path)).close()  # already migrated: nothing runs again
+    assert applied == [SCHEMA_VERSION - 1]
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),)
+
+
+def test_foreign_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    with pytest.raises(RegistryError, match=r"is not an imloss registry: it has tables users "
+                                            r"but no 'meta' table"):
+        Registry(str(path))
+
+
+def test_not_a_database_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are not the tables you are looking for\n" * 20)
+    with pytest.raises(RegistryError) as error:
+        Registry(str(path))
+    assert str(error.value) == f"file is not an imloss registry (not a SQLite database): {path}"
+    assert path.read_text().startswith("these are not")  # left untouched
+
+
+def test_directory_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="is a directory, not a registry file"):
+        Registry(str(tmp_path))
+
+
+def test_path_under_a_file_is_not_writable(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    path = tmp_path / "afile" / "reg.db"
+    with pytest.raises(RegistryError, match=rf"registry path {path} is not writable"):
+        Registry(str(path))
+
+
+def test_read_only_database_is_not_writable(db_path: Path) -> None:
+    Registry(str(db_path)).close()
+    # A read-only URI open fails even for root, unlike chmod.
+    with pytest.raises(RegistryError, match=rf"registry {db_path} is not writable"):
+        Registry(f"sqlite:///file:{db_path}?mode=ro&uri=true")
+
+
+def test_read_only_directory_is_not_writable(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: chmod does not stop this user from writing")
+        with pytest.raises(RegistryError, match="is not writable"):
+            Registry(str(locked / "reg.db"))
+    finally:
+        locked.chmod(0o755)
+
+
+def test_bad_urls(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="cannot open registry"):
+        Registry("postgresql+nosuchdriver://user:secret@host/db")
+    with pytest.raises(RegistryError, match="registry location is empty"):
+        Registry("")
+    with pytest.raises(RegistryError, match="stale_after must be a positive"):
+        Registry("sqlite://", stale_after=0)
+
+
+def test_in_memory_sessions_share_one_database() -> None:
+    with Registry("sqlite://") as registry:
+        run_id = new_run(registry)
+        assert registry.get_run(run_id).name == "run"
+        assert registry.url == "sqlite://"
+    with Registry("sqlite://") as other:  # a new in-memory registry is empty
+        assert other.list_runs() == []
+
+
+def test_registry_imports_only_stdlib_sqlalchemy_and_pandas() -> None:
+    allowed = set(sys.stdlib_module_names) | {"sqlalchemy", "pandas"}
+    for source in PACKAGE.glob("*.py"):
+        tree = ast.parse(source.read_text(), filename=str(source))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: must stay inside the registry package
+                    assert node.level == 1, f"{source.name} imports outside the registry"
+                    continue
+                roots = {(node.module or "").split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{source.name} imports {roots - allowed}"
+
+
+# ------------------------------------------------------------------------------ processes
+
+def load_writer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("registry_writer", WRITER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_writers(db: Path, count: int, epochs: int, layers: int) -> list[str]:
+    """Start ``count`` writer processes, release them at the same moment, return their output."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [subprocess.Popen([sys.executable, str(WRITER), str(db), f"writer-{i}", str(epochs),
+                               str(layers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+             for i in range(count)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:  # all imports are done: start the writes together
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (out, err) in zip(procs, outputs):
+        assert "database is locked" not in err
+        assert proc.returncode == 0, err
+    return [out.strip() for out, _ in outputs]
+
+
+def check_writers_landed(db: Path, count: int, epochs: int, layers: int) -> None:
+    writer = load_writer()
+    with Registry(str(db)) as registry:
+        runs = registry.list_runs()
+        assert sorted(run.name for run in runs) == sorted(f"writer-{i}" for i in range(count))
+        assert {run.status for run in runs} == {"FINISHED"}
+        ids = [run.id for run in runs]
+        metrics = registry.epoch_metrics(ids)
+        layers_frame = registry.layer_stats(ids)
+    number = {run.id: int(run.name.rsplit("-", 1)[1]) for run in runs}
+    assert len(metrics) == count * epochs * len(writer.METRICS)
+    assert len(layers_frame) == count * epochs * layers * len(writer.STATS)
+    metric_index = {name: i for i, name in enumerate(writer.METRICS)}
+    for run_id, epoch, name, value in metrics.itertuples(index=False, name=None):
+        assert value == writer.expected_value(number[run_id], epoch, 999, metric_index[name])
+    stat_index = {name: i for i, name in enumerate(writer.STATS)}
+    for run_id, epoch, layer, layer_name, stat, value in layers_frame.itertuples(index=False,
+                                                                                 name=None):
+        assert layer_name == f"layer{layer}.lif"
+        assert value == writer.expected_value(number[run_id], epoch, layer, stat_index[stat])
+
+
+def test_two_processes_write_one_file_at_once(db_path: Path) -> None:
+    printed = run_writers(db_path, 2, epochs=30, layers=4)
+    assert len(set(printed)) == 2
+    check_writers_landed(db_path, 2, epochs=30, layers=4)
+
+
+def test_eight_processes_write_one_file_at_once(db_path: Path) -> None:
+    run_writers(db_path, 8, epochs=30, layers=4)
+    check_writers_landed(db_path, 8, epochs=30, layers=4)
+
+
+def test_values_are_stored_as_numbers(file_registry: Registry, db_path: Path) -> None:
+    run_id = new_run(file_registry, seed=123)
+    file_registry.log_epoch(run_id, 2, {"loss": 0.5}, [(3, "stem.lif", {"firing_rate": 0.25})])
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT typeof(seed), typeof(pid), typeof(created_at) FROM runs"
+                            ).fetchone() == ("integer", "integer", "real")
+        assert conn.execute("SELECT typeof(epoch), typeof(value) FROM epoch_metrics").fetchone() == (
+            "integer", "real")
+        assert conn.execute("SELECT typeof(layer_index), typeof(value) FROM layer_stats"
+                            ).fetchone() == ("integer", "real")
+    created = file_registry.get_run(run_id).created_at
+    assert abs((created - datetime.now(timezone.utc)).total_seconds()) < 60
+    assert not math.isnan(file_registry.epoch_metrics([run_id])["value"].iloc[0])
