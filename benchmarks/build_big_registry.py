@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pandas as pd
 from sqlalchemy import create_engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imloss_cli.registry import Registry  # noqa: E402
-from imloss_cli.registry.schema import EpochMetric, LayerStat  # noqa: E402
+from imloss_cli.registry import Registry
+from imloss_cli.registry.schema import EpochMetric, LayerStat
 
 STATS = ("firing_rate", "entropy", "rate_entropy", "membrane_mean", "membrane_std")
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "im_loss", "ce_loss", "lr",
@@ -84,15 +85,15 @@ def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[st
         for run_id in run_ids:
             registry.finish_run(run_id, "FINISHED")
     engine = create_engine(f"sqlite:///{path}")
-    metric_sql = str(insert(EpochMetric.__table__).compile(dialect=engine.dialect))
-    layer_sql = str(insert(LayerStat.__table__).compile(dialect=engine.dialect))
+    metric_sql = str(insert(EpochMetric).compile(dialect=engine.dialect))
+    layer_sql = str(insert(LayerStat).compile(dialect=engine.dialect))
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
         for start in range(0, runs, RUNS_PER_TRANSACTION):
             for run_id in run_ids[start:start + RUNS_PER_TRANSACTION]:
-                cursor.executemany(metric_sql, metric_rows(run_id, epochs, rng))
-                cursor.executemany(layer_sql, layer_rows(run_id, epochs, names, rng))
+                cursor.executemany(metric_sql, list(metric_rows(run_id, epochs, rng)))
+                cursor.executemany(layer_sql, list(layer_rows(run_id, epochs, names, rng)))
             raw.commit()
     finally:
         raw.close()
@@ -100,8 +101,10 @@ def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[st
     return run_ids
 
 
-def median_time(action: Callable[[], object], repeats: int = 3) -> tuple[float, object]:
-    times, result = [], None
+def median_time(action: Callable[[], pd.DataFrame],
+                repeats: int = 3) -> tuple[float, pd.DataFrame]:
+    times: list[float] = []
+    result = pd.DataFrame()
     for _ in range(repeats):
         start = time.perf_counter()
         result = action()
@@ -132,8 +135,8 @@ def main() -> None:
     with Registry(str(args.path)) as registry:
         last_s, last = median_time(lambda: registry.layer_stats(run_ids, last_epoch_only=True))
         metrics_s, metrics = median_time(lambda: registry.epoch_metrics(run_ids))
-    print(f"layer_stats(last_epoch_only=True): {last_s:.3f} s ({len(last):,} rows)")  # type: ignore[arg-type]
-    print(f"epoch_metrics:                     {metrics_s:.3f} s ({len(metrics):,} rows)")  # type: ignore[arg-type]
+    print(f"layer_stats(last_epoch_only=True): {last_s:.3f} s ({len(last):,} rows)")
+    print(f"epoch_metrics:                     {metrics_s:.3f} s ({len(metrics):,} rows)")
     print(f"together:                          {last_s + metrics_s:.3f} s")
 
 

@@ -63,6 +63,8 @@ class BenchOptions:
     seed: int = 0
     peak_tflops: float = 989.0  # bf16 dense peak of an H100/H200-class GPU, for MFU
     memory: bool = True  # measure peak memory (on CPU: one subprocess per variant and T)
+    threads: int | None = None  # torch.set_num_threads for the run; None: torch's default
+    compiled: bool = True  # False: the imloss row runs the eager kernels too (no C compiler, quick tests)
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,10 @@ class FoldedEncoder(StaticEncoder):
         return self.lif(self.layers(x_flat).unflatten(0, (T, B)))  # [T, B, C', H', W']
 
 
-def build_variant(base: nn.Module, variant: str) -> tuple[nn.Module, list[nn.Module]]:
+def build_variant(base: nn.Module, variant: str, compiled: bool = True) -> tuple[nn.Module, list[nn.Module]]:
     """A deep copy of ``base`` with its LIF layers swapped for ``variant``'s neurons.
+
+    ``compiled=False`` makes the "imloss" variant use the eager kernels (as "imloss-eager" does).
 
     Returns the model and its neurons, in order (all of them are hidden layers that IM-Loss uses).
     """
@@ -214,7 +218,7 @@ def build_variant(base: nn.Module, variant: str) -> tuple[nn.Module, list[nn.Mod
     neurons: list[nn.Module] = []
     for name, lif in spiking_layers(model):
         if kind in ("imloss", "imloss-eager"):
-            lif.compiled, lif.store_v_seq = kind == "imloss", True
+            lif.compiled, lif.store_v_seq = compiled and kind == "imloss", True
             neurons.append(lif)
             continue
         new: nn.Module
@@ -322,8 +326,10 @@ def _resolve(o: BenchOptions) -> BenchOptions:
         raise BenchError(f"dtype must be auto, fp32 or bf16, got {o.dtype!r}")
     size = o.image_size or {"resnet34": 224, "convnet3": 8}.get(o.arch, 32)
     cuda = device == "cuda"
+    if o.threads is not None:
+        torch.set_num_threads(o.threads)  # before anything runs: intra-op pools are sized once
     return dataclasses.replace(
-        o, device=device, dtype=dtype, image_size=size,
+        o, device=device, dtype=dtype, image_size=size, threads=torch.get_num_threads(),
         steps=o.steps or (20 if cuda else 3), warmup=o.warmup if o.warmup is not None else (5 if cuda else 2),
     )
 
@@ -404,7 +410,7 @@ def _setup(o: BenchOptions, T: int, variants: list[str]) -> tuple[dict[str, _Run
 
     runners = {}
     for name in variants:
-        model, neurons = build_variant(base, name)
+        model, neurons = build_variant(base, name, o.compiled)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
         runners[name] = _Runner(model, neurons, opt, autocast, spec.v_threshold)
     return runners, x, y
@@ -449,6 +455,7 @@ def _probe_in_subprocess(o: BenchOptions, variant: str, T: int) -> dict[str, flo
         sys.executable, "-m", "imloss_cli.bench", "--memory-probe", variant, "--arch", o.arch,
         "--timesteps", str(T), "--batch", str(o.batch), "--device", o.device, "--dtype", o.dtype,
         "--image-size", str(o.image_size), "--seed", str(o.seed), "--warmup", str(o.warmup),
+        "--threads", str(o.threads), *([] if o.compiled else ["--no-compile"]),
     ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -536,7 +543,7 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
     except KeyError as e:
         raise BenchError(str(e.args[0])) from None
     sj = [v.partition("[")[2].rstrip("]") or None for v in variants if v.startswith("spikingjelly")]
-    gate = correctness_gate(o.timesteps, o.device, compiled="imloss" in variants, spikingjelly_backends=tuple(sj))
+    gate = correctness_gate(o.timesteps, o.device, compiled=o.compiled, spikingjelly_backends=tuple(sj))
     device_name = torch.cuda.get_device_name() if o.device == "cuda" else "cpu"
     info = (o, device_name, torch.__version__, torch.get_num_threads())
     if not all(c.passed for c in gate):
@@ -604,7 +611,7 @@ def format_table(result: BenchResult) -> str:
                 f"{'once' if r.static_encoder else 'T*B':>5}" + (f"  {r.mfu:.1%}" if r.mfu is not None else "")
             )
     if result.flops_per_image_step is not None:
-        line = f"model FLOPs: {result.flops_per_image_step / 1e9:.2f} GFLOP per image per time step (training step of relu, FlopCounterMode)"
+        line = f"model FLOPs: {result.flops_per_image_step / 1e9:.4g} GFLOP per image per time step (training step of relu, FlopCounterMode)"
         if o.device == "cuda":
             line += f"; MFU against {o.peak_tflops:g} TFLOP/s"
         lines.append(line)
@@ -661,6 +668,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak for MFU (989: bf16 dense, H100/H200)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--no-compile", action="store_true", help="imloss without torch.compile (eager kernels)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", action="store_true")
     p.add_argument("--memory-probe", metavar="VARIANT", help=argparse.SUPPRESS)  # internal: one CPU memory probe
@@ -674,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         arch=args.arch, timesteps=tuple(int(t) for t in args.timesteps.split(",")), batch=args.batch,
         device=args.device, dtype=args.dtype, compare=tuple(c for c in args.compare.split(",") if c),
         steps=args.steps, repeats=args.repeats, warmup=args.warmup, image_size=args.image_size, seed=args.seed,
-        peak_tflops=args.peak_tflops, memory=not args.no_memory,
+        peak_tflops=args.peak_tflops, memory=not args.no_memory, threads=args.threads,
+        compiled=not args.no_compile,
     )
     try:
         if args.memory_probe:

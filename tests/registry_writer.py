@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imloss_cli.registry import Registry  # noqa: E402
+from imloss_cli.registry import Registry
 
 STATS = ("firing_rate", "entropy", "rate_entropy", "membrane_mean", "membrane_std")
 METRICS = ("train_loss", "test_acc", "im_loss")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pytest
@@ -62,7 +62,7 @@ def file_registry(db_path: Path) -> Iterator[Registry]:
 def registry(request: pytest.FixtureRequest) -> Registry:
     """Both kinds of registry, for behaviour that must not depend on the backend."""
     fixture = "memory_registry" if request.param == "memory" else "file_registry"
-    return request.getfixturevalue(fixture)
+    return cast(Registry, request.getfixturevalue(fixture))
 
 
 @pytest.fixture
@@ -180,9 +180,9 @@ def test_failed_run_keeps_its_error(memory_registry: Registry) -> None:
 
 def test_finish_rejects_non_terminal_status(memory_registry: Registry) -> None:
     run_id = new_run(memory_registry)
-    with pytest.raises(RegistryError, match="finish status must be one of FAILED, FINISHED, KILLED"):
+    with pytest.raises(RegistryError, match="finish status must be one of FAILED, FINISHED, KILL"):
         memory_registry.finish_run(run_id, "RUNNING")
-    assert TERMINAL == {"FINISHED", "FAILED", "KILLED"}
+    assert {"FINISHED", "FAILED", "KILLED"} == TERMINAL
     assert memory_registry.get_run(run_id).status == "RUNNING"
 
 
@@ -208,7 +208,7 @@ def test_log_epoch_errors(memory_registry: Registry) -> None:
     with pytest.raises(RegistryError, match="layer index 0 appears twice in epoch 3"):
         memory_registry.log_epoch(run_id, 3, {}, [(0, "a", {"x": 1.0}), (0, "b", {"x": 2.0})])
     with pytest.raises(RegistryError, match="metric 'acc' must be a number"):
-        memory_registry.log_epoch(run_id, 0, {"acc": "high"}, [])
+        memory_registry.log_epoch(run_id, 0, {"acc": "high"}, [])  # type: ignore[dict-item]
     with pytest.raises(RegistryError, match="epoch must be an integer"):
         memory_registry.log_epoch(run_id, 1.5, {}, [])  # type: ignore[arg-type]
     assert memory_registry.epoch_metrics([run_id]).empty
@@ -264,7 +264,8 @@ def test_queued_run_lifecycle_and_attempts(memory_registry: Registry) -> None:
 
 # ------------------------------------------------------------------------------ lookups
 
-def test_run_prefix_lookup(memory_registry: Registry, fixed_ids: Callable[[list[str]], None]) -> None:
+def test_run_prefix_lookup(memory_registry: Registry,
+                           fixed_ids: Callable[[list[str]], None]) -> None:
     fixed_ids(["ab1200000000", "ab3400000000", "cd5600000000"])
     for name in ("one", "two", "three"):
         new_run(memory_registry, name)
@@ -276,7 +277,7 @@ def test_run_prefix_lookup(memory_registry: Registry, fixed_ids: Callable[[list[
         memory_registry.get_run("ab")
     assert str(ambiguous.value) == ("run prefix 'ab' is ambiguous: matches ab1200000000, "
                                     "ab3400000000 (give more characters)")
-    with pytest.raises(RegistryError, match="^no run matches 'xyz'$"):
+    with pytest.raises(RegistryError, match=r"^no run matches 'xyz'$"):
         memory_registry.get_run("xyz")
     with pytest.raises(RegistryError, match="no run matches 'ab%'"):
         memory_registry.get_run("ab%")  # LIKE wildcards are literal characters
@@ -284,7 +285,8 @@ def test_run_prefix_lookup(memory_registry: Registry, fixed_ids: Callable[[list[
         memory_registry.get_run("  ")
 
 
-def test_group_prefix_lookup(memory_registry: Registry, fixed_ids: Callable[[list[str]], None]) -> None:
+def test_group_prefix_lookup(memory_registry: Registry,
+                             fixed_ids: Callable[[list[str]], None]) -> None:
     assert memory_registry.latest_group() is None
     fixed_ids(["ee0100000000", "ee0200000000"])
     memory_registry.create_group("first", {}, {}, [])
@@ -297,6 +299,8 @@ def test_group_prefix_lookup(memory_registry: Registry, fixed_ids: Callable[[lis
         memory_registry.get_group("ee0")
     with pytest.raises(RegistryError, match="no group matches 'ff'"):
         memory_registry.get_group("ff")
+    assert [g.name for g in memory_registry.list_groups()] == ["second", "first"]
+    assert [g.id for g in memory_registry.list_groups(limit=1)] == ["ee0200000000"]
 
 
 def test_list_runs_filters_and_order(memory_registry: Registry) -> None:
@@ -436,9 +440,29 @@ def test_many_run_ids_in_one_query(memory_registry: Registry) -> None:
     wanted = run_ids + [f"missing{i:05d}" for i in range(2000)]  # beyond SQLite's 999 variables
     metrics = memory_registry.epoch_metrics(wanted)
     assert list(metrics["run_id"]) == sorted(run_ids)
-    by_run = dict(zip(metrics["run_id"], metrics["value"]))
+    by_run = dict(zip(metrics["run_id"], metrics["value"], strict=True))
     assert by_run == {run_id: float(i) for i, run_id in enumerate(run_ids)}
     assert len(memory_registry.layer_stats(wanted, last_epoch_only=True)) == 40
+
+
+def test_portable_read_path_matches_sqlite_fast_path(memory_registry: Registry,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    run_ids = [new_run(memory_registry, f"r{i}") for i in range(3)]
+    for i, run_id in enumerate(run_ids):
+        for epoch in range(i + 1):
+            memory_registry.log_epoch(run_id, epoch, {"loss": 1 / (epoch + 1), "acc": 0.5},
+                                      [(0, "stem.lif", {"firing_rate": epoch / 7})])
+    fast = [memory_registry.epoch_metrics(run_ids),
+            memory_registry.layer_stats(run_ids, last_epoch_only=True),
+            memory_registry.layer_stats(run_ids, epoch=0)]
+    # What a server backend (no driver-cursor shortcut) goes through.
+    monkeypatch.setattr(store_module, "_driver_rows_are_plain", lambda conn: False)
+    portable = [memory_registry.epoch_metrics(run_ids),
+                memory_registry.layer_stats(run_ids, last_epoch_only=True),
+                memory_registry.layer_stats(run_ids, epoch=0)]
+    assert [len(frame) for frame in fast] == [12, 3, 3]
+    for expected, actual in zip(fast, portable, strict=True):
+        pd.testing.assert_frame_equal(actual, expected)
 
 
 # ------------------------------------------------------------------------------ opening
@@ -454,7 +478,8 @@ def test_file_registry_uses_wal(file_registry: Registry, db_path: Path) -> None:
     assert {"ix_runs_group_id", "ix_runs_status", "ix_runs_created_at"} <= set(kinds)
 
 
-def test_reopen_sees_data_and_plain_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reopen_sees_data_and_plain_relative_path(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with Registry("runs/registry.db") as first:
         run_id = new_run(first)
@@ -609,7 +634,7 @@ def run_writers(db: Path, count: int, epochs: int, layers: int) -> list[str]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_, err) in zip(procs, outputs, strict=True):
         assert "database is locked" not in err
         assert proc.returncode == 0, err
     return [out.strip() for out, _ in outputs]
@@ -654,8 +679,8 @@ def test_values_are_stored_as_numbers(file_registry: Registry, db_path: Path) ->
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT typeof(seed), typeof(pid), typeof(created_at) FROM runs"
                             ).fetchone() == ("integer", "integer", "real")
-        assert conn.execute("SELECT typeof(epoch), typeof(value) FROM epoch_metrics").fetchone() == (
-            "integer", "real")
+        assert conn.execute("SELECT typeof(epoch), typeof(value) FROM epoch_metrics"
+                            ).fetchone() == ("integer", "real")
         assert conn.execute("SELECT typeof(layer_index), typeof(value) FROM layer_stats"
                             ).fetchone() == ("integer", "real")
     created = file_registry.get_run(run_id).created_at

@@ -19,17 +19,33 @@ import socket
 import sqlite3
 import time
 import uuid
-from itertools import repeat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import URL, Connection, Engine, Select, bindparam, create_engine, delete, event
-from sqlalchemy import func, insert, inspect, make_url, select, update
+from sqlalchemy import (
+    URL,
+    BindParameter,
+    Connection,
+    Engine,
+    Select,
+    String,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    make_url,
+    select,
+    update,
+)
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.pool import StaticPool
@@ -137,7 +153,7 @@ _SCALAR_RUN_COLUMNS = [
 class Registry:
     """Store of runs, ablation groups and per-epoch metrics behind one SQLAlchemy URL."""
 
-    def __init__(self, url: str, *, stale_after: float = 3600.0) -> None:
+    def __init__(self, url: str | os.PathLike[str], *, stale_after: float = 3600.0) -> None:
         """Open (creating or upgrading if needed) the registry at ``url``.
 
         Args:
@@ -150,10 +166,12 @@ class Registry:
                 imloss registry, its schema is newer than this code, or it is not writable.
         """
         if not stale_after > 0:
-            raise RegistryError(f"stale_after must be a positive number of seconds, got {stale_after!r}")
+            raise RegistryError(
+                f"stale_after must be a positive number of seconds, got {stale_after!r}")
         self._url = _parse_url(url)
         self._path = _sqlite_file(self._url)
-        self._where = str(self._path) if self._path else self._url.render_as_string(hide_password=True)
+        self._where = (str(self._path) if self._path
+                       else self._url.render_as_string(hide_password=True))
         self._stale_after = float(stale_after)
         self._host = socket.gethostname()
         if self._path is not None:
@@ -300,7 +318,8 @@ class Registry:
                   layer_stats: Sequence[tuple[int, str, Mapping[str, float]]]) -> None:
         """Store one epoch's metrics and per-layer statistics, replacing any earlier log of it.
 
-        Also refreshes the run's heartbeat. NaN values are stored as NULL and read back as NaN.
+        Also refreshes the run's heartbeat; the run's status is not checked. NaN values are
+        stored as NULL and read back as NaN.
 
         Args:
             run_id: exact run id.
@@ -321,22 +340,23 @@ class Registry:
         for index, layer, stats in layer_stats:
             index = _as_int(index, "layer_index")
             if index in seen:
-                raise RegistryError(f"layer index {index} appears twice in epoch {epoch} of run {run_id}")
+                raise RegistryError(
+                    f"layer index {index} appears twice in epoch {epoch} of run {run_id}")
             seen.add(index)
             stat_rows.extend({"run_id": run_id, "epoch": epoch, "layer_index": index,
                               "layer": str(layer), "stat": str(stat),
                               "value": _as_float(value, f"{stat!r} of layer {layer!r}")}
                              for stat, value in stats.items())
         with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
-            self._touch(s, run_id, heartbeat_at=_now())
+            self._update_run(s, run_id, heartbeat_at=_now())
             # Delete-then-insert so a re-logged epoch (e.g. after resume) replaces the old rows,
             # including metrics or layers the new log no longer has.
             for table in (EpochMetric, LayerStat):
                 s.execute(delete(table).where(table.run_id == run_id, table.epoch == epoch))
             if metric_rows:
-                s.execute(insert(EpochMetric.__table__), metric_rows)
+                s.execute(insert(EpochMetric), metric_rows)
             if stat_rows:
-                s.execute(insert(LayerStat.__table__), stat_rows)
+                s.execute(insert(LayerStat), stat_rows)
 
     def heartbeat(self, run_id: str) -> None:
         """Refresh the heartbeat of a run (for epochs longer than ``stale_after``).
@@ -345,7 +365,7 @@ class Registry:
             RegistryError: unknown run id or a failed write.
         """
         with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
-            self._touch(s, run_id, heartbeat_at=_now())
+            self._update_run(s, run_id, heartbeat_at=_now())
 
     def finish_run(self, run_id: str, status: str, *, error_type: str | None = None,
                    error_message: str | None = None, traceback: str | None = None) -> None:
@@ -377,7 +397,7 @@ class Registry:
             RegistryError: unknown run id or a failed write.
         """
         with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
-            self._touch(s, run_id, checkpoint_dir=os.fspath(path))
+            self._update_run(s, run_id, checkpoint_dir=os.fspath(path))
 
     # ----------------------------------------------------------------------------- reads
 
@@ -388,7 +408,7 @@ class Registry:
             RegistryError: no run matches, or the prefix matches several runs.
         """
         with _db_errors(self._where), Session(self._engine) as s, s.begin():
-            return self._run_info(_resolve(s, Run, run_id_or_prefix, "run"), _now())
+            return self._run_info(_get_by_id_or_prefix(s, Run, run_id_or_prefix, "run"), _now())
 
     def get_group(self, group_id_or_prefix: str) -> GroupInfo:
         """Return the group with this id, or the only group whose id starts with this prefix.
@@ -397,7 +417,7 @@ class Registry:
             RegistryError: no group matches, or the prefix matches several groups.
         """
         with _db_errors(self._where), Session(self._engine) as s, s.begin():
-            return _group_info(_resolve(s, Group, group_id_or_prefix, "group"))
+            return _group_info(_get_by_id_or_prefix(s, Group, group_id_or_prefix, "group"))
 
     def latest_group(self) -> GroupInfo | None:
         """Return the most recently created group, or None if there is none."""
@@ -405,6 +425,14 @@ class Registry:
         with _db_errors(self._where), Session(self._engine) as s, s.begin():
             row = s.scalars(stmt).first()
             return None if row is None else _group_info(row)
+
+    def list_groups(self, *, limit: int | None = None) -> list[GroupInfo]:
+        """Return ablation groups, newest first (at most ``limit``)."""
+        stmt = select(Group).order_by(Group.created_at.desc(), Group.id.desc())
+        if limit is not None:
+            stmt = stmt.limit(_as_int(limit, "limit"))
+        with _db_errors(self._where), Session(self._engine) as s, s.begin():
+            return [_group_info(row) for row in s.scalars(stmt)]
 
     def list_runs(self, *, status: str | None = None, group_id: str | None = None,
                   kind: str | None = None, limit: int | None = None) -> list[RunInfo]:
@@ -449,7 +477,8 @@ class Registry:
         runs = self.list_runs(kind=kind, limit=1)
         return runs[0] if runs else None
 
-    def find_run_by_fingerprint(self, fingerprint: str, group_id: str | None = None) -> RunInfo | None:
+    def find_run_by_fingerprint(self, fingerprint: str,
+                                group_id: str | None = None) -> RunInfo | None:
         """Return the newest run with this fingerprint (within ``group_id`` if given), or None."""
         stmt = select(Run).where(Run.fingerprint == fingerprint)
         if group_id is not None:
@@ -493,7 +522,7 @@ class Registry:
         if epoch is not None and last_epoch_only:
             raise RegistryError("give either epoch or last_epoch_only, not both")
         t = LayerStat.__table__.c
-        run = bindparam(_RUN_PARAM)
+        run: BindParameter[str] = bindparam(_RUN_PARAM, type_=String())
         stmt = (select(t.epoch, t.layer_index, t.layer, t.stat, t.value).where(t.run_id == run)
                 .order_by(t.epoch, t.layer_index, t.stat))
         if last_epoch_only:
@@ -510,7 +539,7 @@ class Registry:
     def runs_frame(self, run_ids: Sequence[str] | None = None, *, status: str | None = None,
                    group_id: str | None = None, kind: str | None = None,
                    limit: int | None = None) -> pd.DataFrame:
-        """Return one row per run with its scalar columns (no recipe/argv/environment), newest first.
+        """Return one row per run with its scalar columns (no recipe/argv/environment).
 
         Args:
             run_ids: exact ids to include (unknown ones are skipped); None means all runs
@@ -519,7 +548,8 @@ class Registry:
         Returns:
             Columns: id, name, status, display_status, kind, group_id, created_at, started_at,
             ended_at, heartbeat_at, config_hash, fingerprint, seed, git_commit, git_dirty,
-            code_version, host, pid, attempt, error_type, error_message, checkpoint_dir.
+            code_version, host, pid, attempt, error_type, error_message, checkpoint_dir;
+            newest first; times as datetime64 in UTC.
         """
         infos = self.list_runs(status=status, group_id=group_id, kind=kind,
                                limit=None if run_ids is not None else limit)
@@ -535,12 +565,13 @@ class Registry:
     # ----------------------------------------------------------------------------- helpers
 
     def _get_run_row(self, s: Session, run_id: str) -> Run:
+        """The run with exactly this id (write methods take full ids, never prefixes)."""
         row = s.get(Run, run_id)
         if row is None:
             raise RegistryError(f"no run with id {run_id!r}")
         return row
 
-    def _touch(self, s: Session, run_id: str, **values: Any) -> None:
+    def _update_run(self, s: Session, run_id: str, **values: Any) -> None:
         """Update columns of one run, failing if the id is unknown."""
         result = s.execute(update(Run).where(Run.id == run_id).values(**values)
                            .execution_options(synchronize_session=False))
@@ -550,7 +581,8 @@ class Registry:
     def _display_status(self, row: Run, now: datetime) -> str:
         if row.status != "RUNNING":
             return row.status
-        if row.heartbeat_at is not None and (now - row.heartbeat_at).total_seconds() > self._stale_after:
+        heartbeat = row.heartbeat_at
+        if heartbeat is not None and (now - heartbeat).total_seconds() > self._stale_after:
             return LOST
         # A pid only means something on the host that recorded it.
         if row.host == self._host and not _pid_alive(row.pid):
@@ -614,7 +646,8 @@ def _check_sqlite_file(path: Path) -> None:
         with path.open("rb") as handle:
             header = handle.read(len(_SQLITE_MAGIC))
     except OSError as exc:
-        raise RegistryError(f"registry file {path} is not readable ({exc.strerror or exc})") from exc
+        raise RegistryError(
+            f"registry file {path} is not readable ({exc.strerror or exc})") from exc
     if header and header != _SQLITE_MAGIC:  # an empty file is a valid empty database
         raise RegistryError(f"file is not an imloss registry (not a SQLite database): {path}")
 
@@ -735,7 +768,8 @@ def _db_errors(where: str, *, opening: bool = False) -> Iterator[None]:
 
 # --------------------------------------------------------------------------------- values
 
-def _resolve(s: Session, model: type[Run] | type[Group], ref: str, what: str) -> Any:
+def _get_by_id_or_prefix(s: Session, model: type[Run] | type[Group], ref: str,
+                         what: str) -> Any:
     """The row of ``model`` whose id is ``ref`` or uniquely starts with it."""
     prefix = str(ref).strip().lower()
     if not prefix:
@@ -746,7 +780,7 @@ def _resolve(s: Session, model: type[Run] | type[Group], ref: str, what: str) ->
     if len(prefix) < ID_LENGTH:
         stmt = (select(model).where(model.id.startswith(prefix, autoescape=True))
                 .order_by(model.id).limit(6))
-        rows = list(s.scalars(stmt))
+        rows: list[Run | Group] = list(s.scalars(stmt))
         if len(rows) == 1:
             return rows[0]
         if rows:
@@ -776,10 +810,10 @@ def _per_run_frame(conn: Connection, stmt: Select[Any], run_ids: Sequence[str],
     for run_id, rows in _rows_per_run(conn, stmt, sorted(set(run_ids))):
         if rows:
             run_column.extend(repeat(run_id, len(rows)))
-            for values, column in zip(data, zip(*rows)):
+            for values, column in zip(data, zip(*rows, strict=True), strict=True):
                 values.extend(column)
     frame = {"run_id": pd.Series(run_column, dtype=object)}
-    for name, values in zip(columns[1:], data):
+    for name, values in zip(columns[1:], data, strict=True):
         frame[name] = pd.Series(values, dtype=_dtype(name))
     return pd.DataFrame(frame)
 
@@ -792,7 +826,7 @@ def _rows_per_run(conn: Connection, stmt: Select[Any],
     connection (so inside its transaction): wrapping each of a million rows in a Row would cost
     more than SQLite needs to read them, and none of these column types has a result processor.
     """
-    if conn.dialect.name != "sqlite":
+    if not _driver_rows_are_plain(conn):
         for run_id in run_ids:
             yield run_id, [tuple(row) for row in conn.execute(stmt, {_RUN_PARAM: run_id})]
         return
@@ -805,6 +839,11 @@ def _rows_per_run(conn: Connection, stmt: Select[Any],
             yield run_id, cursor.execute(sql, params).fetchall()
     finally:
         cursor.close()
+
+
+def _driver_rows_are_plain(conn: Connection) -> bool:
+    """Whether driver rows can be used as they come (pysqlite: no result processing needed)."""
+    return conn.dialect.name == "sqlite"
 
 
 def _dtype(column: str) -> str:

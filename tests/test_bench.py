@@ -1,0 +1,136 @@
+"""The training-step benchmark: its correctness gate, a tiny run, module surgery, SpikingJelly's dynamics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from imloss_cli import bench
+from imloss_cli.bench import BenchOptions, build_variant, correctness_gate, run_benchmark, to_json
+from imloss_cli.snn.models import NetSpec, create_model
+from imloss_cli.snn.reference import lif_naive
+
+try:
+    import spikingjelly.activation_based.neuron as sj_neuron
+    from spikingjelly.activation_based import surrogate as sj_surrogate
+
+    SJ_SKIP = ""
+except ImportError as e:  # an optional extra: pip install -e .[bench]
+    SJ_SKIP = f"spikingjelly not importable: {e}"
+
+# No torch.compile here: a cold inductor compile takes longer than this file may (see the compiled test).
+TINY = dict(arch="convnet3", batch=2, steps=1, repeats=1, warmup=1, memory=False, compiled=False)
+
+
+def _tiny_model(T: int = 2) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("convnet3", NetSpec(num_classes=10, in_channels=3, timesteps=T, image_size=8)).train()
+
+
+@pytest.mark.parametrize("T", [1, 2, 4])
+def test_gate_passes_for_the_eager_kernels(T: int) -> None:
+    (check,) = correctness_gate((T,), "cpu", compiled=False)
+    assert check.passed, check
+    assert check.spike_mismatches == 0 and check.v_err < 1e-5 and check.grad_err < 1e-5
+
+
+@pytest.mark.skipif(
+    not os.environ.get("IMLOSS_TEST_COMPILE"),
+    reason="a cold torch.compile of both loops takes 20-45 s on two CPU cores (test_neuron checks the "
+    "compiled kernels already); set IMLOSS_TEST_COMPILE=1 to run it",
+)
+def test_gate_passes_for_the_compiled_kernels() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    eager, compiled = correctness_gate((2,), "cpu", compiled=True)
+    assert compiled.name == "imloss (compiled kernels)"
+    assert eager.passed and compiled.passed, compiled
+
+
+def test_gate_fails_when_the_fused_lif_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong reference (here: a different decay) must trip the gate and stop the run before timing."""
+
+    def off_by_decay(x_seq, k, decay, *args):  # type: ignore[no-untyped-def]
+        return lif_naive(x_seq, k, decay * 0.5, *args)
+
+    monkeypatch.setattr(bench, "lif_naive", off_by_decay)
+    result = run_benchmark(BenchOptions(timesteps=(2,), compare=("relu",), **TINY))
+    assert not result.gate_passed and result.rows == ()
+    assert bench.main(["--arch", "convnet3", "--timesteps", "2", "--compare", "relu", "--batch", "2",
+                       "--steps", "1", "--repeats", "1", "--no-memory", "--no-compile"]) == 1
+
+
+def test_tiny_run_times_every_variant_and_serialises() -> None:
+    result = run_benchmark(BenchOptions(timesteps=(2,), compare=("imloss-eager", "naive", "relu", "relu-tb"), **TINY))
+    assert result.gate_passed
+    assert [r.variant for r in result.rows] == ["imloss", "imloss-eager", "naive", "relu", "relu-tb"]
+    for r in result.rows:
+        assert r.s_per_step > 0 and r.images_per_s > 0 and r.warmup_s > 0
+    assert result.rows[0].imloss_over_this == 1.0
+    assert [r.static_encoder for r in result.rows] == [True, True, True, True, False]
+    data = json.loads(to_json(result))
+    assert data["gate_passed"] and len(data["rows"]) == 5
+    assert "imloss/this" in bench.format_table(result)
+
+
+def test_unknown_variant_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--arch", "convnet3", "--compare", "tensorflow", "--no-memory"]) == 2
+    assert "unknown variant 'tensorflow'" in capsys.readouterr().err
+
+
+VARIANTS = ["imloss", "imloss-eager", "naive", "relu", "relu-tb"] + ([] if SJ_SKIP else ["spikingjelly"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_surgery_keeps_the_parameters_and_the_output_shape(variant: str) -> None:
+    base = _tiny_model()
+    model, neurons = build_variant(base, variant, compiled=False)
+    base_state, state = base.state_dict(), model.state_dict()
+    assert state.keys() == base_state.keys()
+    assert all(torch.equal(state[k], base_state[k]) for k in state)
+    assert len(neurons) == 3  # convnet3's hidden spiking layers: stem, conv, fc
+    logits = model(torch.randn(5, 3, 8, 8))
+    assert logits.shape == (5, 10)
+    assert all(n.v_mean is not None and n.v_mean.requires_grad for n in neurons)
+
+
+@pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")
+@pytest.mark.parametrize("T", [1, 2, 4])
+def test_spikingjelly_lifnode_has_our_dynamics(T: int) -> None:
+    """LIFNode(decay_input=False, v_reset=0, tau=1/(1-decay)) spikes exactly as lif_naive; with
+    Sigmoid(alpha=2K), which is ESG's surrogate, the input gradients agree too."""
+    spec, k = NetSpec(num_classes=10, in_channels=3, timesteps=T), 2.0
+    x = torch.rand(T, 4, 8, 6, 6, generator=torch.Generator().manual_seed(T)) * 1.2
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + T))
+    x_ref = x.clone().requires_grad_(True)
+    s_ref, v_ref = lif_naive(x_ref, k, spec.decay, spec.v_threshold, spec.reset, spec.detach_reset)
+    (s_ref * w).sum().backward()
+
+    node = sj_neuron.LIFNode(
+        tau=1.0 / (1.0 - spec.decay), decay_input=False, v_threshold=spec.v_threshold, v_reset=0.0,
+        surrogate_function=sj_surrogate.Sigmoid(alpha=2 * k), detach_reset=spec.detach_reset,
+        step_mode="m", store_v_seq=True,
+    )
+    x_sj = x.clone().requires_grad_(True)
+    s = node(x_sj)
+    (s * w).sum().backward()
+    assert torch.equal(s, s_ref)
+    if T > 1:
+        assert 0 < s.sum() < s.numel()
+    torch.testing.assert_close(node.v_seq, (v_ref * (1 - s_ref)).detach())  # SJ stores the post-reset potential
+    torch.testing.assert_close(x_sj.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+    lif = spec.lif()
+    lif.k.fill_(k)
+    wrapped = bench.SpikingJellyLIF(lif)  # what the benchmark runs: the same settings, fp32 initial state
+    assert torch.equal(wrapped(x), s_ref)
+
+
+@pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")
+def test_gate_covers_spikingjelly() -> None:
+    (imloss, sj) = correctness_gate((2,), "cpu", compiled=False, spikingjelly_backends=(None,))
+    assert imloss.passed and sj.passed and sj.name == "spikingjelly[default]"
