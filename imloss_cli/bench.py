@@ -585,7 +585,8 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
 
 
 def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    """``format(v, spec)``, or a right-aligned "-" of the same width for a missing value."""
+    return format(v, spec) if v is not None else "-".rjust(int(spec.split(".")[0]))
 
 
 def format_table(result: BenchResult) -> str:

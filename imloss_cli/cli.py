@@ -15,6 +15,7 @@ from imloss_cli.data import DataError
 from imloss_cli.engine import DivergedError, TrainingError
 from imloss_cli.recipe import Recipe, RecipeError, load_recipe, parse_overrides, to_toml
 from imloss_cli.registry import RegistryError
+from imloss_cli.report import ReportError
 
 app = typer.Typer(
     help="Train spiking neural networks with IM-Loss and ESG, run ablations, compare runs.",
@@ -22,7 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+# Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
+console = Console(width=None if Console().is_terminal else 160)
 err_console = Console(stderr=True)
 
 DEFAULT_REGISTRY = "runs/imloss.db"
@@ -39,7 +41,7 @@ RegistryOpt = Annotated[
 ]
 
 # Errors a user can fix by changing the input: one line, exit code 2.
-USER_ERRORS = (RecipeError, DataError, RegistryError, CheckpointError)
+USER_ERRORS = (RecipeError, DataError, RegistryError, CheckpointError, ReportError, OSError)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -60,6 +62,13 @@ def guarded(call: Callable[[], T]) -> T:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; the run is recorded as KILLED", code=130)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a failure leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:
@@ -194,3 +203,39 @@ def show(
     from imloss_cli.ui import render_details
 
     render_details(console, guarded(lambda: run_details(Registry(registry), run)))
+
+
+@app.command()
+def report(
+    group: Annotated[str | None, typer.Option(help="ablation group id or prefix")] = None,
+    last: Annotated[bool, typer.Option("--last", help="the most recent ablation group")] = False,
+    recipe_name: Annotated[str | None, typer.Option("--recipe", help="finished runs of the recipe with this name")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="markdown, csv, latex, json or html")] = "markdown",
+    metric: Annotated[str, typer.Option(help="metric to compare")] = "test_acc",
+    select: Annotated[str, typer.Option(help="best: each run's best epoch; last: its last epoch")] = "best",
+    output: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
+    plots: Annotated[Path | None, typer.Option(help="also write PNG plots into this directory")] = None,
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Compare runs: one row per configuration (seeds pooled), mean ± std, per-layer entropy.
+
+    Default: the latest ablation group (or all finished runs), as markdown on stdout.
+
+    Example: imloss report --format markdown --plots figures/
+    """
+    from imloss_cli.registry import Registry
+    from imloss_cli.report import build_report, render, write_plots
+
+    reg = guarded(lambda: Registry(registry))
+    rep = guarded(lambda: build_report(reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select))
+    text = guarded(lambda: render(rep, fmt))
+    for warning in rep.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if output is None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:
+        guarded(lambda: write_text_atomically(output, text))
+        console.print(f"wrote {output}")
+    if plots is not None:
+        for path in guarded(lambda: write_plots(rep, reg, plots)):
+            console.print(f"wrote {path}")
