@@ -476,6 +476,10 @@ def _flops_per_image_step(r: _Runner, x: Tensor, y: Tensor, T: int) -> float:
 
 
 def _time_T(o: BenchOptions, T: int, variants: list[str]) -> tuple[list[VariantResult], float | None]:
+    # Start each T from an empty compile cache, as a training process would: graphs that the gate or
+    # another T left behind change what torch.compile builds next (measured on an H200: the fp32 gate
+    # run first made imloss's compiled step 64 ms instead of 37 ms).
+    torch._dynamo.reset()
     runners, x, y = _setup(o, T, variants)
     cuda = o.device == "cuda"
     warm: dict[str, float] = {}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 FORMAT = "imloss-checkpoint-1"
@@ -60,3 +62,61 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an imloss checkpoint (expected format {FORMAT!r})")
     return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a run draws from, in a form ``weights_only`` loading accepts (tensors, tuples, ints)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointDir:
+    """``epoch-NNNN.pt`` for the last ``keep_last`` epochs, ``last.pt`` and ``best.pt`` beside them.
+
+    ``last.pt`` and ``best.pt`` are hard links to epoch files (replaced atomically by rename), so
+    keeping them costs no extra write; a pruned epoch file lives on through its links.
+    """
+
+    def __init__(self, path: Path, keep_last: int) -> None:
+        self.path, self.keep_last = path, keep_last
+        path.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    def save(self, epoch: int, state: dict[str, Any], is_best: bool) -> None:
+        epoch_file = self.path / f"epoch-{epoch:04d}.pt"
+        save_checkpoint(epoch_file, state)
+        self._link(epoch_file, self.last)
+        if is_best:
+            self._link(epoch_file, self.best)
+        for old in sorted(self.path.glob("epoch-*.pt"))[: -self.keep_last]:
+            old.unlink()
+
+    @staticmethod
+    def _link(source: Path, target: Path) -> None:
+        tmp = target.with_name(f".{target.name}.link")
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)

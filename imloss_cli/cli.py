@@ -94,6 +94,8 @@ def train(
     seed: Annotated[int | None, typer.Option(help="overrides train.seed")] = None,
     device: Annotated[str | None, typer.Option(help="overrides train.device: auto, cpu, cuda")] = None,
     name: Annotated[str | None, typer.Option(help="overrides the recipe's name")] = None,
+    deterministic: Annotated[bool | None, typer.Option("--deterministic", help="bit-exact CUDA (train.deterministic)")] = None,
+    keep_last: Annotated[int | None, typer.Option("--keep-last", help="epoch checkpoints to keep (train.keep_last)")] = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Train one spiking network and record it in the registry.
@@ -103,7 +105,10 @@ def train(
     from imloss_cli.runner import Callbacks, train_run
     from imloss_cli.ui import TrainDisplay
 
-    r = load(recipe, set_, **{"train.seed": seed, "train.device": device, "name": name})
+    r = load(
+        recipe, set_, **{"train.seed": seed, "train.device": device, "name": name,
+                         "train.deterministic": deterministic, "train.keep_last": keep_last},
+    )  # fmt: skip
     with TrainDisplay(console) as ui:
         result = guarded(
             lambda: train_run(r, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks())

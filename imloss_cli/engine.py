@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imloss_cli import data as data_mod
-from imloss_cli.checkpoint import load_checkpoint, save_checkpoint
+from imloss_cli.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
 from imloss_cli.recipe import Recipe, canonical_json
 from imloss_cli.snn.im_loss import im_loss, rate_im_loss
 from imloss_cli.snn.models import SpikingNet, build_model
@@ -73,6 +74,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _make_deterministic() -> None:
+    """Bit-exact reruns on CUDA: the CPU path is deterministic already."""
+    # cuBLAS reads this when it initialises; harmless if it already did on CPU-only machines.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The RNG seed of one epoch: epochs are independent, so a resumed run replays them exactly."""
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
@@ -122,6 +132,8 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir if recipe.train.checkpoint else None
         self.on_step = on_step
         self.device = resolve_device(recipe.train.device)
+        if recipe.train.deterministic:
+            _make_deterministic()
         self.start_epoch = 1
         self.best_acc = -math.inf
         self._setup_data()
@@ -176,33 +188,39 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def resume(self, path: Path) -> None:
-        """Continue from a checkpoint written by this trainer: the next epoch is the one after it."""
+        """Continue from a checkpoint written by this trainer: the next epoch is the one after it.
+
+        Raises:
+            CheckpointError: unreadable file. TrainingError: written for another recipe or seed.
+        """
         state = load_checkpoint(path, map_location=self.device)
         if state.get("recipe") != canonical_json(self.recipe) or state.get("seed") != self.seed:
             raise TrainingError(f"{path} was written for another recipe or seed; it cannot resume this run")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
         self.start_epoch = int(state["epoch"]) + 1
         self.best_acc = float(state["best_acc"])
 
-    def _save(self, epoch: int, test_acc: float) -> None:
+    def _save(self, epoch: int, k: float, test_acc: float) -> None:
         if self.checkpoint_dir is None:
             return
+        is_best = test_acc > self.best_acc
+        self.best_acc = max(self.best_acc, test_acc)
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
+            "k": k,  # the ESG position; K of the next epoch follows from epoch + 1
             "seed": self.seed,
+            "data_order": {"seed": self.seed, "next_epoch": epoch + 1},  # order is a function of both
             "recipe": canonical_json(self.recipe),
-            "best_acc": max(self.best_acc, test_acc),
-            "torch_rng": torch.get_rng_state(),
+            "best_acc": self.best_acc,
+            "rng": rng_state(),
         }
-        save_checkpoint(self.checkpoint_dir / "last.pt", state)
-        if test_acc > self.best_acc:
-            save_checkpoint(self.checkpoint_dir / "best.pt", state)
-        self.best_acc = max(self.best_acc, test_acc)
+        CheckpointDir(self.checkpoint_dir, self.recipe.train.keep_last).save(epoch, state, is_best)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -223,7 +241,7 @@ class Trainer:
             train_seconds = time.perf_counter() - start
             test_metrics, layers = self.evaluate()
             self.scheduler.step()
-            self._save(epoch, test_metrics["test_acc"])
+            self._save(epoch, k, test_metrics["test_acc"])
             metrics = {
                 **train_metrics,
                 **test_metrics,

@@ -154,6 +154,9 @@ class TrainConfig(_Section):
         "auto", description="torch.compile the LIF time loops; auto: where it pays"
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke runs)")
+    deterministic: bool = Field(
+        False, description="CUDA: deterministic algorithms, no cuDNN autotuning (slower, bit-exact reruns)"
+    )
     checkpoint: bool = True
     keep_last: int = Field(1, ge=1, le=1000)
     output_dir: str = Field("runs", description="checkpoints go to OUTPUT_DIR/<run id>/")

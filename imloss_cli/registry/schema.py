@@ -11,7 +11,9 @@ Conventions:
 The bulk tables ``epoch_metrics`` and ``layer_stats`` are keyed on ``(run_id, epoch, ...)`` and
 are SQLite ``WITHOUT ROWID`` tables: rows of one run and epoch sit next to each other in the
 primary-key b-tree, so "all rows of these runs" and "the last epoch of each run" are index range
-scans rather than table scans.
+scans rather than table scans. On PostgreSQL the string key columns use the "C" collation:
+byte order, as SQLite's default BINARY collation, so results sort the same on both backends,
+``ORDER BY`` follows the primary-key index, and id-prefix ``LIKE`` can use it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ MIGRATIONS: Mapping[int, Migration] = MappingProxyType({})
 ``from_version + 1``. Empty while only version 1 exists."""
 
 ID_LENGTH = 12
+
+
+def _key(length: int) -> String:
+    """A string column compared byte by byte on every backend (see the module docstring)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 
 class UTCTimestamp(TypeDecorator[datetime]):
@@ -95,7 +102,7 @@ class Group(Base):
     __tablename__ = "groups"
     __table_args__ = (Index("ix_groups_created_at", "created_at"),)
 
-    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    id: Mapped[str] = mapped_column(_key(ID_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCTimestamp())
     base_recipe: Mapped[str] = mapped_column(Text)
@@ -119,11 +126,11 @@ class Run(Base):
         Index("ix_runs_fingerprint", "fingerprint"),
     )
 
-    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    id: Mapped[str] = mapped_column(_key(ID_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(16))
-    group_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), ForeignKey("groups.id"))
+    group_id: Mapped[str | None] = mapped_column(_key(ID_LENGTH), ForeignKey("groups.id"))
     created_at: Mapped[datetime] = mapped_column(UTCTimestamp())
     started_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
     ended_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
@@ -153,10 +160,10 @@ class EpochMetric(Base):
     __table_args__ = {"sqlite_with_rowid": False}
 
     run_id: Mapped[str] = mapped_column(
-        String(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+        _key(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(_key(255), primary_key=True)
     value: Mapped[float | None] = mapped_column(Float)
 
 
@@ -167,10 +174,10 @@ class LayerStat(Base):
     __table_args__ = {"sqlite_with_rowid": False}
 
     run_id: Mapped[str] = mapped_column(
-        String(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+        _key(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     )
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     layer_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    stat: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stat: Mapped[str] = mapped_column(_key(64), primary_key=True)
     layer: Mapped[str] = mapped_column(String(255))
     value: Mapped[float | None] = mapped_column(Float)

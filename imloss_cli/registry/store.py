@@ -2,84 +2,35 @@
 
 The boundary is MLflow-like: every public method of :class:`Registry` is one short database
 transaction and returns plain frozen dataclasses or pandas data frames, never ORM rows, so
-callers cannot hold a session open or lazy-load by accident.
-
-SQLite (the default backend) is tuned for several training processes writing to one file at
-once: WAL journal, a 30 s busy timeout, and ``BEGIN IMMEDIATE`` for write transactions, so a
-writer waits for the write lock up front instead of failing with "database is locked" when it
-upgrades a read lock half-way through a transaction.
+callers cannot hold a session open or lazy-load by accident. Opening the database (SQLite or
+PostgreSQL) is :mod:`.backend`'s job, the bulk reads into data frames :mod:`.reads`'s.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import operator
 import os
 import socket
-import sqlite3
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-import numpy as np  # a pandas dependency, not an extra one
 import pandas as pd
-from sqlalchemy import (
-    URL,
-    BindParameter,
-    Connection,
-    Engine,
-    Select,
-    String,
-    bindparam,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    inspect,
-    make_url,
-    select,
-    update,
-)
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import Session, aliased
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
 
-from .schema import (
-    ID_LENGTH,
-    KINDS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    STATUSES,
-    Base,
-    EpochMetric,
-    Group,
-    LayerStat,
-    Meta,
-    Run,
-)
+from . import backend, reads
+from .errors import RegistryError, db_errors
+from .schema import ID_LENGTH, KINDS, STATUSES, EpochMetric, Group, LayerStat, Run
 
 TERMINAL: frozenset[str] = frozenset({"FINISHED", "FAILED", "KILLED"})
 LOST = "LOST"
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_IMMEDIATE = "imloss_begin_immediate"  # execution option marking the write engine
-_BUSY_TIMEOUT_MS = 30_000
-_RUN_PARAM = "run_id"  # bind parameter of the per-run bulk queries
 _STARTABLE = frozenset({"QUEUED", "FAILED", "KILLED"})
-
-_METRIC_COLUMNS = ["run_id", "epoch", "name", "value"]
-_LAYER_COLUMNS = ["run_id", "epoch", "layer_index", "layer", "stat", "value"]
-_INT_COLUMNS = frozenset({"epoch", "layer_index"})
-
-
-class RegistryError(Exception):
-    """Any failure of the registry: bad arguments, unknown ids, unusable database."""
 
 
 @dataclass(frozen=True)
@@ -168,19 +119,20 @@ class Registry:
         if not stale_after > 0:
             raise RegistryError(
                 f"stale_after must be a positive number of seconds, got {stale_after!r}")
-        self._url = _parse_url(url)
-        self._path = _sqlite_file(self._url)
+        self._url = backend.parse_url(url)
+        self._path = backend.sqlite_file(self._url)
         self._where = (str(self._path) if self._path
                        else self._url.render_as_string(hide_password=True))
         self._stale_after = float(stale_after)
         self._host = socket.gethostname()
         if self._path is not None:
-            _check_sqlite_file(self._path)
-        self._engine = _create_engine(self._url, self._where)
-        self._write_engine = self._engine.execution_options(**{_IMMEDIATE: True})
+            backend.check_sqlite_file(self._path)
+        self._engine = backend.open_engine(self._url, self._where)
+        self._read_engine = backend.for_reads(self._engine)
+        self._write_engine = backend.for_writes(self._engine)
         try:
-            with _db_errors(self._where, opening=True), self._write_engine.begin() as conn:
-                _prepare_schema(conn, self._where)
+            with db_errors(self._where, opening=True), self._write_engine.begin() as conn:
+                backend.prepare_schema(conn, self._where)
         except BaseException:
             self._engine.dispose()
             raise
@@ -224,7 +176,7 @@ class Registry:
         row = Group(id=_new_id(), name=str(name), created_at=_now(),
                     base_recipe=_dumps(dict(base_recipe), "base_recipe"),
                     axes=_dumps(dict(axes), "axes"), argv=_dumps(list(argv), "argv"))
-        with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
             s.add(row)
             return row.id
 
@@ -272,7 +224,7 @@ class Registry:
             pid=os.getpid(), attempt=1,
             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
         )
-        with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
             if group_id is not None and s.get(Group, group_id) is None:
                 raise RegistryError(f"no group with id {group_id!r}")
             s.add(row)
@@ -292,7 +244,7 @@ class Registry:
             RegistryError: unknown id, or the run is FINISHED or RUNNING in a live process.
         """
         now = _now()
-        with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
             row = self._get_run_row(s, run_id)
             startable = row.status in _STARTABLE or self._display_status(row, now) == LOST
             if not startable:
@@ -347,7 +299,7 @@ class Registry:
                               "layer": str(layer), "stat": str(stat),
                               "value": _as_float(value, f"{stat!r} of layer {layer!r}")}
                              for stat, value in stats.items())
-        with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
             self._update_run(s, run_id, heartbeat_at=_now())
             # Delete-then-insert so a re-logged epoch (e.g. after resume) replaces the old rows,
             # including metrics or layers the new log no longer has.
@@ -364,7 +316,7 @@ class Registry:
         Raises:
             RegistryError: unknown run id or a failed write.
         """
-        with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
             self._update_run(s, run_id, heartbeat_at=_now())
 
     def finish_run(self, run_id: str, status: str, *, error_type: str | None = None,
@@ -383,7 +335,7 @@ class Registry:
         """
         _check_choice(status, sorted(TERMINAL), "finish status")
         now = _now()
-        with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
             row = self._get_run_row(s, run_id)
             if row.status in TERMINAL:
                 raise RegistryError(f"run {row.id} has already ended as {row.status}")
@@ -396,7 +348,7 @@ class Registry:
         Raises:
             RegistryError: unknown run id or a failed write.
         """
-        with _db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
             self._update_run(s, run_id, checkpoint_dir=os.fspath(path))
 
     # ----------------------------------------------------------------------------- reads
@@ -407,7 +359,7 @@ class Registry:
         Raises:
             RegistryError: no run matches, or the prefix matches several runs.
         """
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
             return self._run_info(_get_by_id_or_prefix(s, Run, run_id_or_prefix, "run"), _now())
 
     def get_group(self, group_id_or_prefix: str) -> GroupInfo:
@@ -416,13 +368,13 @@ class Registry:
         Raises:
             RegistryError: no group matches, or the prefix matches several groups.
         """
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
             return _group_info(_get_by_id_or_prefix(s, Group, group_id_or_prefix, "group"))
 
     def latest_group(self) -> GroupInfo | None:
         """Return the most recently created group, or None if there is none."""
         stmt = select(Group).order_by(Group.created_at.desc(), Group.id.desc()).limit(1)
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
             row = s.scalars(stmt).first()
             return None if row is None else _group_info(row)
 
@@ -431,7 +383,7 @@ class Registry:
         stmt = select(Group).order_by(Group.created_at.desc(), Group.id.desc())
         if limit is not None:
             stmt = stmt.limit(_as_int(limit, "limit"))
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
             return [_group_info(row) for row in s.scalars(stmt)]
 
     def list_runs(self, *, status: str | None = None, group_id: str | None = None,
@@ -466,7 +418,7 @@ class Registry:
         if limit is not None and not live_filter:
             stmt = stmt.limit(limit)
         now = _now()
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
             infos = [self._run_info(row, now) for row in s.scalars(stmt)]
         if live_filter:
             infos = [info for info in infos if info.display_status == status][:limit]
@@ -484,57 +436,63 @@ class Registry:
         if group_id is not None:
             stmt = stmt.where(Run.group_id == group_id)
         stmt = stmt.order_by(Run.created_at.desc(), Run.id.desc()).limit(1)
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
             row = s.scalars(stmt).first()
             return None if row is None else self._run_info(row, _now())
 
-    def epoch_metrics(self, run_ids: Sequence[str]) -> pd.DataFrame:
+    def epoch_metrics(self, run_ids: Sequence[str], *,
+                      names: Sequence[str] | None = None) -> pd.DataFrame:
         """Return the epoch metrics of these runs in long format.
 
         Args:
             run_ids: exact run ids; unknown ids contribute no rows.
+            names: only these metrics (the database filters, so unwanted metrics cost
+                nothing); None means all. Unknown names contribute no rows.
 
         Returns:
             Columns run_id, epoch, name, value, sorted by (run_id, epoch, name).
+
+        Raises:
+            RegistryError: ``names`` is a single string rather than a sequence of names.
         """
-        t = EpochMetric.__table__.c
-        stmt = (select(t.epoch, t.name, t.value).where(t.run_id == bindparam(_RUN_PARAM))
-                .order_by(t.epoch, t.name))
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
-            return _per_run_frame(s.connection(), stmt, run_ids, _METRIC_COLUMNS)
+        wanted = reads.name_filter(names, "names")
+        if wanted == [] or not run_ids:
+            return reads.empty_frame(reads.METRIC_COLUMNS)
+        stmt = reads.metrics_statement(wanted)
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
+            return reads.per_run_frame(s.connection(), stmt, run_ids, reads.METRIC_COLUMNS)
 
     def layer_stats(self, run_ids: Sequence[str], *, epoch: int | None = None,
-                    last_epoch_only: bool = False) -> pd.DataFrame:
+                    last_epoch_only: bool = False,
+                    stats: Sequence[str] | None = None) -> pd.DataFrame:
         """Return per-layer statistics of these runs in long format.
 
         Args:
             run_ids: exact run ids; unknown ids contribute no rows.
             epoch: only this epoch.
-            last_epoch_only: only each run's highest logged epoch.
+            last_epoch_only: only each run's highest logged epoch (of any statistic, so a run
+                whose last epoch lacks the ``stats`` asked for contributes no rows).
+            stats: only these statistics, e.g. ``["entropy"]``; None means all. Unknown names
+                contribute no rows.
 
         Returns:
             Columns run_id, epoch, layer_index, layer, stat, value, sorted by
             (run_id, epoch, layer_index, stat).
 
         Raises:
-            RegistryError: both ``epoch`` and ``last_epoch_only`` were given.
+            RegistryError: both ``epoch`` and ``last_epoch_only`` were given, or ``stats`` is a
+                single string.
         """
         if epoch is not None and last_epoch_only:
             raise RegistryError("give either epoch or last_epoch_only, not both")
-        t = LayerStat.__table__.c
-        run: BindParameter[str] = bindparam(_RUN_PARAM, type_=String())
-        stmt = (select(t.epoch, t.layer_index, t.layer, t.stat, t.value).where(t.run_id == run)
-                .order_by(t.epoch, t.layer_index, t.stat))
-        if last_epoch_only:
-            # max(epoch) of one run is a single primary-key seek (SQLite's min/max optimisation)
-            # and its rows one key range: the run's older epochs are never read.
-            latest = aliased(LayerStat)
-            last = select(func.max(latest.epoch)).where(latest.run_id == run).scalar_subquery()
-            stmt = stmt.where(t.epoch == last)
-        elif epoch is not None:
-            stmt = stmt.where(t.epoch == _as_int(epoch, "epoch"))
-        with _db_errors(self._where), Session(self._engine) as s, s.begin():
-            return _per_run_frame(s.connection(), stmt, run_ids, _LAYER_COLUMNS)
+        wanted = reads.name_filter(stats, "stats")
+        if wanted == [] or not run_ids:
+            return reads.empty_frame(reads.LAYER_COLUMNS)
+        stmt = reads.layers_statement(
+            epoch=None if epoch is None else _as_int(epoch, "epoch"),
+            last_epoch_only=last_epoch_only, stats=wanted)
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
+            return reads.per_run_frame(s.connection(), stmt, run_ids, reads.LAYER_COLUMNS)
 
     def runs_frame(self, run_ids: Sequence[str] | None = None, *, status: str | None = None,
                    group_id: str | None = None, kind: str | None = None,
@@ -565,8 +523,12 @@ class Registry:
     # ----------------------------------------------------------------------------- helpers
 
     def _get_run_row(self, s: Session, run_id: str) -> Run:
-        """The run with exactly this id (write methods take full ids, never prefixes)."""
-        row = s.get(Run, run_id)
+        """The run with exactly this id, locked until commit (writers take full ids only).
+
+        The row lock makes read-check-update sequences (mark_running, finish_run) atomic on
+        PostgreSQL; SQLite's BEGIN IMMEDIATE has already serialised all writers.
+        """
+        row = s.get(Run, run_id, with_for_update=True)
         if row is None:
             raise RegistryError(f"no run with id {run_id!r}")
         return row
@@ -603,172 +565,9 @@ class Registry:
         )
 
 
-# --------------------------------------------------------------------------------- engine
-
-def _parse_url(url: str | os.PathLike[str]) -> URL:
-    text = os.fspath(url)
-    if "://" not in text:
-        if not text.strip():
-            raise RegistryError("registry location is empty")
-        return URL.create("sqlite", database=str(Path(text).expanduser()))
-    try:
-        return make_url(text)
-    except ArgumentError as exc:
-        raise RegistryError(f"invalid registry URL {text!r}: {exc}") from exc
-
-
-def _sqlite_file(url: URL) -> Path | None:
-    """The database file of a SQLite URL; None for other backends and in-memory databases."""
-    if url.get_backend_name() != "sqlite":
-        return None
-    database = url.database or ""
-    if database.startswith("file:"):  # URI filename (sqlite:///file:...?uri=true)
-        if url.query.get("mode") == "memory":
-            return None
-        database = database.removeprefix("file:")
-    if database in ("", ":memory:"):
-        return None
-    return Path(database)
-
-
-def _check_sqlite_file(path: Path) -> None:
-    """Fail early and clearly on a path that cannot hold a registry."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RegistryError(f"registry path {path} is not writable: cannot create its directory "
-                            f"{path.parent} ({exc.strerror or exc})") from exc
-    if path.is_dir():
-        raise RegistryError(f"registry path {path} is a directory, not a registry file")
-    if not path.exists():
-        return
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(len(_SQLITE_MAGIC))
-    except OSError as exc:
-        raise RegistryError(
-            f"registry file {path} is not readable ({exc.strerror or exc})") from exc
-    if header and header != _SQLITE_MAGIC:  # an empty file is a valid empty database
-        raise RegistryError(f"file is not an imloss registry (not a SQLite database): {path}")
-
-
-def _create_engine(url: URL, where: str) -> Engine:
-    try:
-        if url.get_backend_name() != "sqlite":
-            return create_engine(url, pool_pre_ping=True)
-        if _sqlite_file(url) is None:
-            # One shared connection, or every session would see its own empty in-memory database.
-            engine = create_engine(url, poolclass=StaticPool,
-                                   connect_args={"check_same_thread": False})
-        else:
-            engine = create_engine(url)
-    except (NoSuchModuleError, ImportError, ArgumentError) as exc:
-        raise RegistryError(f"cannot open registry {where}: {exc}") from exc
-    # Listeners live on this engine only: no process-wide event state.
-    event.listen(engine, "connect", _on_sqlite_connect)
-    event.listen(engine, "begin", _on_sqlite_begin)
-    return engine
-
-
-def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    # Take transaction control away from pysqlite (it would BEGIN lazily, deferred, and commit
-    # before DDL); _on_sqlite_begin emits the BEGIN instead (SQLAlchemy's documented recipe).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA busy_timeout = 30000")  # keep in step with _BUSY_TIMEOUT_MS
-        _enable_wal(cursor)
-        cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cursor.close()
-
-
-def _enable_wal(cursor: sqlite3.Cursor) -> None:
-    # Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "database is
-    # locked" at once instead of using the busy timeout when several processes create the
-    # registry together; retry for as long as the busy timeout would have waited. Once the file
-    # is in WAL mode (persistent), this pragma is a no-op.
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    pause = 0.005
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-
-
-def _on_sqlite_begin(conn: Connection) -> None:
-    # Writers take the write lock at BEGIN, where the busy timeout applies; a deferred
-    # transaction that upgrades later can fail at once with "database is locked".
-    if conn.get_execution_options().get(_IMMEDIATE, False):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        conn.exec_driver_sql("BEGIN")
-
-
-def _prepare_schema(conn: Connection, where: str) -> None:
-    """Create, check or migrate the schema inside the opening write transaction."""
-    tables = set(inspect(conn).get_table_names())
-    if "meta" not in tables:
-        if tables:
-            raise RegistryError(f"{where} is not an imloss registry: it has tables "
-                                f"{', '.join(sorted(tables))} but no 'meta' table")
-        Base.metadata.create_all(conn)
-        conn.execute(insert(Meta).values(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
-        return
-    stored = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
-    try:
-        version = int(json.loads(stored)) if stored is not None else None
-    except (ValueError, TypeError):
-        version = None
-    if version is None:
-        raise RegistryError(f"{where} is not an imloss registry: no valid schema_version in its "
-                            f"meta table (found {stored!r})")
-    if version > SCHEMA_VERSION:
-        raise RegistryError(f"registry schema version {version} is newer than this imloss "
-                            f"understands ({SCHEMA_VERSION}); upgrade imloss")
-    while version < SCHEMA_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise RegistryError(f"registry {where} has schema version {version} and this imloss "
-                                f"has no migration from it to {SCHEMA_VERSION}")
-        step(conn)
-        version += 1
-    # Always write here: a read-only registry must fail now, before any training starts.
-    conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=json.dumps(version)))
-
-
-@contextmanager
-def _db_errors(where: str, *, opening: bool = False) -> Iterator[None]:
-    """Turn database driver errors into RegistryError with a message naming the registry."""
-    try:
-        yield
-    except RegistryError:
-        raise
-    except SQLAlchemyError as exc:
-        detail = str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
-        low = detail.lower()
-        if "file is not a database" in low:
-            message = f"file is not an imloss registry (not a SQLite database): {where}"
-        elif opening and any(s in low for s in ("readonly", "read-only", "unable to open",
-                                                 "permission denied")):
-            message = f"registry {where} is not writable ({detail})"
-        elif "database is locked" in low:
-            message = (f"registry {where} stayed locked by another process for more than "
-                       f"{_BUSY_TIMEOUT_MS // 1000} s ({detail})")
-        else:
-            message = f"registry {where}: {detail}"
-        raise RegistryError(message) from exc
-
-
 # --------------------------------------------------------------------------------- values
 
-def _get_by_id_or_prefix(s: Session, model: type[Run] | type[Group], ref: str,
+def _get_by_id_or_prefix(s: Session, model: type[Run | Group], ref: str,
                          what: str) -> Any:
     """The row of ``model`` whose id is ``ref`` or uniquely starts with it."""
     prefix = str(ref).strip().lower()
@@ -794,65 +593,6 @@ def _group_info(row: Group) -> GroupInfo:
     return GroupInfo(id=row.id, name=row.name, created_at=row.created_at,
                      base_recipe=json.loads(row.base_recipe), axes=json.loads(row.axes),
                      argv=json.loads(row.argv))
-
-
-def _per_run_frame(conn: Connection, stmt: Select[Any], run_ids: Sequence[str],
-                   columns: list[str]) -> pd.DataFrame:
-    """Run ``stmt`` once per run id (bound as ``_RUN_PARAM``) and stack the results.
-
-    One query per run keeps every query a primary-key range scan, needs no IN list (so no
-    host-parameter limit), and lets the run_id column be built by repetition instead of
-    decoding the same string for every row. Each run's rows go straight into a numpy record
-    array (NULL becomes NaN there): transposing a million row tuples in Python would cost more
-    than SQLite takes to read them.
-    """
-    record = np.dtype([(name, _dtype(name)) for name in columns[1:]])
-    blocks: list[np.ndarray[Any, Any]] = []
-    owners: list[str] = []
-    counts: list[int] = []
-    for run_id, rows in _rows_per_run(conn, stmt, sorted(set(run_ids))):
-        if rows:
-            blocks.append(np.array(rows, dtype=record))
-            owners.append(run_id)
-            counts.append(len(rows))
-    data = np.concatenate(blocks) if blocks else np.empty(0, dtype=record)
-    frame = {"run_id": np.repeat(np.array(owners, dtype=object), counts)}
-    frame.update({name: data[name] for name in columns[1:]})
-    return pd.DataFrame(frame)
-
-
-def _rows_per_run(conn: Connection, stmt: Select[Any],
-                  run_ids: list[str]) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-    """Yield ``(run_id, rows)`` with ``rows`` as plain tuples.
-
-    On SQLite the SQLAlchemy-compiled statement runs on the driver cursor of the session's own
-    connection (so inside its transaction): wrapping each of a million rows in a Row would cost
-    more than SQLite needs to read them, and none of these column types has a result processor.
-    """
-    if not _driver_rows_are_plain(conn):
-        for run_id in run_ids:
-            yield run_id, [tuple(row) for row in conn.execute(stmt, {_RUN_PARAM: run_id})]
-        return
-    compiled = stmt.compile(conn)
-    sql, names, fixed = str(compiled), compiled.positiontup or [], compiled.params
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        for run_id in run_ids:
-            params = [run_id if name == _RUN_PARAM else fixed[name] for name in names]
-            yield run_id, cursor.execute(sql, params).fetchall()
-    finally:
-        cursor.close()
-
-
-def _driver_rows_are_plain(conn: Connection) -> bool:
-    """Whether driver rows can be used as they come (pysqlite: no result processing needed)."""
-    return conn.dialect.name == "sqlite"
-
-
-def _dtype(column: str) -> str:
-    if column in _INT_COLUMNS:
-        return "i8"
-    return "f8" if column == "value" else "O"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -889,11 +629,15 @@ def _as_int(value: Any, what: str) -> int:
         raise RegistryError(f"{what} must be an integer, got {value!r}") from exc
 
 
-def _as_float(value: Any, what: str) -> float:
+def _as_float(value: Any, what: str) -> float | None:
+    """``value`` as a float to store; NaN becomes None (NULL) on every backend."""
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"{what} must be a number, got {value!r}") from exc
+    # SQLite turns NaN into NULL by itself; PostgreSQL would keep it, and a NaN that sorts
+    # above every number would then win max() and "best epoch" queries there only.
+    return None if math.isnan(number) else number
 
 
 def _check_choice(value: Any, choices: Sequence[str], what: str) -> None:
