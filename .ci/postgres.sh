@@ -45,7 +45,8 @@ if [[ $(id -u) -eq 0 ]]; then
     if ! id "$OWNER" >/dev/null 2>&1; then
         useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$OWNER"
     fi
-    as_owner() { runuser -u "$OWNER" -- "$@"; }
+    # From /: the postgres user may not be allowed into the caller's directory.
+    as_owner() { (cd / && runuser -u "$OWNER" -- "$@"); }
 else
     OWNER=$(id -un)
     as_owner() { "$@"; }
@@ -61,7 +62,7 @@ if [[ "${1:-}" == stop ]]; then
     if running; then pg_ctl stop -m fast >&2; else log "not running"; fi
     exit 0
 fi
-ENV_FILE="${1:-$DIR/env}"
+ENV_FILE=$(realpath -m "${1:-$DIR/env}")
 
 if [[ ! -f "$DATA/PG_VERSION" ]]; then
     log "creating a cluster in $DATA"
@@ -91,12 +92,13 @@ fi
 PORT=$(cat "$DIR/port")
 PASSWORD=$(cat "$DIR/password")
 
-# psql's :'var' quotes the value as a literal: no password or name pasted into SQL by hand.
-if [[ -z $(psql_admin -tA -v role="$ROLE" -c "SELECT 1 FROM pg_roles WHERE rolname = :'role'" <<<'') ]]; then
+# psql quotes :'var' as a literal and :"var" as an identifier (in SQL read from stdin, not -c):
+# no password or name is pasted into SQL by hand.
+if [[ -z $(psql_admin -tA -v role="$ROLE" <<<"SELECT 1 FROM pg_roles WHERE rolname = :'role';") ]]; then
     psql_admin -v role="$ROLE" -v password="$PASSWORD" \
         <<<"CREATE ROLE :\"role\" LOGIN CREATEDB PASSWORD :'password';"
 fi
-if [[ -z $(psql_admin -tA -v db="$DB" -c "SELECT 1 FROM pg_database WHERE datname = :'db'" <<<'') ]]; then
+if [[ -z $(psql_admin -tA -v db="$DB" <<<"SELECT 1 FROM pg_database WHERE datname = :'db';") ]]; then
     psql_admin -v role="$ROLE" -v db="$DB" <<<"CREATE DATABASE :\"db\" OWNER :\"role\";"
 fi
 

@@ -96,25 +96,32 @@ def train(
     name: Annotated[str | None, typer.Option(help="overrides the recipe's name")] = None,
     deterministic: Annotated[bool | None, typer.Option("--deterministic", help="bit-exact CUDA (train.deterministic)")] = None,
     keep_last: Annotated[int | None, typer.Option("--keep-last", help="epoch checkpoints to keep (train.keep_last)")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (GPUs) on this machine, via torchrun")] = 1,
+    run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Train one spiking network and record it in the registry.
 
     Example: imloss train recipes/digits.toml --set loss.im_weight=0
     """
-    from imloss_cli.runner import Callbacks, train_run
+    from imloss_cli.distributed import DistEnv
+    from imloss_cli.runner import launch_distributed, train_run
     from imloss_cli.ui import TrainDisplay
 
     r = load(
         recipe, set_, **{"train.seed": seed, "train.device": device, "name": name,
                          "train.deterministic": deterministic, "train.keep_last": keep_last},
     )  # fmt: skip
-    with TrainDisplay(console) as ui:
-        result = guarded(
-            lambda: train_run(r, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks())
-        )
-    m = result.last.metrics
-    console.print(f"[bold green]done[/]  test accuracy {m['test_acc']:.4f}  run {result.run_id}")
+    if nproc > 1:
+        launched, code = guarded(lambda: launch_distributed(r, nproc, registry_url=registry, argv=sys.argv))
+        console.print(f"run {launched}: torchrun exited with code {code}")
+        raise typer.Exit(0 if code == 0 else 1)
+    env = DistEnv.from_environ()
+    with TrainDisplay(console, quiet=env is not None and not env.is_main) as ui:
+        result = guarded(lambda: train_run(r, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks(), queued_run=run_id))
+    if result is not None and result.last is not None:
+        m = result.last.metrics
+        console.print(f"[bold green]done[/]  test accuracy {m['test_acc']:.4f}  run {result.run_id}")
 
 
 @app.command()

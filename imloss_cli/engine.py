@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imloss_cli import data as data_mod
+from imloss_cli.distributed import DistEnv, all_reduce_sum, broadcast_buffers
 from imloss_cli.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
 from imloss_cli.recipe import Recipe, canonical_json
 from imloss_cli.snn.im_loss import im_loss, rate_im_loss
-from imloss_cli.snn.models import SpikingNet, build_model
+from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
 from imloss_cli.snn.surrogate import esg_k
@@ -66,12 +67,13 @@ def surrogate_k(recipe: Recipe, epoch: int) -> float:
     return esg_k(epoch, recipe.train.epochs, s.k_min, s.k_max)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str, dist: DistEnv | None = None) -> torch.device:
+    """The recipe's device; under torchrun, each process takes the GPU of its local rank."""
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank if dist is not None else torch.cuda.current_device())
 
 
 def _make_deterministic() -> None:
@@ -94,7 +96,7 @@ def im_layers(model: torch.nn.Module, choice: str) -> list[LIF]:
     return layers if choice == "all" else [m for m in layers if m.block_output]
 
 
-def loss_step(model: SpikingNet, x: Tensor, y: Tensor, layers: list[LIF], recipe: Recipe) -> StepLoss:
+def loss_step(model: torch.nn.Module, x: Tensor, y: Tensor, layers: list[LIF], recipe: Recipe) -> StepLoss:
     """Forward pass and L_total = L_CE + lambda * L_IM (Algorithm 1, lines 3-9).
 
     ``layers`` must have ``store_v_seq`` set, so the forward pass leaves their potentials behind.
@@ -118,6 +120,7 @@ class Trainer:
         seed: the run's seed (model init, data order and augmentation derive from it).
         checkpoint_dir: where ``last.pt`` / ``best.pt`` go; None: no checkpoints.
         on_step: called as ``on_step(step, steps)`` after each training step (progress bars).
+        dist: this process's place in a torchrun job (the process group must be joined); None: alone.
     """
 
     def __init__(
@@ -127,11 +130,14 @@ class Trainer:
         *,
         checkpoint_dir: Path | None = None,
         on_step: StepCallback | None = None,
+        dist: DistEnv | None = None,
     ) -> None:
         self.recipe, self.seed = recipe, seed
         self.checkpoint_dir = checkpoint_dir if recipe.train.checkpoint else None
         self.on_step = on_step
-        self.device = resolve_device(recipe.train.device)
+        self.dist = dist
+        self.rank, self.world_size = (dist.rank, dist.world_size) if dist else (0, 1)
+        self.device = resolve_device(recipe.train.device, dist)
         if recipe.train.deterministic:
             _make_deterministic()
         self.start_epoch = 1
@@ -156,11 +162,19 @@ class Trainer:
         model = build_model(
             self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size, compiled=self.compiled
         )
+        if train.sync_bn:
+            if not (self.dist and cuda):
+                raise TrainingError("train.sync_bn needs several CUDA processes (torchrun); set it to false")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model.to(self.device)
-        self.hidden_layers = spiking_layers(self.model)
-        self.im_layers = im_layers(self.model, self.recipe.loss.im_layers)
+        self.net = model.to(self.device)  # the bare network: evaluation, checkpoints, layer names
+        self.model: torch.nn.Module = self.net
+        if self.dist is not None:
+            ids = [self.device.index] if cuda else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.hidden_layers = spiking_layers(self.net)
+        self.im_layers = im_layers(self.net, self.recipe.loss.im_layers)
 
     def _setup_optimizer(self) -> None:
         o = self.recipe.optim
@@ -196,7 +210,7 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         if state.get("recipe") != canonical_json(self.recipe) or state.get("seed") != self.seed:
             raise TrainingError(f"{path} was written for another recipe or seed; it cannot resume this run")
-        self.model.load_state_dict(state["model"])
+        self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
@@ -209,7 +223,7 @@ class Trainer:
         is_best = test_acc > self.best_acc
         self.best_acc = max(self.best_acc, test_acc)
         state = {
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
@@ -225,7 +239,7 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def steps_per_epoch(self) -> int:
-        steps = math.ceil(len(self.data.train) / self.recipe.data.batch_size)
+        steps = math.ceil(math.ceil(len(self.data.train) / self.world_size) / self.recipe.data.batch_size)
         limit = self.recipe.train.max_steps_per_epoch
         return steps if limit is None else min(steps, limit)
 
@@ -274,8 +288,9 @@ class Trainer:
         self.model.train()
         self._store(self.im_layers)
         loader = data_mod.train_loader(
-            self.data, self.recipe.data, seed=self.seed, epoch=epoch, pin_memory=self.device.type == "cuda"
-        )
+            self.data, self.recipe.data, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
         steps = self.steps_per_epoch()
         # [loss, ce, im, correct, samples] summed over the epoch, on the device.
         sums = torch.zeros(5, dtype=torch.float64, device=self.device)
@@ -298,6 +313,7 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(step + 1, steps)
         self._store([])
+        all_reduce_sum([sums])
         loss, ce, im, correct, samples = sums.tolist()
         bad_step = int(first_bad.item())
         if bad_step > 0:
@@ -306,20 +322,30 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], list[LayerStats]]:
-        """Test accuracy and loss, and the statistics of every hidden spiking layer."""
-        self.model.eval()
+        """Test accuracy and loss, and the statistics of every hidden spiking layer.
+
+        Under torchrun every rank scores its shard of the test set with rank 0's BatchNorm
+        statistics (the ones its checkpoint holds) and the counts are summed over ranks.
+        """
+        broadcast_buffers(self.net)
+        self.net.eval()
         layers = [m for _, m in self.hidden_layers]
         self._store(layers)
         stats = LayerStatsAccumulator(self.hidden_layers)
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # [loss, correct, samples]
-        for x, y in data_mod.test_loader(self.data, self.recipe.data, pin_memory=self.device.type == "cuda"):
+        loader = data_mod.test_loader(
+            self.data, self.recipe.data, rank=self.rank, world_size=self.world_size, pin_memory=self.device.type == "cuda"
+        )
+        for x, y in loader:
             x, y = self._to_device(x, y)
             with self._autocast():
-                logits = self.model(x)
+                logits = self.net(x)
             stats.update()
             n = y.shape[0]
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
             sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(float(n), dtype=torch.float64, device=self.device)])
         self._store([])
+        counted = torch.tensor([float(stats.samples)], dtype=torch.float64, device=self.device)
+        all_reduce_sum([sums, counted, *stats.raw_tensors()])
         loss, correct, samples = sums.tolist()
-        return {"test_loss": loss / samples, "test_acc": correct / samples}, stats.compute()
+        return {"test_loss": loss / samples, "test_acc": correct / samples}, stats.compute(int(counted.item()))

@@ -157,6 +157,7 @@ class TrainConfig(_Section):
     deterministic: bool = Field(
         False, description="CUDA: deterministic algorithms, no cuDNN autotuning (slower, bit-exact reruns)"
     )
+    sync_bn: bool = Field(False, description="synchronise BatchNorm statistics across GPUs (torchrun)")
     checkpoint: bool = True
     keep_last: int = Field(1, ge=1, le=1000)
     output_dir: str = Field("runs", description="checkpoints go to OUTPUT_DIR/<run id>/")

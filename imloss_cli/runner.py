@@ -11,14 +11,21 @@ from __future__ import annotations
 import contextlib
 import secrets
 import signal
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from imloss_cli.engine import EpochRecord, StepCallback, Trainer, TrainingError
+import torch
+import torch.distributed as dist
+
+from imloss_cli import data as data_mod
+from imloss_cli.distributed import DistEnv, process_group
+from imloss_cli.engine import EpochRecord, StepCallback, Trainer, TrainingError, resolve_device
 from imloss_cli.environment import code_version, environment, git_state
-from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, validate_recipe
+from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, to_toml, validate_recipe
 from imloss_cli.registry import Registry, RunInfo
 
 RESUMABLE = ("QUEUED", "FAILED", "KILLED", "LOST")
@@ -72,10 +79,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def resolve_seed(recipe: Recipe) -> Recipe:
-    """The recipe with ``train.seed`` filled in (drawn when absent), as it is recorded."""
+    """The recipe with ``train.seed`` filled in (drawn when absent), as it is recorded.
+
+    Under torchrun rank 0 draws and every rank takes its draw (the process group must be joined).
+    """
     if recipe.train.seed is not None:
         return recipe
-    return recipe.with_overrides({"train.seed": secrets.randbelow(2**31)})
+    drawn = torch.tensor([secrets.randbelow(2**31)])
+    if dist.is_initialized():
+        dist.broadcast(drawn, src=0)
+    return recipe.with_overrides({"train.seed": int(drawn.item())})
 
 
 def run_identity(recipe: Recipe) -> tuple[str, str, str]:
@@ -108,25 +121,71 @@ def train_run(
     argv: list[str],
     callbacks: Callbacks = Callbacks(),
     queued_run: str | None = None,
-) -> RunResult:
+) -> RunResult | None:
     """Train ``recipe`` and record it in the registry at ``registry_url``.
+
+    Under torchrun every rank trains; only rank 0 touches the registry and writes checkpoints
+    (the other ranks return None).
 
     Args:
         recipe: the resolved recipe (a missing seed is drawn and recorded).
         registry_url: SQLAlchemy URL or SQLite path.
         argv: the command line, recorded with the run.
         callbacks: progress hooks for a front end.
-        queued_run: id of a QUEUED run row to fill instead of creating a new one.
+        queued_run: id of a QUEUED run row to fill instead of creating a new one; its owner (the
+            ``--nproc`` launcher) closes it if this process is interrupted.
 
     Raises:
         RegistryError, DataError, TrainingError: before any row is written (except divergence).
         KeyboardInterrupt: after the run was recorded as KILLED.
     """
+    env = DistEnv.from_environ()
+    with process_group(env, resolve_device(recipe.train.device, env)):
+        registry = Registry(registry_url) if env is None or env.is_main else None
+        recipe = resolve_seed(recipe)
+        trainer = Trainer(recipe, recipe.train.seed or 0, on_step=callbacks.on_step, dist=env)
+        if registry is None:
+            for _ in trainer.fit():
+                pass
+            return None
+        run_id = queued_run or queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
+        return _execute(registry, registry.get_run(run_id), trainer, argv, callbacks, close_on_interrupt=queued_run is None)
+
+
+def launch_distributed(recipe: Recipe, nproc: int, *, registry_url: str, argv: list[str]) -> tuple[str, int]:
+    """``imloss train --nproc N``: torchrun N processes on this machine, own their run row.
+
+    The launcher records the run (QUEUED) and its resolved recipe, then starts
+    ``torchrun --standalone --nproc-per-node N -m imloss_cli train ... --run-id ID``. Rank 0 fills
+    the row; if any process fails, torchrun stops the others and the launcher marks the run FAILED.
+
+    Returns:
+        (run id, torchrun's exit code).
+    """
     registry = Registry(registry_url)
     recipe = resolve_seed(recipe)
-    trainer = Trainer(recipe, recipe.train.seed or 0, on_step=callbacks.on_step)
-    run_id = queued_run or queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
-    return _execute(registry, registry.get_run(run_id), trainer, argv, callbacks)
+    data_mod.build_datasets(recipe.data)  # a data problem fails here, before any row or process
+    run_id = queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
+    run_dir = Path(recipe.train.output_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_file = run_dir / "recipe.toml"
+    recipe_file.write_text(to_toml(recipe))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        "-m", "imloss_cli", "train", str(recipe_file), "--registry", registry_url, "--run-id", run_id,
+    ]  # fmt: skip
+    try:
+        code = subprocess.call(command)
+    except KeyboardInterrupt:
+        if not registry.get_run(run_id).is_terminal:
+            registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", error_message="interrupted")
+        raise
+    if code != 0 and not registry.get_run(run_id).is_terminal:
+        registry.finish_run(
+            run_id, "FAILED", error_type="WorkerFailed",
+            error_message=f"a training process failed (torchrun exit code {code}); its output is above",
+        )  # fmt: skip
+    return run_id, code
 
 
 def resume_run(
@@ -146,7 +205,14 @@ def resume_run(
     return _execute(registry, info, trainer, argv, callbacks)
 
 
-def _execute(registry: Registry, info: RunInfo, trainer: Trainer, argv: list[str], callbacks: Callbacks) -> RunResult:
+def _execute(
+    registry: Registry,
+    info: RunInfo,
+    trainer: Trainer,
+    argv: list[str],
+    callbacks: Callbacks,
+    close_on_interrupt: bool = True,
+) -> RunResult:
     """Mark the run RUNNING, train (from its last checkpoint if it has one), close it with a status."""
     recipe, run_id = trainer.recipe, info.id
     checkpoint_dir = Path(info.checkpoint_dir or Path(recipe.train.output_dir) / run_id) if recipe.train.checkpoint else None
@@ -177,7 +243,8 @@ def _execute(registry: Registry, info: RunInfo, trainer: Trainer, argv: list[str
                 if callbacks.on_epoch is not None:
                     callbacks.on_epoch(record)
         except KeyboardInterrupt:
-            registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", error_message="interrupted")
+            if close_on_interrupt:
+                registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", error_message="interrupted")
             raise
         except BaseException as e:
             registry.finish_run(

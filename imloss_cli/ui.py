@@ -28,8 +28,9 @@ def epoch_line(record: EpochRecord, epochs: int) -> str:
 class TrainDisplay:
     """A progress bar for the running epoch and a printed line for each finished one."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console
+        self.quiet = quiet  # torchrun ranks other than 0 say nothing
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -51,6 +52,8 @@ class TrainDisplay:
         self.progress.__exit__(et, ev, tb)
 
     def callbacks(self) -> Callbacks:
+        if self.quiet:
+            return Callbacks()
         return Callbacks(on_start=self.start, on_step=self.step, on_epoch=self.epoch_done)
 
     def start(self, run: RunStart) -> None:

@@ -1,11 +1,12 @@
 """Helper for tests/test_registry.py: one process writing one run to a shared registry.
 
-Usage: python tests/registry_writer.py DB_PATH TAG [EPOCHS] [LAYERS]
+Usage: python tests/registry_writer.py REGISTRY TAG [EPOCHS] [LAYERS]
 
-Prints "ready" once imports are done, waits for a line on stdin (so a test can release several
-writers at the same instant), then opens the registry, creates a run named TAG, logs EPOCHS epochs
-of LAYERS layers and finishes it. Values are deterministic (see ``expected_value``) so the test
-can check every row that landed.
+REGISTRY is a path or any registry URL (SQLite or PostgreSQL). Prints "ready" once imports are
+done, waits for a line on stdin (so a test can release several writers at the same instant),
+then opens the registry (creating it if the others have not yet), creates a run named TAG, logs
+EPOCHS epochs of LAYERS layers and finishes it. Values are deterministic (see
+``expected_value``) so the test can check every row that landed.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ def expected_value(tag_number: int, epoch: int, layer: int, item: int) -> float:
 
 
 def main() -> None:
-    db_path, tag = sys.argv[1], sys.argv[2]
+    location, tag = sys.argv[1], sys.argv[2]
     epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 30
     layers = int(sys.argv[4]) if len(sys.argv) > 4 else 4
     number = int(tag.rsplit("-", 1)[-1])
     print("ready", flush=True)
     sys.stdin.readline()
-    registry = Registry(db_path)
+    registry = Registry(location)
     run_id = registry.create_run(name=tag, recipe={"tag": tag}, config_hash=f"hash-{tag}",
                                  fingerprint=f"fp-{tag}", seed=number, code_version="test")
     for epoch in range(epochs):

@@ -1,4 +1,10 @@
-"""Tests of the run registry (imloss_cli.registry)."""
+"""Tests of the run registry (imloss_cli.registry).
+
+The core behaviour runs on every backend: an in-memory SQLite registry, a SQLite file, and
+PostgreSQL when ``IMLOSS_TEST_POSTGRES_URL`` points at a database the tests may create schemas
+in (``.ci/postgres.sh`` starts a throwaway server and writes that variable to a file to source).
+Every PostgreSQL test gets a schema of its own, dropped afterwards.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +25,8 @@ from typing import Any, cast
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, update
+from sqlalchemy import Engine, create_engine, inspect, make_url, select, text, update
+from sqlalchemy.schema import CreateSchema, DropSchema
 
 from imloss_cli.registry import (
     SCHEMA_VERSION,
@@ -28,12 +36,19 @@ from imloss_cli.registry import (
     RegistryError,
     RunInfo,
 )
+from imloss_cli.registry import backend as backend_module
+from imloss_cli.registry import reads as reads_module
 from imloss_cli.registry import store as store_module
 from imloss_cli.registry.schema import Meta, Run
 
 REPO = Path(__file__).resolve().parents[1]
 WRITER = REPO / "tests" / "registry_writer.py"
 PACKAGE = REPO / "imloss_cli" / "registry"
+POSTGRES_ENV = "IMLOSS_TEST_POSTGRES_URL"
+POSTGRES_SKIP = (f"PostgreSQL tests need {POSTGRES_ENV}: run `.ci/postgres.sh /tmp/pg.env && "
+                 f"source /tmp/pg.env` (starts a throwaway server on 127.0.0.1) and rerun")
+BACKENDS = ["memory", "file", "postgresql"]  # registry fixture
+URL_BACKENDS = ["sqlite", "postgresql"]  # registries reopened by URL, or by other processes
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -58,11 +73,55 @@ def file_registry(db_path: Path) -> Iterator[Registry]:
         yield registry
 
 
-@pytest.fixture(params=["memory", "file"])
-def registry(request: pytest.FixtureRequest) -> Registry:
-    """Both kinds of registry, for behaviour that must not depend on the backend."""
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    """An engine on the test database of ``IMLOSS_TEST_POSTGRES_URL``; skips without it."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(POSTGRES_SKIP)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: Engine) -> Iterator[str]:
+    """The URL of an empty PostgreSQL schema of this test's own (its search_path)."""
+    schema = f"imloss_test_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as conn:
+        conn.execute(CreateSchema(schema))
+    url = postgres_admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with postgres_admin.connect() as conn:
+            conn.execute(DropSchema(schema, cascade=True))
+
+
+@pytest.fixture(params=URL_BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL where no registry exists yet: a SQLite file, or a PostgreSQL schema."""
+    if request.param == "postgresql":
+        return cast(str, request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture
+def url_registry(url: str) -> Iterator[Registry]:
+    """A fresh registry at ``url``."""
+    with Registry(url) as registry:
+        yield registry
+
+
+@pytest.fixture(params=BACKENDS)
+def registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
+    """Every kind of registry, for behaviour that must not depend on the backend."""
+    if request.param == "postgresql":
+        with Registry(request.getfixturevalue("postgres_url")) as pg:
+            yield pg
+        return
     fixture = "memory_registry" if request.param == "memory" else "file_registry"
-    return cast(Registry, request.getfixturevalue(fixture))
+    yield cast(Registry, request.getfixturevalue(fixture))
 
 
 @pytest.fixture
@@ -82,19 +141,27 @@ def new_run(registry: Registry, name: str = "run", **overrides: Any) -> str:
     return registry.create_run(**fields)
 
 
-def raw_update(db: Path, run_id: str, **values: Any) -> None:
+def raw_update(url: str, run_id: str, **values: Any) -> None:
     """Change a run behind the registry's back, as another process or an old crash would."""
-    engine = create_engine(f"sqlite:///{db}")
+    engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(update(Run).where(Run.id == run_id).values(**values))
     engine.dispose()
 
 
-def set_schema_version(db: Path, version: int) -> None:
-    engine = create_engine(f"sqlite:///{db}")
+def set_schema_version(url: str, version: int) -> None:
+    engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(version)))
     engine.dispose()
+
+
+def stored_schema_version(url: str) -> str | None:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        value = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+    engine.dispose()
+    return value
 
 
 def dead_pid() -> int:
@@ -169,23 +236,23 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
     assert registry.latest_group() == info
 
 
-def test_failed_run_keeps_its_error(memory_registry: Registry) -> None:
-    run_id = new_run(memory_registry)
-    memory_registry.finish_run(run_id, "FAILED", error_type="ValueError",
+def test_failed_run_keeps_its_error(registry: Registry) -> None:
+    run_id = new_run(registry)
+    registry.finish_run(run_id, "FAILED", error_type="ValueError",
                                error_message="loss is NaN", traceback="Traceback ...\nValueError")
-    run = memory_registry.get_run(run_id)
+    run = registry.get_run(run_id)
     assert (run.status, run.error_type, run.error_message, run.traceback) == (
         "FAILED", "ValueError", "loss is NaN", "Traceback ...\nValueError")
     with pytest.raises(RegistryError, match=f"run {run_id} has already ended as FAILED"):
-        memory_registry.finish_run(run_id, "FINISHED")
+        registry.finish_run(run_id, "FINISHED")
 
 
-def test_finish_rejects_non_terminal_status(memory_registry: Registry) -> None:
-    run_id = new_run(memory_registry)
+def test_finish_rejects_non_terminal_status(registry: Registry) -> None:
+    run_id = new_run(registry)
     with pytest.raises(RegistryError, match="finish status must be one of FAILED, FINISHED, KILL"):
-        memory_registry.finish_run(run_id, "RUNNING")
+        registry.finish_run(run_id, "RUNNING")
     assert {"FINISHED", "FAILED", "KILLED"} == TERMINAL
-    assert memory_registry.get_run(run_id).status == "RUNNING"
+    assert registry.get_run(run_id).status == "RUNNING"
 
 
 def test_logging_an_epoch_twice_replaces_it(registry: Registry) -> None:
@@ -203,203 +270,203 @@ def test_logging_an_epoch_twice_replaces_it(registry: Registry) -> None:
         (0, 0, 0.3), (1, 0, 0.5)]
 
 
-def test_log_epoch_errors(memory_registry: Registry) -> None:
-    run_id = new_run(memory_registry)
+def test_log_epoch_errors(registry: Registry) -> None:
+    run_id = new_run(registry)
     with pytest.raises(RegistryError, match="no run with id 'nope'"):
-        memory_registry.log_epoch("nope", 0, {"a": 1.0}, [])
+        registry.log_epoch("nope", 0, {"a": 1.0}, [])
     with pytest.raises(RegistryError, match="layer index 0 appears twice in epoch 3"):
-        memory_registry.log_epoch(run_id, 3, {}, [(0, "a", {"x": 1.0}), (0, "b", {"x": 2.0})])
+        registry.log_epoch(run_id, 3, {}, [(0, "a", {"x": 1.0}), (0, "b", {"x": 2.0})])
     with pytest.raises(RegistryError, match="metric 'acc' must be a number"):
-        memory_registry.log_epoch(run_id, 0, {"acc": "high"}, [])  # type: ignore[dict-item]
+        registry.log_epoch(run_id, 0, {"acc": "high"}, [])  # type: ignore[dict-item]
     with pytest.raises(RegistryError, match="epoch must be an integer"):
-        memory_registry.log_epoch(run_id, 1.5, {}, [])  # type: ignore[arg-type]
-    assert memory_registry.epoch_metrics([run_id]).empty
+        registry.log_epoch(run_id, 1.5, {}, [])  # type: ignore[arg-type]
+    assert registry.epoch_metrics([run_id]).empty
 
 
-def test_heartbeat_and_checkpoint_dir(memory_registry: Registry) -> None:
-    run_id = new_run(memory_registry)
-    before = memory_registry.get_run(run_id).heartbeat_at
-    memory_registry.heartbeat(run_id)
-    memory_registry.set_checkpoint_dir(run_id, Path("/data/ckpt"))
-    run = memory_registry.get_run(run_id)
+def test_heartbeat_and_checkpoint_dir(registry: Registry) -> None:
+    run_id = new_run(registry)
+    before = registry.get_run(run_id).heartbeat_at
+    registry.heartbeat(run_id)
+    registry.set_checkpoint_dir(run_id, Path("/data/ckpt"))
+    run = registry.get_run(run_id)
     assert run.heartbeat_at is not None and before is not None and run.heartbeat_at > before
     assert run.checkpoint_dir == "/data/ckpt"
     with pytest.raises(RegistryError, match="no run with id 'missing'"):
-        memory_registry.set_checkpoint_dir("missing", "/x")
+        registry.set_checkpoint_dir("missing", "/x")
 
 
-def test_create_run_validation(memory_registry: Registry) -> None:
+def test_create_run_validation(registry: Registry) -> None:
     with pytest.raises(RegistryError, match="kind must be one of train, ablate, got 'sweep'"):
-        new_run(memory_registry, kind="sweep")
+        new_run(registry, kind="sweep")
     with pytest.raises(RegistryError, match="initial status must be one of QUEUED, RUNNING"):
-        new_run(memory_registry, status="FINISHED")
+        new_run(registry, status="FINISHED")
     with pytest.raises(RegistryError, match="no group with id 'feedfeedfeed'"):
-        new_run(memory_registry, group_id="feedfeedfeed")
+        new_run(registry, group_id="feedfeedfeed")
     with pytest.raises(RegistryError, match="recipe is not JSON-serialisable"):
-        new_run(memory_registry, recipe={"path": object()})
-    assert memory_registry.list_runs() == []
+        new_run(registry, recipe={"path": object()})
+    assert registry.list_runs() == []
 
 
-def test_queued_run_lifecycle_and_attempts(memory_registry: Registry) -> None:
-    run_id = new_run(memory_registry, status="QUEUED")
-    queued = memory_registry.get_run(run_id)
+def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
+    run_id = new_run(registry, status="QUEUED")
+    queued = registry.get_run(run_id)
     assert (queued.status, queued.started_at, queued.attempt) == ("QUEUED", None, 1)
 
-    memory_registry.mark_running(run_id, environment={"device": "cuda:0"}, argv=["imloss", "x"])
-    first = memory_registry.get_run(run_id)
+    registry.mark_running(run_id, environment={"device": "cuda:0"}, argv=["imloss", "x"])
+    first = registry.get_run(run_id)
     assert (first.status, first.attempt, first.environment, first.argv) == (
         "RUNNING", 1, {"device": "cuda:0"}, ["imloss", "x"])
     assert first.started_at is not None
     with pytest.raises(RegistryError, match="only QUEUED, FAILED, KILLED or LOST runs"):
-        memory_registry.mark_running(run_id)
+        registry.mark_running(run_id)
 
-    memory_registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt")
-    memory_registry.mark_running(run_id, git_commit="def456")
-    second = memory_registry.get_run(run_id)
+    registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt")
+    registry.mark_running(run_id, git_commit="def456")
+    second = registry.get_run(run_id)
     assert (second.status, second.attempt, second.error_type, second.ended_at) == (
         "RUNNING", 2, None, None)
     assert second.git_commit == "def456" and second.environment == {"device": "cuda:0"}
-    memory_registry.finish_run(run_id, "FINISHED")
+    registry.finish_run(run_id, "FINISHED")
     with pytest.raises(RegistryError, match="is FINISHED; only QUEUED"):
-        memory_registry.mark_running(run_id)
+        registry.mark_running(run_id)
 
 
 # ------------------------------------------------------------------------------ lookups
 
-def test_run_prefix_lookup(memory_registry: Registry,
+def test_run_prefix_lookup(registry: Registry,
                            fixed_ids: Callable[[list[str]], None]) -> None:
     fixed_ids(["ab1200000000", "ab3400000000", "cd5600000000"])
     for name in ("one", "two", "three"):
-        new_run(memory_registry, name)
-    assert memory_registry.get_run("ab1200000000").name == "one"
-    assert memory_registry.get_run("ab1").name == "one"
-    assert memory_registry.get_run("AB3").name == "two"
-    assert memory_registry.get_run("c").name == "three"
+        new_run(registry, name)
+    assert registry.get_run("ab1200000000").name == "one"
+    assert registry.get_run("ab1").name == "one"
+    assert registry.get_run("AB3").name == "two"
+    assert registry.get_run("c").name == "three"
     with pytest.raises(RegistryError) as ambiguous:
-        memory_registry.get_run("ab")
+        registry.get_run("ab")
     assert str(ambiguous.value) == ("run prefix 'ab' is ambiguous: matches ab1200000000, "
                                     "ab3400000000 (give more characters)")
     with pytest.raises(RegistryError, match=r"^no run matches 'xyz'$"):
-        memory_registry.get_run("xyz")
+        registry.get_run("xyz")
     with pytest.raises(RegistryError, match="no run matches 'ab%'"):
-        memory_registry.get_run("ab%")  # LIKE wildcards are literal characters
+        registry.get_run("ab%")  # LIKE wildcards are literal characters
     with pytest.raises(RegistryError, match="empty run id"):
-        memory_registry.get_run("  ")
+        registry.get_run("  ")
 
 
-def test_group_prefix_lookup(memory_registry: Registry,
+def test_group_prefix_lookup(registry: Registry,
                              fixed_ids: Callable[[list[str]], None]) -> None:
-    assert memory_registry.latest_group() is None
+    assert registry.latest_group() is None
     fixed_ids(["ee0100000000", "ee0200000000"])
-    memory_registry.create_group("first", {}, {}, [])
-    memory_registry.create_group("second", {}, {}, [])
-    assert memory_registry.get_group("ee01").name == "first"
-    latest = memory_registry.latest_group()
+    registry.create_group("first", {}, {}, [])
+    registry.create_group("second", {}, {}, [])
+    assert registry.get_group("ee01").name == "first"
+    latest = registry.latest_group()
     assert latest is not None and latest.name == "second"
     with pytest.raises(RegistryError, match="group prefix 'ee0' is ambiguous: matches "
                                             "ee0100000000, ee0200000000"):
-        memory_registry.get_group("ee0")
+        registry.get_group("ee0")
     with pytest.raises(RegistryError, match="no group matches 'ff'"):
-        memory_registry.get_group("ff")
-    assert [g.name for g in memory_registry.list_groups()] == ["second", "first"]
-    assert [g.id for g in memory_registry.list_groups(limit=1)] == ["ee0200000000"]
+        registry.get_group("ff")
+    assert [g.name for g in registry.list_groups()] == ["second", "first"]
+    assert [g.id for g in registry.list_groups(limit=1)] == ["ee0200000000"]
 
 
-def test_list_runs_filters_and_order(memory_registry: Registry) -> None:
-    group = memory_registry.create_group("g", {}, {"seed": [1, 2]}, [])
-    t1 = new_run(memory_registry, "t1")
-    a1 = new_run(memory_registry, "a1", kind="ablate", group_id=group, fingerprint="same")
-    t2 = new_run(memory_registry, "t2")
-    a2 = new_run(memory_registry, "a2", kind="ablate", group_id=group, fingerprint="same")
-    q = new_run(memory_registry, "q", status="QUEUED", fingerprint="same")
-    memory_registry.finish_run(t1, "FINISHED")
-    memory_registry.finish_run(a1, "FAILED")
+def test_list_runs_filters_and_order(registry: Registry) -> None:
+    group = registry.create_group("g", {}, {"seed": [1, 2]}, [])
+    t1 = new_run(registry, "t1")
+    a1 = new_run(registry, "a1", kind="ablate", group_id=group, fingerprint="same")
+    t2 = new_run(registry, "t2")
+    a2 = new_run(registry, "a2", kind="ablate", group_id=group, fingerprint="same")
+    q = new_run(registry, "q", status="QUEUED", fingerprint="same")
+    registry.finish_run(t1, "FINISHED")
+    registry.finish_run(a1, "FAILED")
 
     def ids(runs: list[RunInfo]) -> list[str]:
         return [run.id for run in runs]
 
-    assert ids(memory_registry.list_runs()) == [q, a2, t2, a1, t1]
-    assert ids(memory_registry.list_runs(limit=2)) == [q, a2]
-    assert ids(memory_registry.list_runs(kind="train")) == [q, t2, t1]
-    assert ids(memory_registry.list_runs(group_id=group)) == [a2, a1]
-    assert ids(memory_registry.list_runs(status="RUNNING")) == [a2, t2]
-    assert ids(memory_registry.list_runs(status="RUNNING", limit=1)) == [a2]
-    assert ids(memory_registry.list_runs(status="FINISHED")) == [t1]
-    assert ids(memory_registry.list_runs(status="FAILED", group_id=group, kind="ablate")) == [a1]
-    assert memory_registry.list_runs(status="LOST") == []
+    assert ids(registry.list_runs()) == [q, a2, t2, a1, t1]
+    assert ids(registry.list_runs(limit=2)) == [q, a2]
+    assert ids(registry.list_runs(kind="train")) == [q, t2, t1]
+    assert ids(registry.list_runs(group_id=group)) == [a2, a1]
+    assert ids(registry.list_runs(status="RUNNING")) == [a2, t2]
+    assert ids(registry.list_runs(status="RUNNING", limit=1)) == [a2]
+    assert ids(registry.list_runs(status="FINISHED")) == [t1]
+    assert ids(registry.list_runs(status="FAILED", group_id=group, kind="ablate")) == [a1]
+    assert registry.list_runs(status="LOST") == []
 
-    latest_train = memory_registry.latest_run()
+    latest_train = registry.latest_run()
     assert latest_train is not None and latest_train.id == q
-    latest_ablate = memory_registry.latest_run("ablate")
+    latest_ablate = registry.latest_run("ablate")
     assert latest_ablate is not None and latest_ablate.id == a2
-    latest_any = memory_registry.latest_run(None)
+    latest_any = registry.latest_run(None)
     assert latest_any is not None and latest_any.id == q
 
-    newest = memory_registry.find_run_by_fingerprint("same")
+    newest = registry.find_run_by_fingerprint("same")
     assert newest is not None and newest.id == q
-    in_group = memory_registry.find_run_by_fingerprint("same", group_id=group)
+    in_group = registry.find_run_by_fingerprint("same", group_id=group)
     assert in_group is not None and in_group.id == a2
-    assert memory_registry.find_run_by_fingerprint("other") is None
+    assert registry.find_run_by_fingerprint("other") is None
 
     with pytest.raises(RegistryError, match="status must be one of"):
-        memory_registry.list_runs(status="DONE")
+        registry.list_runs(status="DONE")
 
-    frame = memory_registry.runs_frame()
+    frame = registry.runs_frame()
     assert list(frame["id"]) == [q, a2, t2, a1, t1]
     assert list(frame["status"]) == ["QUEUED", "RUNNING", "RUNNING", "FAILED", "FINISHED"]
     assert isinstance(frame["created_at"].dtype, pd.DatetimeTZDtype)
     assert str(frame["created_at"].dtype.tz) == "UTC"
     assert frame["started_at"].isna().tolist() == [True, False, False, False, False]
-    assert list(memory_registry.runs_frame([t1, a1, "unknown"])["id"]) == [a1, t1]
+    assert list(registry.runs_frame([t1, a1, "unknown"])["id"]) == [a1, t1]
 
 
-def test_empty_registry_reads(memory_registry: Registry) -> None:
-    assert memory_registry.latest_run() is None
-    metrics = memory_registry.epoch_metrics([])
+def test_empty_registry_reads(registry: Registry) -> None:
+    assert registry.latest_run() is None
+    metrics = registry.epoch_metrics([])
     assert list(metrics.columns) == ["run_id", "epoch", "name", "value"] and metrics.empty
     assert str(metrics["epoch"].dtype) == "int64" and str(metrics["value"].dtype) == "float64"
-    layers = memory_registry.layer_stats(["nonexistent"], last_epoch_only=True)
+    layers = registry.layer_stats(["nonexistent"], last_epoch_only=True)
     assert list(layers.columns) == ["run_id", "epoch", "layer_index", "layer", "stat", "value"]
     assert layers.empty
-    assert memory_registry.runs_frame().empty
+    assert registry.runs_frame().empty
 
 
 # ------------------------------------------------------------------------------ LOST runs
 
-def test_dead_process_on_this_host_is_lost(file_registry: Registry, db_path: Path) -> None:
-    run_id = new_run(file_registry)
-    raw_update(db_path, run_id, pid=dead_pid())
+def test_dead_process_on_this_host_is_lost(url_registry: Registry, url: str) -> None:
+    run_id = new_run(url_registry)
+    raw_update(url, run_id, pid=dead_pid())
 
-    lost = file_registry.get_run(run_id)
+    lost = url_registry.get_run(run_id)
     assert (lost.status, lost.display_status) == ("RUNNING", "LOST")
-    assert [r.id for r in file_registry.list_runs(status="LOST")] == [run_id]
-    assert file_registry.list_runs(status="RUNNING") == []
+    assert [r.id for r in url_registry.list_runs(status="LOST")] == [run_id]
+    assert url_registry.list_runs(status="RUNNING") == []
 
     # The same pid recorded by another machine says nothing about this one.
-    raw_update(db_path, run_id, host="some-other-host")
-    assert file_registry.get_run(run_id).display_status == "RUNNING"
+    raw_update(url, run_id, host="some-other-host")
+    assert url_registry.get_run(run_id).display_status == "RUNNING"
 
-    raw_update(db_path, run_id, host=socket.gethostname())
-    file_registry.mark_running(run_id)  # a LOST run may be resumed
-    resumed = file_registry.get_run(run_id)
+    raw_update(url, run_id, host=socket.gethostname())
+    url_registry.mark_running(run_id)  # a LOST run may be resumed
+    resumed = url_registry.get_run(run_id)
     assert (resumed.display_status, resumed.pid, resumed.attempt) == ("RUNNING", os.getpid(), 2)
 
 
-def test_stale_heartbeat_is_lost(file_registry: Registry, db_path: Path) -> None:
-    run_id = new_run(file_registry)
-    finished = new_run(file_registry, "done")
-    file_registry.finish_run(finished, "FINISHED")
+def test_stale_heartbeat_is_lost(url_registry: Registry, url: str) -> None:
+    run_id = new_run(url_registry)
+    finished = new_run(url_registry, "done")
+    url_registry.finish_run(finished, "FINISHED")
     two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
-    raw_update(db_path, run_id, heartbeat_at=two_hours_ago)
-    raw_update(db_path, finished, heartbeat_at=two_hours_ago)
+    raw_update(url, run_id, heartbeat_at=two_hours_ago)
+    raw_update(url, finished, heartbeat_at=two_hours_ago)
 
-    assert file_registry.get_run(run_id).display_status == "LOST"
-    assert file_registry.get_run(finished).display_status == "FINISHED"
-    with Registry(str(db_path), stale_after=3 * 3600) as patient:
+    assert url_registry.get_run(run_id).display_status == "LOST"
+    assert url_registry.get_run(finished).display_status == "FINISHED"
+    with Registry(url, stale_after=3 * 3600) as patient:
         assert patient.get_run(run_id).display_status == "RUNNING"
 
-    file_registry.log_epoch(run_id, 0, {"loss": 1.0}, [])  # logging is a heartbeat
-    assert file_registry.get_run(run_id).display_status == "RUNNING"
+    url_registry.log_epoch(run_id, 0, {"loss": 1.0}, [])  # logging is a heartbeat
+    assert url_registry.get_run(run_id).display_status == "RUNNING"
 
 
 # ------------------------------------------------------------------------------ layer stats
@@ -434,37 +501,106 @@ def test_layer_stats_last_epoch_only(registry: Registry) -> None:
         registry.layer_stats([short], epoch=1, last_epoch_only=True)
 
 
-def test_many_run_ids_in_one_query(memory_registry: Registry) -> None:
-    run_ids = [new_run(memory_registry, f"r{i}") for i in range(40)]
+def test_many_run_ids_in_one_query(registry: Registry) -> None:
+    run_ids = [new_run(registry, f"r{i}") for i in range(40)]
     for index, run_id in enumerate(run_ids):
-        memory_registry.log_epoch(run_id, index % 3, {"m": float(index)},
+        registry.log_epoch(run_id, index % 3, {"m": float(index)},
                                   [(0, "stem.lif", {"firing_rate": float(index)})])
     wanted = run_ids + [f"missing{i:05d}" for i in range(2000)]  # beyond SQLite's 999 variables
-    metrics = memory_registry.epoch_metrics(wanted)
+    metrics = registry.epoch_metrics(wanted)
     assert list(metrics["run_id"]) == sorted(run_ids)
     by_run = dict(zip(metrics["run_id"], metrics["value"], strict=True))
     assert by_run == {run_id: float(i) for i, run_id in enumerate(run_ids)}
-    assert len(memory_registry.layer_stats(wanted, last_epoch_only=True)) == 40
+    assert len(registry.layer_stats(wanted, last_epoch_only=True)) == 40
 
 
-def test_portable_read_path_matches_sqlite_fast_path(memory_registry: Registry,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    run_ids = [new_run(memory_registry, f"r{i}") for i in range(3)]
+def test_portable_read_path_matches_driver_cursor_path(registry: Registry,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    run_ids = [new_run(registry, f"r{i}") for i in range(3)]
     for i, run_id in enumerate(run_ids):
         for epoch in range(i + 1):
-            memory_registry.log_epoch(run_id, epoch, {"loss": 1 / (epoch + 1), "acc": 0.5},
-                                      [(0, "stem.lif", {"firing_rate": epoch / 7})])
-    fast = [memory_registry.epoch_metrics(run_ids),
-            memory_registry.layer_stats(run_ids, last_epoch_only=True),
-            memory_registry.layer_stats(run_ids, epoch=0)]
-    # What a server backend (no driver-cursor shortcut) goes through.
-    monkeypatch.setattr(store_module, "_driver_rows_are_plain", lambda conn: False)
-    portable = [memory_registry.epoch_metrics(run_ids),
-                memory_registry.layer_stats(run_ids, last_epoch_only=True),
-                memory_registry.layer_stats(run_ids, epoch=0)]
-    assert [len(frame) for frame in fast] == [12, 3, 3]
+            registry.log_epoch(run_id, epoch,
+                               {"loss": 1 / (epoch + 1), "acc": 0.5, "nan": float("nan")},
+                               [(0, "stem.lif", {"firing_rate": epoch / 7, "entropy": 0.5}),
+                                (1, "l1", {"firing_rate": float("nan")})])
+
+    def read() -> list[pd.DataFrame]:
+        return [registry.epoch_metrics(run_ids),
+                registry.epoch_metrics(run_ids, names=["acc", "nan"]),
+                registry.layer_stats(run_ids, last_epoch_only=True),
+                registry.layer_stats(run_ids, epoch=0, stats=["firing_rate"]),
+                registry.layer_stats(run_ids, last_epoch_only=True, stats=["entropy"])]
+
+    connection = registry._engine.connect()  # what the registry's reads connect to
+    try:
+        assert reads_module.driver_rows_are_plain(connection)  # pysqlite and psycopg both
+    finally:
+        connection.close()
+    fast = read()
+    # What any other driver goes through: SQLAlchemy result rows.
+    monkeypatch.setattr(reads_module, "driver_rows_are_plain", lambda conn: False)
+    portable = read()
+    assert [len(frame) for frame in fast] == [18, 12, 9, 6, 3]
     for expected, actual in zip(fast, portable, strict=True):
         pd.testing.assert_frame_equal(actual, expected)
+
+
+# ------------------------------------------------------------------------------ filters
+
+def test_epoch_metrics_names_filter(registry: Registry) -> None:
+    first, second = new_run(registry, "first"), new_run(registry, "second")
+    for run_id, offset in ((first, 0.0), (second, 10.0)):
+        for epoch in range(3):
+            registry.log_epoch(run_id, epoch, {"test_acc": offset + epoch, "k": 2.0 * epoch,
+                                               "mean_entropy": 0.5, "lr": 0.1}, [])
+    registry.log_epoch(second, 3, {"lr": 0.01}, [])  # an epoch with none of the wanted names
+
+    everything = registry.epoch_metrics([first, second])
+    chosen = registry.epoch_metrics([second, first], names=["test_acc", "k", "test_acc"])
+    expected = everything[everything["name"].isin(["test_acc", "k"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(chosen, expected)
+    assert len(chosen) == 2 * 3 * 2
+    assert list(chosen["name"].unique()) == ["k", "test_acc"]  # (run_id, epoch, name) order
+
+    only = registry.epoch_metrics([first], names=("mean_entropy",))
+    assert list(only.itertuples(index=False, name=None)) == [
+        (first, 0, "mean_entropy", 0.5), (first, 1, "mean_entropy", 0.5),
+        (first, 2, "mean_entropy", 0.5)]
+    for empty in (registry.epoch_metrics([first], names=[]),
+                  registry.epoch_metrics([first], names=["unknown"]),
+                  registry.epoch_metrics([], names=["k"])):
+        assert empty.empty and list(empty.columns) == ["run_id", "epoch", "name", "value"]
+        assert str(empty["epoch"].dtype) == "int64" and str(empty["value"].dtype) == "float64"
+    with pytest.raises(RegistryError, match="names must be a sequence of names, not the string"):
+        registry.epoch_metrics([first], names="test_acc")
+
+
+def test_layer_stats_stats_filter(registry: Registry) -> None:
+    run_id = new_run(registry)
+    for epoch in range(3):
+        registry.log_epoch(run_id, epoch, {}, [
+            (i, f"l{i}", {"entropy": epoch + i / 10, "firing_rate": 0.1, "membrane_mean": -1.0})
+            for i in range(2)])
+    registry.log_epoch(run_id, 3, {}, [(0, "l0", {"firing_rate": 0.2})])  # no entropy logged
+
+    everything = registry.layer_stats([run_id])
+    entropy = registry.layer_stats([run_id], stats=["entropy"])
+    expected = everything[everything["stat"] == "entropy"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(entropy, expected)
+    assert len(entropy) == 3 * 2
+
+    at_one = registry.layer_stats([run_id], epoch=1, stats=["membrane_mean", "entropy"])
+    assert list(at_one.itertuples(index=False, name=None)) == [
+        (run_id, 1, 0, "l0", "entropy", 1.0), (run_id, 1, 0, "l0", "membrane_mean", -1.0),
+        (run_id, 1, 1, "l1", "entropy", 1.1), (run_id, 1, 1, "l1", "membrane_mean", -1.0)]
+    # The last epoch is the run's last of any statistic: epoch 3, which has no entropy.
+    assert registry.layer_stats([run_id], last_epoch_only=True, stats=["entropy"]).empty
+    last_rate = registry.layer_stats([run_id], last_epoch_only=True, stats=["firing_rate"])
+    assert list(last_rate.itertuples(index=False, name=None)) == [
+        (run_id, 3, 0, "l0", "firing_rate", 0.2)]
+    assert registry.layer_stats([run_id], stats=[]).empty
+    with pytest.raises(RegistryError, match="stats must be a sequence of names"):
+        registry.layer_stats([run_id], stats="entropy")
 
 
 # ------------------------------------------------------------------------------ opening
@@ -494,40 +630,53 @@ def test_reopen_sees_data_and_plain_relative_path(tmp_path: Path,
         assert empty.list_runs() == []
 
 
-def test_newer_schema_version_is_refused(db_path: Path) -> None:
-    Registry(str(db_path)).close()
-    set_schema_version(db_path, SCHEMA_VERSION + 1)
+def test_schema_is_created_on_first_use(url: str) -> None:
+    with Registry(url) as registry:
+        run_id = new_run(registry)
+    assert stored_schema_version(url) == str(SCHEMA_VERSION)
+    engine = create_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {"meta", "groups", "runs", "epoch_metrics", "layer_stats"} <= tables
+    with Registry(url) as again:  # reopening finds the schema and the data
+        assert again.get_run(run_id).name == "run"
+
+
+def test_newer_schema_version_is_refused(url: str) -> None:
+    Registry(url).close()
+    set_schema_version(url, SCHEMA_VERSION + 1)
     with pytest.raises(RegistryError, match=rf"registry schema version {SCHEMA_VERSION + 1} is "
                                             rf"newer than this imloss understands "
                                             rf"\({SCHEMA_VERSION}\); upgrade imloss"):
-        Registry(str(db_path))
+        Registry(url)
 
 
-def test_older_schema_version_is_migrated(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    Registry(str(db_path)).close()
-    set_schema_version(db_path, SCHEMA_VERSION - 1)
+def test_older_schema_version_is_migrated(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Registry(url).close()
+    set_schema_version(url, SCHEMA_VERSION - 1)
     with pytest.raises(RegistryError, match=f"has no migration from it to {SCHEMA_VERSION}"):
-        Registry(str(db_path))
+        Registry(url)
 
     applied: list[int] = []
-    monkeypatch.setattr(store_module, "MIGRATIONS",
+    monkeypatch.setattr(backend_module, "MIGRATIONS",
                         {SCHEMA_VERSION - 1: lambda conn: applied.append(SCHEMA_VERSION - 1)})
-    Registry(str(db_path)).close()
+    Registry(url).close()
     assert applied == [SCHEMA_VERSION - 1]
-    Registry(str(db_path)).close()  # already migrated: nothing runs again
+    Registry(url).close()  # already migrated: nothing runs again
     assert applied == [SCHEMA_VERSION - 1]
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            str(SCHEMA_VERSION),)
+    assert stored_schema_version(url) == str(SCHEMA_VERSION)
 
 
-def test_foreign_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+def test_foreign_database_is_refused(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE users (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
     with pytest.raises(RegistryError, match=r"is not an imloss registry: it has tables users "
                                             r"but no 'meta' table"):
-        Registry(str(path))
+        Registry(url)
 
 
 def test_not_a_database_file_is_refused(tmp_path: Path) -> None:
@@ -572,12 +721,23 @@ def test_read_only_directory_is_not_writable(tmp_path: Path) -> None:
 
 
 def test_bad_urls(tmp_path: Path) -> None:
-    with pytest.raises(RegistryError, match="cannot open registry"):
+    with pytest.raises(RegistryError, match="cannot open registry") as error:
         Registry("postgresql+nosuchdriver://user:secret@host/db")
+    assert "secret" not in str(error.value)
     with pytest.raises(RegistryError, match="registry location is empty"):
         Registry("")
     with pytest.raises(RegistryError, match="stale_after must be a positive"):
         Registry("sqlite://", stale_after=0)
+
+
+def test_unreachable_server_is_a_registry_error() -> None:
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is the 'postgres' extra")
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    url = "postgresql+psycopg://someone:secret@127.0.0.1:1/imloss?connect_timeout=5"
+    with pytest.raises(RegistryError, match=r"^cannot connect to registry postgresql\+psycopg://"
+                                            r"someone:\*\*\*@127\.0\.0\.1:1/imloss") as error:
+        Registry(url)
+    assert "secret" not in str(error.value)
 
 
 def test_in_memory_sessions_share_one_database() -> None:
@@ -616,10 +776,10 @@ def load_writer() -> ModuleType:
     return module
 
 
-def run_writers(db: Path, count: int, epochs: int, layers: int) -> list[str]:
+def run_writers(url: str, count: int, epochs: int, layers: int) -> list[str]:
     """Start ``count`` writer processes, release them at the same moment, return their output."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, str(WRITER), str(db), f"writer-{i}", str(epochs),
+    procs = [subprocess.Popen([sys.executable, str(WRITER), url, f"writer-{i}", str(epochs),
                                str(layers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
              for i in range(count)]
@@ -642,9 +802,9 @@ def run_writers(db: Path, count: int, epochs: int, layers: int) -> list[str]:
     return [out.strip() for out, _ in outputs]
 
 
-def check_writers_landed(db: Path, count: int, epochs: int, layers: int) -> None:
+def check_writers_landed(url: str, count: int, epochs: int, layers: int) -> None:
     writer = load_writer()
-    with Registry(str(db)) as registry:
+    with Registry(url) as registry:
         runs = registry.list_runs()
         assert sorted(run.name for run in runs) == sorted(f"writer-{i}" for i in range(count))
         assert {run.status for run in runs} == {"FINISHED"}
@@ -664,15 +824,15 @@ def check_writers_landed(db: Path, count: int, epochs: int, layers: int) -> None
         assert value == writer.expected_value(number[run_id], epoch, layer, stat_index[stat])
 
 
-def test_two_processes_write_one_file_at_once(db_path: Path) -> None:
-    printed = run_writers(db_path, 2, epochs=30, layers=4)
+def test_two_processes_create_and_write_one_registry_at_once(url: str) -> None:
+    printed = run_writers(url, 2, epochs=30, layers=4)
     assert len(set(printed)) == 2
-    check_writers_landed(db_path, 2, epochs=30, layers=4)
+    check_writers_landed(url, 2, epochs=30, layers=4)
 
 
-def test_eight_processes_write_one_file_at_once(db_path: Path) -> None:
-    run_writers(db_path, 8, epochs=30, layers=4)
-    check_writers_landed(db_path, 8, epochs=30, layers=4)
+def test_eight_processes_write_one_registry_at_once(url: str) -> None:
+    run_writers(url, 8, epochs=30, layers=4)
+    check_writers_landed(url, 8, epochs=30, layers=4)
 
 
 def test_values_are_stored_as_numbers(file_registry: Registry, db_path: Path) -> None:

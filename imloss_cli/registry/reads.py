@@ -13,11 +13,13 @@ import numpy as np  # a pandas dependency, not an extra one
 import pandas as pd
 from sqlalchemy import (
     BindParameter,
+    ColumnElement,
     Connection,
     Select,
     String,
     bindparam,
     func,
+    literal,
     select,
 )
 from sqlalchemy.orm import aliased
@@ -40,7 +42,7 @@ def metrics_statement(names: Sequence[str] | None) -> Select[Any]:
     stmt = (select(t.epoch, t.name, t.value).where(t.run_id == bindparam(RUN_PARAM))
             .order_by(t.epoch, t.name))
     if names is not None:
-        stmt = stmt.where(t.name.in_(names))
+        stmt = stmt.where(_one_of(t.name, names))
     return stmt
 
 
@@ -66,8 +68,17 @@ def layers_statement(*, epoch: int | None, last_epoch_only: bool,
     elif epoch is not None:
         stmt = stmt.where(t.epoch == epoch)
     if stats is not None:
-        stmt = stmt.where(t.stat.in_(stats))
+        stmt = stmt.where(_one_of(t.stat, stats))
     return stmt
+
+
+def _one_of(column: ColumnElement[str], values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN (?, ?, ...)`` with one ordinary bind parameter per value.
+
+    Not SQLAlchemy's default "expanding" IN parameter: that one is only rendered at execution
+    time, and the driver-cursor path of :func:`rows_per_run` executes the compiled SQL itself.
+    """
+    return column.in_([literal(value, String()) for value in values])
 
 
 def name_filter(values: Sequence[str] | None, what: str) -> list[str] | None:
@@ -135,8 +146,7 @@ def rows_per_run(conn: Connection, stmt: Select[Any],
         for run_id in run_ids:
             yield run_id, [tuple(row) for row in conn.execute(stmt, {RUN_PARAM: run_id})]
         return
-    # render_postcompile: IN lists become ordinary bind parameters the driver understands.
-    compiled = stmt.compile(conn, compile_kwargs={"render_postcompile": True})
+    compiled = stmt.compile(conn)
     sql, fixed = str(compiled), dict(compiled.params)
     positions = compiled.positiontup if compiled.positional else None
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]

@@ -1,0 +1,83 @@
+"""Scale-out on CPU: a 2-process gloo DDP run through torchrun, and a rank that dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from imloss_cli.checkpoint import load_checkpoint
+from imloss_cli.cli import app
+from imloss_cli.engine import Trainer
+from imloss_cli.recipe import validate_recipe
+from imloss_cli.registry import Registry
+
+runner = CliRunner()
+
+
+def test_two_process_ddp_run_records_the_accuracy_of_its_checkpoint(tiny_recipe: Path, registry_url: str) -> None:
+    result = runner.invoke(app, ["train", str(tiny_recipe), "--nproc", "2", "--seed", "0", "--registry", registry_url])
+    assert result.exit_code == 0, result.output
+    (run,) = Registry(registry_url).list_runs()
+    assert run.status == "FINISHED"
+    metrics = Registry(registry_url).epoch_metrics([run.id])
+    logged = metrics[(metrics.name == "test_acc") & (metrics.epoch == 2)].value.item()
+
+    recipe = validate_recipe(run.recipe)
+    trainer = Trainer(recipe, run.seed)  # one process: the whole test set, no sharding
+    trainer.net.load_state_dict(load_checkpoint(Path(run.checkpoint_dir) / "last.pt")["model"])
+    evaluated, layers = trainer.evaluate()
+    assert evaluated["test_acc"] == logged
+    stored = Registry(registry_url).layer_stats([run.id], last_epoch_only=True)
+    firing = stored[stored.stat == "firing_rate"].sort_values("layer_index").value.tolist()
+    assert firing == [s.firing_rate for s in layers]  # global statistics, reduced across ranks
+
+
+def worker_pids(rank: int) -> list[int]:
+    """Processes started by torchrun for the given local rank."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"LOCAL_RANK={rank}".encode() in environ and b"imloss_cli" in cmdline and b"--run-id" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_rank_that_dies_fails_the_run_and_stops_the_others(tiny_recipe: Path, workdir: Path) -> None:
+    db = workdir / "reg.db"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "imloss_cli", "train", str(tiny_recipe), "--nproc", "2", "--seed", "0",
+         "--set", "train.epochs=200", "--registry", str(db)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                if conn.execute("select count(*) from epoch_metrics").fetchone()[0] > 0:
+                    break
+        except sqlite3.Error:
+            continue
+    victims = worker_pids(rank=1)
+    assert victims, "no rank-1 worker found"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    launcher.wait(timeout=120)  # no hang: torchrun stops rank 0 and returns
+    assert launcher.returncode == 1
+    (run,) = Registry(str(db)).list_runs()
+    assert run.status == "FAILED"
+    # Rank 0 sees its peer vanish (gloo: connection reset) or torchrun reports the dead worker.
+    assert "Connection reset" in run.error_message or "torchrun exit code" in run.error_message
