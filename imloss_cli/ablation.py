@@ -8,10 +8,12 @@ unfinished one is resumed, so rerunning the same command picks the group up wher
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from imloss_cli.jobs import Job, run_jobs
 from imloss_cli.recipe import Recipe, RecipeError, config_hash, parse_value, validate_recipe
 from imloss_cli.registry import Registry, RegistryError
 from imloss_cli.runner import Callbacks, queue_run, resume_run, run_identity
@@ -161,6 +163,7 @@ def run_ablation(
     argv: list[str],
     fail_fast: bool = False,
     dry_run: bool = False,
+    jobs: int = 1,
     on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None,
     on_outcome: Callable[[TrialOutcome], None] | None = None,
 ) -> AblationResult:
@@ -173,6 +176,7 @@ def run_ablation(
         argv: the command line, recorded with the group and each run.
         fail_fast: stop at the first failed trial (otherwise report it and go on).
         dry_run: only plan; nothing is written.
+        jobs: trials trained at once, each in its own process (1: in this process).
         on_trial: called as (number, total, trial, run_id) before a trial trains; returns its callbacks.
         on_outcome: called with each trial's outcome as soon as it is known.
 
@@ -188,21 +192,22 @@ def run_ablation(
     registry = Registry(registry_url)
     group_id = find_or_create_group(registry, base, axes, seeds, argv)
     members = {r.fingerprint: r for r in reversed(registry.list_runs(group_id=group_id))}
-    queue: list[tuple[Trial, str | None]] = []
+    queue: list[tuple[Trial, str, bool]] = []  # (trial, run id, finished before)
     for trial in trials:
         done = registry.find_run_by_fingerprint(trial.fingerprint, group_id=group_id)
         if done is not None and done.status == "FINISHED":
-            queue.append((trial, None))
+            queue.append((trial, done.id, True))
             continue
         existing = members.get(trial.fingerprint)
         run_id = existing.id if existing is not None else queue_run(registry, trial.recipe, argv=argv, kind="ablate", group_id=group_id)
-        queue.append((trial, run_id))
+        queue.append((trial, run_id, False))
 
+    if jobs > 1:
+        return AblationResult(group_id, _run_parallel(registry, queue, jobs, registry_url, fail_fast, on_outcome))
     outcomes = []
-    for number, (trial, run_id) in enumerate(queue, start=1):
-        if run_id is None:
-            done = registry.find_run_by_fingerprint(trial.fingerprint, group_id=group_id)
-            outcome = TrialOutcome(trial, done.id if done else None, "SKIPPED")
+    for number, (trial, run_id, finished) in enumerate(queue, start=1):
+        if finished:
+            outcome = TrialOutcome(trial, run_id, "SKIPPED")
         else:
             callbacks = on_trial(number, len(queue), trial, run_id) if on_trial else Callbacks()
             outcome = _train_trial(registry, trial, run_id, registry_url, argv, callbacks)
@@ -228,3 +233,47 @@ def _train_trial(
         return TrialOutcome(trial, run_id, "FAILED", error=message)
     acc = result.last.metrics["test_acc"] if result.last is not None else None
     return TrialOutcome(trial, run_id, "FINISHED", test_acc=acc)
+
+
+def _finished_outcome(registry: Registry, trial: Trial, run_id: str) -> TrialOutcome:
+    """The outcome of a trial as the registry recorded it (for trials trained in other processes)."""
+    run = registry.get_run(run_id)
+    if run.status != "FINISHED":
+        return TrialOutcome(trial, run_id, run.display_status if run.status != "QUEUED" else "FAILED", error=run.error_message)
+    metrics = registry.epoch_metrics([run_id])
+    acc = metrics[metrics.name == "test_acc"].sort_values("epoch").value
+    return TrialOutcome(trial, run_id, "FINISHED", test_acc=float(acc.iloc[-1]) if len(acc) else None)
+
+
+def _run_parallel(
+    registry: Registry,
+    queue: list[tuple[Trial, str, bool]],
+    jobs: int,
+    registry_url: str,
+    fail_fast: bool,
+    on_outcome: Callable[[TrialOutcome], None] | None,
+) -> list[TrialOutcome]:
+    outcomes: dict[int, TrialOutcome] = {}
+    todo: list[Job] = []
+    index_of: dict[str, int] = {}
+    for i, (trial, run_id, finished) in enumerate(queue):
+        if finished:
+            outcomes[i] = TrialOutcome(trial, run_id, "SKIPPED")
+            if on_outcome is not None:
+                on_outcome(outcomes[i])
+        else:
+            index_of[run_id] = i
+            todo.append(Job(run_id, Path(trial.recipe.train.output_dir) / run_id / "train.log"))
+
+    def done(job: Job, code: int) -> bool:
+        i = index_of[job.run_id]
+        outcome = _finished_outcome(registry, queue[i][0], job.run_id)
+        if outcome.status == "FAILED" and outcome.error is None:
+            outcome = TrialOutcome(outcome.trial, job.run_id, "FAILED", error=f"exit code {code}; see {job.log}")
+        outcomes[i] = outcome
+        if on_outcome is not None:
+            on_outcome(outcome)
+        return not (fail_fast and outcome.status == "FAILED")
+
+    run_jobs(todo, jobs, registry_url, done)
+    return [outcomes[i] for i in sorted(outcomes)]

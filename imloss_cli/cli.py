@@ -154,6 +154,7 @@ def ablate(
     set_: SetOpt = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed trial")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the trials, run nothing")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="trials at once, each in its own process")] = 1,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Run a grid of trials (cartesian product x seeds) as one ablation group; rerun to resume it.
@@ -175,7 +176,7 @@ def ablate(
         result = guarded(
             lambda: run_ablation(
                 base, spec, registry_url=registry, argv=sys.argv, fail_fast=fail_fast, dry_run=dry_run,
-                on_trial=view.trial, on_outcome=view.outcome,
+                jobs=jobs, on_trial=view.trial, on_outcome=view.outcome,
             )
         )  # fmt: skip
     view.summary(result)

@@ -81,3 +81,34 @@ def test_a_rank_that_dies_fails_the_run_and_stops_the_others(tiny_recipe: Path, 
     assert run.status == "FAILED"
     # Rank 0 sees its peer vanish (gloo: connection reset) or torchrun reports the dead worker.
     assert "Connection reset" in run.error_message or "torchrun exit code" in run.error_message
+
+
+def ablate(workdir: Path, registry: str, jobs: int) -> None:
+    recipe = workdir / "tiny.toml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both sides with one thread per trial: same arithmetic
+    subprocess.run(
+        [sys.executable, "-m", "imloss_cli", "ablate", str(recipe), "--im-weight", "0,2", "--seeds", "2",
+         "--jobs", str(jobs), "--registry", registry],
+        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
+    )  # fmt: skip
+
+
+def group_results(registry: str) -> dict[tuple[float, int], list[tuple[int, str, float]]]:
+    reg = Registry(registry)
+    runs = reg.list_runs(group_id=reg.latest_group().id)
+    metrics = reg.epoch_metrics([r.id for r in runs])
+    metrics = metrics[~metrics.name.isin(["train_seconds", "epoch_seconds"])]
+    return {
+        (r.recipe["loss"]["im_weight"], r.seed): sorted(
+            (int(e), n, v) for e, n, v in metrics[metrics.run_id == r.id][["epoch", "name", "value"]].itertuples(index=False)
+        )
+        for r in runs
+    }
+
+
+def test_parallel_ablation_gives_the_same_group_as_sequential(tiny_recipe: Path, workdir: Path) -> None:
+    ablate(workdir, str(workdir / "one.db"), jobs=1)
+    ablate(workdir, str(workdir / "two.db"), jobs=2)
+    one, two = group_results(str(workdir / "one.db")), group_results(str(workdir / "two.db"))
+    assert len(one) == 4 and one == two
+    assert {r.status for r in Registry(str(workdir / "two.db")).list_runs()} == {"FINISHED"}

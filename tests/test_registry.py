@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, make_url, select, text, update
+from sqlalchemy import Engine, create_engine, inspect, select, text, update
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from imloss_cli.registry import (
@@ -239,7 +239,7 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
 def test_failed_run_keeps_its_error(registry: Registry) -> None:
     run_id = new_run(registry)
     registry.finish_run(run_id, "FAILED", error_type="ValueError",
-                               error_message="loss is NaN", traceback="Traceback ...\nValueError")
+                        error_message="loss is NaN", traceback="Traceback ...\nValueError")
     run = registry.get_run(run_id)
     assert (run.status, run.error_type, run.error_message, run.traceback) == (
         "FAILED", "ValueError", "loss is NaN", "Traceback ...\nValueError")
@@ -505,7 +505,7 @@ def test_many_run_ids_in_one_query(registry: Registry) -> None:
     run_ids = [new_run(registry, f"r{i}") for i in range(40)]
     for index, run_id in enumerate(run_ids):
         registry.log_epoch(run_id, index % 3, {"m": float(index)},
-                                  [(0, "stem.lif", {"firing_rate": float(index)})])
+                           [(0, "stem.lif", {"firing_rate": float(index)})])
     wanted = run_ids + [f"missing{i:05d}" for i in range(2000)]  # beyond SQLite's 999 variables
     metrics = registry.epoch_metrics(wanted)
     assert list(metrics["run_id"]) == sorted(run_ids)
