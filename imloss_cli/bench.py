@@ -460,7 +460,7 @@ def _probe_in_subprocess(o: BenchOptions, variant: str, T: int) -> dict[str, flo
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    out = subprocess.run(argv, env=env, capture_output=True, text=True)
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise BenchError(f"memory probe of {variant} (T={T}) failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -564,13 +564,19 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
 
 def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
     notes = [
-        "one step = forward, CE + 2.0 * IM-Loss (mean over hidden layers of (mean(v_seq) - V_th)^2), "
-        "backward, SGD(momentum 0.9) step; same initial weights and batch for all variants",
-        f"s/step: median over {o.repeats} repeats of {o.steps} steps, variants interleaved (order rotated); "
-        "images/s = batch / (s/step), images not image-timesteps",
+        (
+            "one step = forward, CE + 2.0 * IM-Loss (mean over hidden layers of (mean(v_seq) - V_th)^2), "
+            "backward, SGD(momentum 0.9) step; same initial weights and batch for all variants"
+        ),
+        (
+            f"s/step: median over {o.repeats} repeats of {o.steps} steps, variants interleaved (order rotated); "
+            "images/s = batch / (s/step), images not image-timesteps"
+        ),
         "imloss/this = imloss's s/step / this row's (below 1: imloss is faster)",
-        "enc 'once': stem conv+BN run once on [B] and broadcast over T (StaticEncoder, exact for static "
-        "images); 'T*B': stem on the folded batch, as a plain network would",
+        (
+            "enc 'once': stem conv+BN run once on [B] and broadcast over T (StaticEncoder, exact for static "
+            "images); 'T*B': stem on the folded batch, as a plain network would"
+        ),
     ]
     if o.memory and o.device == "cpu":
         notes.append("memory (CPU): each variant in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536; peak = "
@@ -597,8 +603,10 @@ def format_table(result: BenchResult) -> str:
     """The result as plain text: gate, one row per variant per T, notes, summary lines."""
     o = result.options
     lines = [
-        f"imloss bench: {o.arch} {o.image_size}x{o.image_size}, batch {o.batch}, {o.device} ({result.device_name}, "
-        f"{result.threads} threads), {o.dtype}, torch {result.torch_version}",
+        (
+            f"imloss bench: {o.arch} {o.image_size}x{o.image_size}, batch {o.batch}, {o.device} "
+            f"({result.device_name}, {result.threads} threads), {o.dtype}, torch {result.torch_version}"
+        ),
         f"correctness gate vs lif_naive ({o.device}, fp32; max abs error; tolerance {GATE_TOL:g}, spikes identical):",
         f"  {'check':30} {'T':>2} {'spike diffs':>11} {'v_seq err':>10} {'grad err':>10}  ok",
     ]

@@ -30,6 +30,8 @@ from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
 from imloss_cli.snn.surrogate import esg_k
 
 StepCallback = Callable[[int, int], None]
+# Where torch.compile of the LIF loops starts to pay on CPU (compile ~30 s, saves ~15 ns a neuron-step).
+COMPILE_PAYS_NEURON_STEPS = 2e9
 
 
 class TrainingError(Exception):
@@ -154,14 +156,14 @@ class Trainer:
     def _setup_model(self) -> None:
         train = self.recipe.train
         cuda = self.device.type == "cuda"
-        self.compiled = train.compile == "on" or (train.compile == "auto" and cuda)
         bf16 = train.precision == "bf16" or (train.precision == "auto" and cuda)
         self.autocast_dtype = torch.bfloat16 if bf16 else None
         self.channels_last = cuda
         torch.manual_seed(self.seed)
-        model = build_model(
-            self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size, compiled=self.compiled
-        )
+        model = build_model(self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size)
+        self.compiled = train.compile == "on" or (train.compile == "auto" and (cuda or self._compile_pays(model)))
+        for _, layer in spiking_layers(model):
+            layer.compiled = self.compiled
         if train.sync_bn:
             if not (self.dist and cuda):
                 raise TrainingError("train.sync_bn needs several CUDA processes (torchrun); set it to false")
@@ -175,6 +177,28 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.hidden_layers = spiking_layers(self.net)
         self.im_layers = im_layers(self.net, self.recipe.loss.im_layers)
+
+    def _compile_pays(self, model: torch.nn.Module) -> bool:
+        """On CPU, compile the LIF loops only when the run is long enough to earn back the compile.
+
+        Compiling costs tens of seconds once; it saves tens of nanoseconds per neuron and time
+        step. A run's neuron-steps are counted from one forward pass of a single image.
+        """
+        layers = [m for _, m in spiking_layers(model)]
+        x, _ = self.data.test[0]
+        was_training = model.training
+        model.eval()
+        for m in layers:
+            m.store_v_seq = True
+        with torch.no_grad():
+            model(x.unsqueeze(0))
+        neuron_steps_per_image = sum(m.v_seq.numel() for m in layers if m.v_seq is not None)
+        for m in layers:
+            m.store_v_seq = False
+            m.clear()
+        model.train(was_training)
+        total = neuron_steps_per_image * len(self.data.train) * self.recipe.train.epochs
+        return total > COMPILE_PAYS_NEURON_STEPS
 
     def _setup_optimizer(self) -> None:
         o = self.recipe.optim

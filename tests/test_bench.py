@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from imloss_cli import bench
-from imloss_cli.bench import BenchOptions, build_variant, correctness_gate, run_benchmark, to_json
+from imloss_cli.bench import (
+    BenchOptions,
+    build_variant,
+    correctness_gate,
+    run_benchmark,
+    to_json,
+)
 from imloss_cli.snn.models import NetSpec, create_model
 from imloss_cli.snn.reference import lif_naive
 
@@ -23,7 +29,7 @@ except ImportError as e:  # an optional extra: pip install -e .[bench]
     SJ_SKIP = f"spikingjelly not importable: {e}"
 
 # No torch.compile here: a cold inductor compile takes longer than this file may (see the compiled test).
-TINY = dict(arch="convnet3", batch=2, steps=1, repeats=1, warmup=1, memory=False, compiled=False)
+TINY = {"arch": "convnet3", "batch": 2, "steps": 1, "repeats": 1, "warmup": 1, "memory": False, "compiled": False}
 
 
 def _tiny_model(T: int = 2) -> torch.nn.Module:
