@@ -56,7 +56,13 @@ psql_admin() {  # superuser over the private socket; -v ON_ERROR_STOP so failure
     as_owner "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$(cat "$DIR/port")" -U postgres \
         -d postgres "$@"
 }
-running() { [[ -f "$DIR/port" ]] && pg_ctl status >/dev/null 2>&1; }
+# Running = it answers. A machine that was rebooted, or whose processes were ended, leaves a
+# postmaster.pid behind whose pid may now belong to another process: pg_ctl status alone would
+# believe that.
+running() {
+    [[ -f "$DIR/port" ]] && pg_ctl status >/dev/null 2>&1 \
+        && psql_admin -tA <<<'SELECT 1;' >/dev/null 2>&1
+}
 
 if [[ "${1:-}" == stop ]]; then
     if running; then pg_ctl stop -m fast >&2; else log "not running"; fi
@@ -78,16 +84,31 @@ if [[ ! -f "$DATA/PG_VERSION" ]]; then
         || { cat "$DIR/initdb.log" >&2; exit 1; }
 fi
 
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 if ! running; then
-    PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    echo "$PORT" > "$DIR/port"
-    log "starting on 127.0.0.1:$PORT"
-    # A throwaway server: no fsync, and settings that keep 8 concurrent test writers fast.
-    if ! pg_ctl start -w -t 60 -l "$DIR/server.log" \
-            -o "-h 127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >&2; then
-        tail -n 20 "$DIR/server.log" >&2
-        exit 1
+    if [[ -f "$DATA/postmaster.pid" ]] && ! pg_ctl status >/dev/null 2>&1; then
+        rm -f "$DATA/postmaster.pid"  # left by a server that was killed (pg_ctl saw no process)
+    elif [[ -f "$DATA/postmaster.pid" ]]; then
+        pg_ctl stop -m immediate >/dev/null 2>&1 || rm -f "$DATA/postmaster.pid"
     fi
+    started=
+    for attempt in 1 2 3; do  # another program may take the free port before the server does
+        PORT=$(free_port)
+        echo "$PORT" > "$DIR/port"
+        log "starting on 127.0.0.1:$PORT"
+        # A throwaway server: no fsync; room for the tests' concurrent writers.
+        if pg_ctl start -w -t 60 -l "$DIR/server.log" -o "-h 127.0.0.1 -p $PORT -k $DIR \
+                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                -c max_connections=200" >&2; then
+            started=yes
+            break
+        fi
+        tail -n 5 "$DIR/server.log" >&2
+    done
+    [[ -n "$started" ]] || { log "server did not start; see $DIR/server.log"; exit 1; }
 fi
 PORT=$(cat "$DIR/port")
 PASSWORD=$(cat "$DIR/password")

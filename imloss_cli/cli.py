@@ -252,3 +252,37 @@ def report(
     if plots is not None:
         for path in guarded(lambda: write_plots(rep, reg, plots)):
             console.print(f"wrote {path}")
+
+
+@app.command()
+def bench(
+    arch: Annotated[str, typer.Option(help="architecture")] = "resnet19",
+    timesteps: Annotated[str, typer.Option(help="T values, e.g. 2,4")] = "2,4",
+    batch: Annotated[int, typer.Option(min=1)] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16")] = "auto",
+    compare: Annotated[str, typer.Option(help="spikingjelly, naive, relu, relu-tb, imloss-eager")] = "spikingjelly,naive,relu",
+    repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats; the median is reported")] = 5,
+    steps: Annotated[int | None, typer.Option(min=1, help="timed steps per variant and repeat")] = None,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="measure peak memory")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Time a training step (forward + IM-Loss + backward + SGD) against SpikingJelly, the naive loop and a ReLU floor.
+
+    A correctness gate runs first: the fused LIF must match the naive loop (exit 1 if not).
+
+    Example: imloss bench --arch resnet19 --timesteps 2,4 --batch 8 --compare spikingjelly,relu
+    """
+    from imloss_cli.bench import BenchError, BenchOptions, format_table, run_benchmark, to_json
+
+    try:
+        options = BenchOptions(
+            arch=arch, timesteps=tuple(int(t) for t in timesteps.split(",")), batch=batch, device=device, dtype=dtype,
+            compare=tuple(c for c in compare.split(",") if c), repeats=repeats, steps=steps, memory=memory,
+        )  # fmt: skip
+        result = run_benchmark(options)
+    except (BenchError, ValueError) as e:
+        fail(str(e))
+    console.print(to_json(result) if as_json else format_table(result), markup=False, highlight=False, soft_wrap=True)
+    if not result.gate_passed:
+        fail("correctness gate failed: the fused LIF disagrees with the naive loop", code=1)
