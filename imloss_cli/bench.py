@@ -181,7 +181,10 @@ class SpikingJellyLIF(nn.Module):
         )
         self.backend = backend
         self.v_mean: Tensor | None = None
-        self.v_seq: Tensor | None = None  # SJ's v_seq: the potential after the reset
+        # SJ's v_seq (the potential after the reset) is kept only on request (the gate): holding it
+        # through the step would charge SJ memory that IM-Loss, which needs only its mean, does not use.
+        self.keep_v_seq = False
+        self.v_seq: Tensor | None = None
 
     def forward(self, x_seq: Tensor) -> Tensor:
         from spikingjelly.activation_based import functional
@@ -192,7 +195,8 @@ class SpikingJellyLIF(nn.Module):
         spike_seq, _, v_seq = functional.lif_multi_step(
             x_seq, v0, n.tau, n.decay_input, n.v_threshold, n.v_reset, n.surrogate_function, n.detach_reset, True
         )
-        self.v_seq, self.v_mean = v_seq, v_seq.mean(dtype=torch.float32)
+        self.v_mean = v_seq.mean(dtype=torch.float32)
+        self.v_seq = v_seq if self.keep_v_seq else None
         return spike_seq
 
 
@@ -301,6 +305,7 @@ def correctness_gate(
             xr, s_ref, v_ref = _naive_reference(lif, x, k)
             (s_ref * gs).sum().backward()
             sj = SpikingJellyLIF(lif, backend).to(device)
+            sj.keep_v_seq = True
             xs = x.clone().requires_grad_(True)
             s = sj(xs)
             (s * gs).sum().backward()
@@ -572,7 +577,10 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
             f"s/step: median over {o.repeats} repeats of {o.steps} steps, variants interleaved (order rotated); "
             "images/s = batch / (s/step), images not image-timesteps"
         ),
-        "imloss/this = imloss's s/step / this row's (below 1: imloss is faster)",
+        (
+            "imloss/this = imloss's s/step / this row's (below 1: imloss is faster); "
+            "spread = (slowest - fastest repeat) / median"
+        ),
         (
             "enc 'once': stem conv+BN run once on [B] and broadcast over T (StaticEncoder, exact for static "
             "images); 'T*B': stem on the folded batch, as a plain network would"

@@ -10,12 +10,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from imloss_cli.checkpoint import CheckpointError
-from imloss_cli.data import DataError
-from imloss_cli.engine import DivergedError, TrainingError
 from imloss_cli.recipe import Recipe, RecipeError, load_recipe, parse_overrides, to_toml
-from imloss_cli.registry import RegistryError
-from imloss_cli.report import ReportError
 
 app = typer.Typer(
     help="Train spiking neural networks with IM-Loss and ESG, run ablations, compare runs.",
@@ -40,8 +35,20 @@ RegistryOpt = Annotated[
     str, typer.Option("--registry", envvar="IMLOSS_REGISTRY", help="SQLAlchemy URL or SQLite path of the run registry")
 ]
 
-# Errors a user can fix by changing the input: one line, exit code 2.
-USER_ERRORS = (RecipeError, DataError, RegistryError, CheckpointError, ReportError, OSError)
+# Errors a user can fix by changing the input: one line, exit code 2. Named, not imported, so
+# that `report`, `runs` or `validate` never pay for importing torch: an error class whose module
+# was never loaded cannot have been raised.
+USER_ERRORS = (
+    ("imloss_cli.data", "DataError"),
+    ("imloss_cli.registry", "RegistryError"),
+    ("imloss_cli.checkpoint", "CheckpointError"),
+    ("imloss_cli.report", "ReportError"),
+    ("imloss_cli.engine", "TrainingError"),
+)
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -56,12 +63,14 @@ def guarded(call: Callable[[], T]) -> T:
     except RecipeError as e:
         head = f"{e.source}: " if e.source else ""
         fail(head + "invalid recipe\n  " + "\n  ".join(e.problems))
-    except DivergedError as e:
-        fail(str(e), code=1)
-    except (*USER_ERRORS, TrainingError) as e:
-        fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; the run is recorded as KILLED", code=130)
+    except Exception as e:
+        if isinstance(e, _loaded((("imloss_cli.engine", "DivergedError"),))):
+            fail(str(e), code=1)
+        if isinstance(e, (*_loaded(USER_ERRORS), OSError)):
+            fail(str(e))
+        raise
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from imloss_cli.ablation import AblationResult, Trial, TrialOutcome
-from imloss_cli.engine import EpochRecord
-from imloss_cli.history import RunDetails
-from imloss_cli.runner import Callbacks, RunStart
+if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
+    from imloss_cli.ablation import AblationResult, Trial, TrialOutcome
+    from imloss_cli.engine import EpochRecord
+    from imloss_cli.history import RunDetails
+    from imloss_cli.runner import Callbacks, RunStart
 
 
 def epoch_line(record: EpochRecord, epochs: int) -> str:
@@ -52,6 +54,8 @@ class TrainDisplay:
         self.progress.__exit__(et, ev, tb)
 
     def callbacks(self) -> Callbacks:
+        from imloss_cli.runner import Callbacks
+
         if self.quiet:
             return Callbacks()
         return Callbacks(on_start=self.start, on_step=self.step, on_epoch=self.epoch_done)
