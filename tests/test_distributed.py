@@ -88,7 +88,7 @@ def ablate(workdir: Path, registry: str, jobs: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both sides with one thread per trial: same arithmetic
     subprocess.run(
         [sys.executable, "-m", "imloss_cli", "ablate", str(recipe), "--im-weight", "0,2", "--seeds", "2",
-         "--jobs", str(jobs), "--registry", registry],
+         "--set", "train.epochs=1", "--jobs", str(jobs), "--registry", registry],
         check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
     )  # fmt: skip
 

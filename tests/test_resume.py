@@ -30,8 +30,8 @@ def epochs_table(registry_url: str, run_id: str) -> dict[int, dict[str, float]]:
 
 
 def test_sigkill_in_epoch_3_then_resume_equals_the_uninterrupted_run(tiny_recipe: Path, workdir: Path) -> None:
-    # Small batches: ~85 steps an epoch, so there is a middle of epoch 3 to hit.
-    args = ["train", str(tiny_recipe), "--seed", "3", "--set", "train.epochs=5", "--set", "data.batch_size=16"]
+    # Smaller batches: 43 steps an epoch, so there is a middle of epoch 3 to hit.
+    args = ["train", str(tiny_recipe), "--seed", "3", "--set", "train.epochs=4", "--set", "data.batch_size=32"]
     straight = f"sqlite:///{workdir / 'straight.db'}"
     assert runner.invoke(app, [*args, "--registry", straight]).exit_code == 0
     (reference,) = Registry(straight).list_runs()
@@ -56,7 +56,7 @@ def test_sigkill_in_epoch_3_then_resume_equals_the_uninterrupted_run(tiny_recipe
     run_id = run.id
     assert run.display_status == "LOST"
     logged_before = set(epochs_table(killed, run_id))
-    assert 2 in logged_before and 5 not in logged_before
+    assert 2 in logged_before and 4 not in logged_before
 
     result = runner.invoke(app, ["resume", run_id[:6], "--registry", killed])
     assert result.exit_code == 0, result.output
