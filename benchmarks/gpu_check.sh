@@ -22,7 +22,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 print("gate passed:", d.get("gate_passed"))
 for r in d["rows"]:
-    print({k: r.get(k) for k in ("variant", "timesteps", "s_per_step", "images_per_s", "peak_mem_mb", "warmup_s", "mfu")})
+    print({k: r.get(k) for k in ("variant", "timesteps", "s_per_step", "images_per_s", "peak_mb", "step_mb", "warmup_s", "mfu")})
 PY
 
 echo "== imloss train on CUDA: digits (compile, bf16, channels_last)"

@@ -347,6 +347,9 @@ def _sj_rows(device: str, notes: list[str]) -> list[str]:
     except ImportError as e:
         notes.append(f"spikingjelly skipped: not importable ({e}); pip install -e .[bench]")
         return []
+    if not hasattr(functional, "lif_multi_step"):  # the 0.0.0.0.x API (LIFNode(backend=...)) differs
+        notes.append("spikingjelly skipped: this benchmark needs SpikingJelly >= 2.0 (functional.lif_multi_step)")
+        return []
     if device == "cpu":
         return ["spikingjelly"]  # SJ 2.0 has one CPU implementation (the Torch reference)
     rows = []
@@ -594,6 +597,8 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
     if any(v.startswith("spikingjelly") for v in variants):
         notes.append("spikingjelly: LIFNode settings via functional.lif_multi_step with an fp32 initial state; "
                      "its v_seq is the post-reset potential, IM-Loss uses its mean")
+    if not o.compiled:
+        notes.append("imloss ran its eager kernels (--no-compile): no torch.compile anywhere")
     if "naive" in variants:
         notes.append("naive: imloss_cli.snn.reference.lif_naive, one autograd node per time step")
     return notes

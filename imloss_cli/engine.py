@@ -327,6 +327,8 @@ class Trainer:
                 out = loss_step(self.model, x, y, self.im_layers, self.recipe)
             self.optimizer.zero_grad(set_to_none=True)
             out.total.backward()
+            for layer in self.im_layers:  # drop this step's potentials before the next forward
+                layer.clear()
             self.optimizer.step()
             with torch.no_grad():
                 n = y.shape[0]
