@@ -79,8 +79,9 @@ def test_a_rank_that_dies_fails_the_run_and_stops_the_others(tiny_recipe: Path, 
     assert launcher.returncode == 1
     (run,) = Registry(str(db)).list_runs()
     assert run.status == "FAILED"
-    # Rank 0 sees its peer vanish (gloo: connection reset) or torchrun reports the dead worker.
-    assert "Connection reset" in run.error_message or "torchrun exit code" in run.error_message
+    # Rank 0 sees its peer vanish (gloo: "connection reset/closed ... remote worker") or, if torchrun
+    # stops rank 0 first, the launcher records torchrun's failure.
+    assert "remote worker" in run.error_message or "torchrun exit code" in run.error_message
 
 
 def ablate(workdir: Path, registry: str, jobs: int) -> None:
