@@ -316,8 +316,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         steps = self.steps_per_epoch()
-        # [loss, ce, im, correct, samples] summed over the epoch, on the device.
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        # [loss, ce, im, correct] summed over the epoch, on the device; the sample count is known on the host.
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        seen = 0
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         for step, (x, y) in enumerate(loader):
             if step >= steps:
@@ -332,13 +333,15 @@ class Trainer:
             self.optimizer.step()
             with torch.no_grad():
                 n = y.shape[0]
+                seen += n
                 correct = (out.logits.argmax(1) == y).sum()
-                sums += torch.stack([out.total.double() * n, out.ce.double() * n, out.im.double() * n, correct.double(), torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+                sums += torch.stack([out.total.double() * n, out.ce.double() * n, out.im.double() * n, correct.double()])
                 bad = ~torch.isfinite(out.total.detach())
                 first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
             if self.on_step is not None:
                 self.on_step(step + 1, steps)
         self._store([])
+        sums = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64, device=self.device)])
         all_reduce_sum([sums])
         loss, ce, im, correct, samples = sums.tolist()
         bad_step = int(first_bad.item())
@@ -358,7 +361,8 @@ class Trainer:
         layers = [m for _, m in self.hidden_layers]
         self._store(layers)
         stats = LayerStatsAccumulator(self.hidden_layers)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # [loss, correct, samples]
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss, correct]
+        seen = 0
         loader = data_mod.test_loader(
             self.data, self.recipe.data, rank=self.rank, world_size=self.world_size, pin_memory=self.device.type == "cuda"
         )
@@ -367,10 +371,11 @@ class Trainer:
             with self._autocast():
                 logits = self.net(x)
             stats.update()
-            n = y.shape[0]
+            seen += y.shape[0]
             loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), torch.tensor(float(n), dtype=torch.float64, device=self.device)])
+            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double()])
         self._store([])
+        sums = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64, device=self.device)])
         counted = torch.tensor([float(stats.samples)], dtype=torch.float64, device=self.device)
         all_reduce_sum([sums, counted, *stats.raw_tensors()])
         loss, correct, samples = sums.tolist()
