@@ -30,7 +30,7 @@ from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
 from imloss_cli.snn.surrogate import esg_k
 
 StepCallback = Callable[[int, int], None]
-# Where torch.compile of the LIF loops starts to pay on CPU (compile ~30 s, saves ~15 ns a neuron-step).
+# Where torch.compile of the LIF loops starts to pay on CPU (compile ~20 s cold, saves ~5-15 ns a neuron-step).
 COMPILE_PAYS_NEURON_STEPS = 2e9
 
 

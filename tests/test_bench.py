@@ -63,7 +63,7 @@ def test_gate_fails_when_the_fused_lif_is_wrong(monkeypatch: pytest.MonkeyPatch)
     def off_by_decay(x_seq, k, decay, *args):  # type: ignore[no-untyped-def]
         return lif_naive(x_seq, k, decay * 0.5, *args)
 
-    monkeypatch.setattr(bench, "lif_naive", off_by_decay)
+    monkeypatch.setattr(bench.gate, "lif_naive", off_by_decay)
     result = run_benchmark(BenchOptions(timesteps=(2,), compare=("relu",), **TINY))
     assert not result.gate_passed and result.rows == ()
     assert bench.main(["--arch", "convnet3", "--timesteps", "2", "--compare", "relu", "--batch", "2",

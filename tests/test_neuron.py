@@ -14,6 +14,7 @@ from imloss_cli.snn.neuron import (
     EAGER_KERNELS,
     LIF,
     MultiStepLIFFunction,
+    StepLayout,
     compiled_kernels,
     set_surrogate_k,
     spiking_layers,
@@ -284,6 +285,61 @@ def test_set_surrogate_k_sets_every_layer() -> None:
     assert [m.k.item() for _, m in layers] == [2.0, 2.0, 2.0]
 
 
+# --- memory layouts ------------------------------------------------------------------------------
+
+
+def _lif_outputs_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """spike_seq, v_seq, v_mean and dL/dx for fixed upstream gradients (given in NCHW order)."""
+    x = x.detach().requires_grad_(True)
+    s, v, m = _fused3(x, 2.0, "hard", False)
+    g = torch.Generator().manual_seed(4)
+    gs, gv = torch.randn(s.shape, generator=g), torch.randn(s.shape, generator=g)
+    torch.autograd.backward([s, v, m], [gs, gv, torch.tensor(0.5)])
+    return s, v, m, x.grad
+
+
+def test_channels_last_steps_give_the_contiguous_results_in_the_input_layout() -> None:
+    T, B, C, H, W = 3, 2, 4, 3, 5
+    x = (torch.rand(T * B, C, H, W, generator=torch.Generator().manual_seed(1)) * 1.2)
+    x_cl = x.contiguous(memory_format=torch.channels_last).unflatten(0, (T, B))
+    x_nchw = x.unflatten(0, (T, B))
+    assert StepLayout.of(x_cl).order == (0, 1, 3, 4, 2)
+    assert StepLayout.of(x_cl).flat(x_cl).data_ptr() == x_cl.data_ptr()  # a view, not a copy
+
+    s, v, m, grad = _lif_outputs_and_grad(x_cl)
+    s_ref, v_ref, m_ref, grad_ref = _lif_outputs_and_grad(x_nchw)
+    assert torch.equal(s, s_ref) and torch.equal(v, v_ref) and torch.equal(grad, grad_ref)
+    assert_close(m, m_ref)
+    assert s.stride() == x_cl.stride() and v.stride() == x_cl.stride()  # outputs keep channels_last
+    assert s[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_broadcast_input_is_read_in_place_and_matches_the_materialised_copy() -> None:
+    y = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(2)) * 1.2
+    x_broadcast = y.unsqueeze(0).expand(4, *y.shape)  # what StaticEncoder feeds its LIF
+    rows = StepLayout.of(x_broadcast).flat(x_broadcast)
+    assert rows.stride() == (0, 1) and rows.data_ptr() == y.data_ptr()
+
+    s, v, m, grad = _lif_outputs_and_grad(x_broadcast)
+    s_ref, v_ref, m_ref, grad_ref = _lif_outputs_and_grad(x_broadcast.contiguous())
+    assert torch.equal(s, s_ref) and torch.equal(v, v_ref) and torch.equal(grad, grad_ref)
+    # constant input, hard reset, decay 0.25: h = y, then 0.25 h (1 - o) + y at the next step
+    o0 = (y >= V_TH).float()
+    assert torch.equal(v[1], DECAY * (y * (1 - o0)) + y)
+
+
+def test_gradients_in_another_layout_than_the_input_are_reordered() -> None:
+    x = (torch.rand(2, 2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 1.2).requires_grad_(True)
+    s, _, _ = _fused3(x, 2.0, "hard", False)
+    gs = torch.randn(2 * 2, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    gs_cl = gs.contiguous(memory_format=torch.channels_last).unflatten(0, (2, 2))
+    s.backward(gs_cl)
+    x_ref = x.detach().clone().requires_grad_(True)
+    s_ref, _ = lif_naive(x_ref, 2.0, DECAY, V_TH, "hard", False)
+    s_ref.backward(gs.unflatten(0, (2, 2)))
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
 # --- compiled kernels --------------------------------------------------------------------------
 
 
@@ -317,3 +373,30 @@ def test_compiled_kernels_match_eager() -> None:
     ((s2 * w).sum() + 2.0 * lif.v_mean).backward()
     assert torch.equal(s2, s_ref)
     assert_close(x2.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_one_compiled_kernel_per_direction_serves_every_layer_size_and_layout() -> None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    compiled_kernels.cache_clear()
+    counters.clear()
+    try:
+        lif = LIF(DECAY, V_TH, compiled=True)
+        shapes = [(2, 3, 4, 5, 5), (2, 6, 8, 3, 3), (2, 1, 16, 2, 2), (2, 7, 2, 9, 9)]
+        for i, shape in enumerate(shapes):
+            x = torch.rand(shape) * 1.2
+            if i % 2:  # alternate layouts: channels_last steps, then NCHW
+                x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+            x.requires_grad_(True)
+            s = lif(x)
+            s.sum().backward()
+            s_ref, _ = lif_naive(x.detach(), 1.0, DECAY, V_TH, "hard", False)
+            assert torch.equal(s, s_ref)
+        # two graphs: the forward loop and the backward loop, each compiled once for all shapes
+        assert counters["stats"]["unique_graphs"] == 2
+    finally:
+        torch._dynamo.reset()
+        compiled_kernels.cache_clear()

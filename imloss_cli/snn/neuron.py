@@ -9,6 +9,10 @@ The whole time loop is one autograd function: forward saves only the pre-spike p
 backward recomputes the spikes from them and runs BPTT in a second loop, with the ESG surrogate
 g'(h) = 1/2 K (1 - tanh(K (h - V_th))^2) for dO/dh. Both loops are plain tensor code that
 torch.compile can fuse into one kernel each.
+
+The loops see every tensor as [T, N], one row per time step in the order the step lies in memory
+(NCHW or channels_last alike): a 2-D elementwise kernel, compiled once for every layer and batch
+size (N is a dynamic dimension), instead of one kernel per 5-D shape and stride pattern.
 """
 
 from __future__ import annotations
@@ -27,21 +31,28 @@ def lif_forward_loop(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the LIF over T steps.
 
+    Every step is a tensor of its own, stacked at the end: compiled, that is one pass over N that
+    carries h from step to step (writing into slices of one [T, N] buffer instead makes Inductor
+    recompute the recurrence for every row, O(T^2) work).
+
     Returns:
-        spike_seq and v_seq, both shaped like x_seq [T, B, ...], and v_mean, the mean of v_seq
-        (the quantity IM-Loss needs; computed here so a compiled kernel fuses it into the loop).
+        spike_seq and v_seq, both shaped like x_seq [T, N], and v_sum [N], each neuron's potential
+        summed over time in fp32: IM-Loss needs only the mean of v_seq, and a sum kept inside the
+        loop leaves the compiled kernel pointwise (a full reduction would add size-dependent
+        reduction strategies, each with its own compile guard), so only N values remain to reduce.
     """
-    spike_seq = torch.empty_like(x_seq)
-    v_seq = torch.empty_like(x_seq)
     h = x_seq[0]
-    for t in range(x_seq.shape[0]):
-        if t > 0:
-            o = spike_seq[t - 1]
-            kept = h - v_threshold * o if soft_reset else h * (1.0 - o)
-            h = decay * kept + x_seq[t]
-        v_seq[t] = h
-        spike_seq[t] = (h >= v_threshold).to(x_seq.dtype)
-    return spike_seq, v_seq, v_seq.mean(dtype=torch.float32)
+    o = (h >= v_threshold).to(x_seq.dtype)
+    v_sum = h.float()
+    hs, spikes = [h], [o]
+    for t in range(1, x_seq.shape[0]):
+        kept = h - v_threshold * o if soft_reset else h * (1.0 - o)
+        h = decay * kept + x_seq[t]
+        o = (h >= v_threshold).to(x_seq.dtype)
+        v_sum = v_sum + h.float()
+        hs.append(h)
+        spikes.append(o)
+    return torch.stack(spikes), torch.stack(hs), v_sum
 
 
 def lif_backward_loop(
@@ -58,29 +69,31 @@ def lif_backward_loop(
     """BPTT through the LIF. Returns dL/dx_seq given dL/dspike_seq, dL/dv_seq, dL/dv_mean and h.
 
     dL/dv_mean reaches every h[t] as the same constant dL/dv_mean / numel, added here instead of
-    being expanded into a full tensor by autograd. With g = dL/dh[t+1] flowing back from step t+1:
+    being expanded into a full tensor by autograd. With g = dL/dh[t+1] flowing back from step t+1
+    (none at the last step):
         dL/do[t] = grad_spike[t] + g * dh[t+1]/do[t]      (-decay*h[t] hard, -decay*V_th soft, 0 detached)
         dL/dh[t] = grad_v[t] + dL/do[t] * g'(h[t]) + g * dh[t+1]/dh[t]|o   (decay*(1-o[t]) hard, decay soft)
         dL/dx[t] = dL/dh[t]
+    Steps are stacked at the end, as in the forward loop.
     """
-    grad_x = torch.empty_like(v_seq)
-    g = torch.zeros_like(v_seq[0])
     from_mean = None if grad_v_mean is None else (grad_v_mean / v_seq.numel()).to(v_seq.dtype)
+    grads: list[Tensor] = []
+    g: Tensor | None = None
     for t in range(v_seq.shape[0] - 1, -1, -1):
         h = v_seq[t]
-        o = (h >= v_threshold).to(h.dtype)
         grad_o = grad_spike[t]
-        if not detach_reset:
+        if g is not None and not detach_reset:
             grad_o = grad_o - g * (decay * v_threshold if soft_reset else decay * h)
-        through = g * decay if soft_reset else g * (decay * (1.0 - o))
-        grad_h = grad_o * surrogate_grad(h, k, v_threshold) + through
+        grad_h = grad_o * surrogate_grad(h, k, v_threshold)
+        if g is not None:
+            grad_h = grad_h + (g * decay if soft_reset else g * (decay * (1.0 - (h >= v_threshold).to(h.dtype))))
         if grad_v is not None:
             grad_h = grad_h + grad_v[t]
         if from_mean is not None:
             grad_h = grad_h + from_mean
-        grad_x[t] = grad_h
+        grads.append(grad_h)
         g = grad_h
-    return grad_x
+    return torch.stack(grads[::-1])
 
 
 class LIFKernels(NamedTuple):
@@ -94,13 +107,64 @@ EAGER_KERNELS = LIFKernels(lif_forward_loop, lif_backward_loop)
 @functools.cache
 def compiled_kernels() -> LIFKernels:
     """The two loops compiled once per process (each becomes a single fused kernel)."""
-    return LIFKernels(torch.compile(lif_forward_loop), torch.compile(lif_backward_loop))
+    options = {
+        # stack the steps as separate buffers written in one pass, never as a masked [T, N] kernel
+        # that recomputes every step's recurrence
+        "max_pointwise_cat_inputs": 0,
+        "max_complex_pointwise_cat_inputs": 0,
+        # N is dynamic, so Inductor cannot size the work at compile time; let OpenMP split the loop
+        # over N at run time (otherwise a dynamic CPU kernel runs on one thread)
+        "cpp.dynamic_threads": True,
+    }
+    forward = torch.compile(lif_forward_loop, options=options)
+    return LIFKernels(forward, torch.compile(lif_backward_loop, options=options))
+
+
+class StepLayout(NamedTuple):
+    """How to see a [T, ...] tensor as [T, N] rows and back: ``order`` lists the dims, time first,
+    in the order one time step lies in memory (outermost first)."""
+
+    order: tuple[int, ...]
+    shape: tuple[int, ...]
+
+    @staticmethod
+    def of(x_seq: Tensor) -> StepLayout:
+        # Sorting by stride (stable, so ties keep their order) recovers NCHW, channels_last, or
+        # whatever layout a step is dense in; size-1 dims may land anywhere without harm.
+        inner = sorted(range(1, x_seq.ndim), key=lambda d: x_seq.stride(d), reverse=True)
+        return StepLayout((0, *inner), tuple(x_seq.shape))
+
+    def flat(self, x_seq: Tensor) -> Tensor:
+        """[T, N] rows of ``x_seq``, sharing its memory when each step is dense in this layout (a
+        time stride of 0, as for a broadcast input, stays 0); a copy otherwise.
+
+        The shared rows are a fresh tensor on x_seq's storage rather than a view: torch.compile
+        guards on a view's base, whose shape differs from layer to layer (a recompile each).
+        """
+        T = self.shape[0]
+        step = x_seq[0].permute([d - 1 for d in self.order[1:]])
+        if not step.is_contiguous():
+            return x_seq.permute(self.order).reshape(T, -1)
+        rows = torch.empty(0, dtype=x_seq.dtype, device=x_seq.device)
+        return rows.set_(x_seq.untyped_storage(), x_seq.storage_offset(), (T, step.numel()), (x_seq.stride(0), 1))
+
+    def unflat(self, rows: Tensor) -> Tensor:
+        """The [T, ...] tensor whose ``flat`` view is ``rows`` (contiguous [T, N])."""
+        permuted = rows.view([self.shape[d] for d in self.order])
+        return permuted.permute([self.order.index(d) for d in range(len(self.order))])
+
+
+def _mark_rows_dynamic(*rows: Tensor | None) -> None:
+    """One compiled kernel serves every N: mark it dynamic up front rather than after a recompile."""
+    for r in rows:
+        if r is not None and r.ndim == 2:
+            torch._dynamo.maybe_mark_dynamic(r, 1)
 
 
 class MultiStepLIFFunction(torch.autograd.Function):
     """Fused multi-step LIF: no per-time-step autograd graph, only h is saved for backward.
 
-    Outputs (spike_seq, v_seq, v_mean); any of them may carry a gradient.
+    Outputs (spike_seq, v_seq, v_mean) in x_seq's memory layout; any of them may carry a gradient.
     """
 
     @staticmethod
@@ -114,32 +178,40 @@ class MultiStepLIFFunction(torch.autograd.Function):
         detach_reset: bool,
         kernels: LIFKernels,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        spike_seq, v_seq, v_mean = kernels.forward(x_seq, decay, v_threshold, soft_reset)
-        ctx.save_for_backward(v_seq, k)
-        ctx.args = (decay, v_threshold, soft_reset, detach_reset, kernels)
+        layout = StepLayout.of(x_seq)
+        x_rows = layout.flat(x_seq.detach())  # detached: requires_grad would be one more compile guard
+        if kernels is not EAGER_KERNELS:
+            _mark_rows_dynamic(x_rows)
+        spike_rows, v_rows, v_sum = kernels.forward(x_rows, decay, v_threshold, soft_reset)
+        v_mean = v_sum.sum() / v_rows.numel()
+        ctx.save_for_backward(v_rows, k)
+        ctx.args = (layout, decay, v_threshold, soft_reset, detach_reset, kernels)
         ctx.set_materialize_grads(False)
-        return spike_seq, v_seq, v_mean
+        return layout.unflat(spike_rows), layout.unflat(v_rows), v_mean
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx, grad_spike: Tensor | None, grad_v: Tensor | None, grad_v_mean: Tensor | None
     ):
-        v_seq, k = ctx.saved_tensors
-        decay, v_threshold, soft_reset, detach_reset, kernels = ctx.args
-        if grad_spike is None:
-            grad_spike = torch.zeros_like(v_seq)
-        grad_x = kernels.backward(
-            grad_spike,
-            grad_v,
+        v_rows, k = ctx.saved_tensors
+        layout, decay, v_threshold, soft_reset, detach_reset, kernels = ctx.args
+        # Autograd may hand the gradients in any layout: bring each to v_rows' (a view when it matches).
+        grad_spike_rows = torch.zeros_like(v_rows) if grad_spike is None else layout.flat(grad_spike)
+        grad_v_rows = None if grad_v is None else layout.flat(grad_v)
+        if kernels is not EAGER_KERNELS:
+            _mark_rows_dynamic(grad_spike_rows, grad_v_rows, v_rows)
+        grad_x_rows = kernels.backward(
+            grad_spike_rows,
+            grad_v_rows,
             grad_v_mean,
-            v_seq,
+            v_rows,
             k,
             decay,
             v_threshold,
             soft_reset,
             detach_reset,
         )
-        return grad_x, None, None, None, None, None, None
+        return layout.unflat(grad_x_rows), None, None, None, None, None, None
 
 
 class LIF(nn.Module):

@@ -1,14 +1,6 @@
-"""Comparison reports: one row per configuration, seeds pooled, from the runs of a registry.
+"""Building a report: runs selected, one epoch chosen per run, seeds pooled per configuration.
 
-A *configuration* is a ``config_hash``: the resolved recipe without seed, names and placement
-(``recipe.NON_SEMANTIC_FIELDS``). For every FINISHED run one epoch is selected ("best": where
-the metric is best; "last": the last logged epoch); the table gives, per configuration, the mean
-and sample standard deviation over seeds of the metric at that epoch, the number of seeds, and
-the mean hidden-layer entropy at the same epoch. The layer table breaks that entropy down by
-layer, again at each run's selected epoch.
-
-Everything here returns data or strings; printing (and sending warnings to stderr) is the CLI's
-job. Only the registry's public methods are used, and they read only what the report needs:
+Only the registry's public methods are used, and they read only what the report needs:
 the compared metric and mean_entropy of all selected runs in one call, the layer entropies once
 per distinct selected epoch (only that statistic of that epoch), and everything else is grouped
 pandas work. On a group of 1,000 runs x 100 epochs x 12 metrics x 20 layers x 5 statistics,
@@ -17,18 +9,17 @@ build_report takes about 0.5 s on two cores (benchmarks/report_speed.py).
 
 from __future__ import annotations
 
-import html
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from imloss_cli.recipe import NON_SEMANTIC_FIELDS
 from imloss_cli.registry import Registry, RegistryError, RunInfo
+
+from .text import _mean_std_text, _value_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
 SELECTIONS: tuple[str, ...] = ("best", "last")
@@ -37,7 +28,6 @@ _ENTROPY_METRIC = "mean_entropy"  # logged per epoch by the engine: mean over hi
 _LAYER_STAT = "entropy"
 _CONFIG_COLUMN = "config"  # label column used when no recipe field varies between rows
 _SHOWN_IDS = 5  # run ids listed in one warning before "..."
-_MAX_LEGEND = 12  # more series than this get no legend
 
 
 class ReportError(Exception):
@@ -75,8 +65,6 @@ class Report:
     metric: str
     select: str
 
-
-# ------------------------------------------------------------------------------------ build
 
 
 def build_report(registry: Registry, *, group: str | None = None, last: bool = False,
@@ -304,279 +292,11 @@ def _layer_table(layers: pd.DataFrame, valid_runs: pd.DataFrame, labels: list[st
     return table
 
 
-# ----------------------------------------------------------------------------------- render
-
-
-def render(report: Report, fmt: str) -> str:
-    """Render a report as text.
-
-    Args:
-        report: from :func:`build_report`.
-        fmt: "markdown" (title, "> warning:" lines, both tables), "csv" (the main table, numeric
-            columns, no warnings), "latex" (``tabular`` environments, warnings as comments),
-            "json" (title, metric, select, rows, layers, warnings) or "html" (``<table>``s).
-
-    Returns:
-        The rendered text.
-
-    Raises:
-        ReportError: unknown format.
-    """
-    if fmt not in FORMATS:
-        raise ReportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    if fmt == "csv":
-        return _machine_table(report).to_csv(index=False)
-    if fmt == "json":
-        layers = report.layer_table.reset_index()
-        payload = {
-            "title": report.title, "metric": report.metric, "select": report.select,
-            "rows": json.loads(_machine_table(report).to_json(orient="records", double_precision=15)),
-            "layers": json.loads(layers.to_json(orient="records", double_precision=15)),
-            "warnings": list(report.warnings),
-        }
-        return json.dumps(payload, indent=2, ensure_ascii=False)
-    table, layers = _display_table(report), _display_layers(report)
-    caption = _layer_caption(report)
-    if fmt == "markdown":
-        lines = [f"### {report.title}", "", _subtitle(report)]
-        lines += [f"> warning: {w}" for w in report.warnings]
-        lines += ["", _markdown(table), "", caption, "", _markdown(layers)]
-        return "\n".join(lines) + "\n"
-    if fmt == "latex":
-        lines = [f"% {report.title}", f"% {_subtitle(report)}"]
-        lines += [f"% warning: {w}" for w in report.warnings]
-        lines += [_latex(table), "", f"% {caption}", _latex(layers)]
-        return "\n".join(lines) + "\n"
-    parts = [f"<h3>{html.escape(report.title)}</h3>", f"<p>{html.escape(_subtitle(report))}</p>"]
-    parts += [f'<p class="warning">warning: {html.escape(w)}</p>' for w in report.warnings]
-    parts += [table.to_html(index=False, border=0), f"<h4>{html.escape(caption)}</h4>",
-              layers.to_html(index=False, border=0)]
-    return "\n".join(parts) + "\n"
-
-
-def _subtitle(report: Report) -> str:
-    which = "best epoch" if report.select == "best" else "last epoch"
-    unit = " in %" if _is_accuracy(report.metric) else ""
-    return (f"{report.metric}{unit} at each run's {which}: mean ± sample std over seeds (n); "
-            f"mean_entropy in bits at the same epoch")
-
-
-def _layer_caption(report: Report) -> str:
-    which = f"best-{report.metric} epoch" if report.select == "best" else "last epoch"
-    return f"Per-layer entropy (bits) at each run's {which}, mean over seeds"
-
-
-def _varying(report: Report) -> list[str]:
-    columns = list(report.table.columns)
-    return columns[: columns.index(report.metric)]
-
-
-def _machine_table(report: Report) -> pd.DataFrame:
-    m = report.metric
-    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", _ENTROPY_METRIC, "config_hash"]
-    return report.table[[c for c in columns if c in report.table.columns]]
-
-
-def _display_table(report: Report) -> pd.DataFrame:
-    varying, m = _varying(report), report.metric
-    shown = pd.DataFrame({c: report.table[c].map(_value_text) for c in varying})
-    header = f"{m} (%)" if _is_accuracy(m) else m
-    shown[header] = report.table[m]
-    shown["n"] = report.table["n"].astype(str)
-    if _ENTROPY_METRIC in report.table.columns and m != _ENTROPY_METRIC:
-        shown[_ENTROPY_METRIC] = report.table[_ENTROPY_METRIC].map(_number_text)
-    return shown
-
-
-def _display_layers(report: Report) -> pd.DataFrame:
-    shown = report.layer_table.apply(lambda column: column.map(_number_text))
-    return shown.reset_index().rename(columns={"index": "layer"})
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|")
-
-    left = {"layer", _CONFIG_COLUMN}
-    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
-             "|" + "|".join(" :--- " if c in left else " ---: " for c in frame.columns) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                   "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--"}
-
-
-def _latex_escape(value: Any) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(value))
-
-
-def _latex(frame: pd.DataFrame) -> str:
-    spec = "".join("l" if c in ("layer", _CONFIG_COLUMN) else "r" for c in frame.columns)
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\hline",
-             " & ".join(_latex_escape(c) for c in frame.columns) + r" \\", r"\hline"]
-    lines += [" & ".join(_latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
-    lines += [r"\hline", r"\end{tabular}"]
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------ plots
-
-
-def write_plots(report: Report, registry: Registry, directory: Path | str) -> list[Path]:
-    """Draw the report's figures as PNG files.
-
-    ``accuracy.png``: test accuracy per epoch, per configuration the mean over seeds with a
-    min..max band; ``layer_entropy.png``: per-layer entropy (the layer table) as grouped bars,
-    one colour per configuration (a layer x configuration heat map beyond 12 configurations);
-    ``k_schedule.png``: the surrogate temperature K per epoch, one line per distinct schedule.
-    Legends are drawn for up to 12 series.
-
-    Args:
-        report: from :func:`build_report`.
-        registry: the registry it was built from (the per-epoch curves are read again).
-        directory: where to write; created if missing.
-
-    Returns:
-        The paths written, in the order above.
-
-    Raises:
-        ReportError: the directory cannot be created.
-    """
-    # Figure without pyplot: no global backend switch, no figure registry to leak into.
-    from matplotlib.figure import Figure
-
-    directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReportError(f"cannot create plot directory {directory}: {exc.strerror or exc}") from exc
-    runs = report.runs[["run_id", "config", "k_schedule"]]
-    labels = list(dict.fromkeys(runs["config"]))
-    curves = registry.epoch_metrics(runs["run_id"].tolist(), names=["test_acc", "k"])
-    curves = curves.merge(runs, on="run_id")
-
-    paths = [directory / "accuracy.png", directory / "layer_entropy.png", directory / "k_schedule.png"]
-    figures = [_accuracy_figure(Figure(figsize=(7, 4.5)), curves, labels),
-               _entropy_figure(Figure(figsize=(max(7.0, 0.6 * len(report.layer_table) + 3), 4.5)),
-                               report.layer_table),
-               _k_figure(Figure(figsize=(7, 4.5)), curves)]
-    for figure, path in zip(figures, paths):
-        figure.savefig(path, dpi=120)
-    return paths
-
-
-def _accuracy_figure(fig: Any, curves: pd.DataFrame, labels: list[str]) -> Any:
-    ax = fig.add_subplot()
-    acc = curves[curves["name"] == "test_acc"]
-    stats = acc.groupby(["config", "epoch"])["value"].agg(["mean", "min", "max"]) * 100
-    for label in labels:  # one line per configuration; epochs are vectorised inside
-        if label not in stats.index.get_level_values("config"):
-            continue
-        s = stats.loc[label]
-        line, = ax.plot(s.index, s["mean"], label=label)
-        ax.fill_between(s.index, s["min"], s["max"], color=line.get_color(), alpha=0.2, linewidth=0)
-    _finish(ax, "epoch", "test accuracy (%)", "test accuracy (mean over seeds, band = min..max)",
-            empty=acc.empty)
-    return fig
-
-
-def _entropy_figure(fig: Any, layer_table: pd.DataFrame) -> Any:
-    ax = fig.add_subplot()
-    n_layers, n_configs = layer_table.shape
-    positions = pd.RangeIndex(n_layers).to_numpy()
-    title = "per-layer entropy (mean over seeds)"
-    if n_configs > _MAX_LEGEND:
-        # Hundreds of thin bars are neither readable nor quick to draw: a layer x configuration
-        # heat map shows the same numbers.
-        image = ax.imshow(layer_table.to_numpy().T, aspect="auto", interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="entropy (bits)")
-        ax.set_xticks(positions, [str(name) for name in layer_table.index], rotation=45, ha="right")
-        ax.set_xlabel("layer")
-        ax.set_ylabel(f"configuration (table row, {n_configs})")
-        ax.set_title(title)
-        fig.tight_layout()
-        return fig
-    width = 0.8 / max(n_configs, 1)
-    for i, label in enumerate(layer_table.columns):
-        ax.bar(positions + (i - (n_configs - 1) / 2) * width, layer_table[label].to_numpy(),
-               width=width, label=str(label))
-    ax.set_xticks(positions, [str(name) for name in layer_table.index], rotation=45, ha="right")
-    _finish(ax, "layer", "entropy (bits)", title, empty=layer_table.empty)
-    return fig
-
-
-def _k_figure(fig: Any, curves: pd.DataFrame) -> Any:
-    ax = fig.add_subplot()
-    k = curves[curves["name"] == "k"]
-    # K depends on the schedule only, so configurations sharing a curve share a line.
-    per_config = k.groupby(["config", "epoch"])["value"].mean().unstack("epoch").round(9)
-    names = k.groupby("config")["k_schedule"].first()
-    seen: dict[tuple[float, ...], list[str]] = {}
-    for label, row in per_config.iterrows():
-        seen.setdefault(tuple(row.tolist()), []).append(str(names[label]))
-    epochs = per_config.columns.to_numpy()
-    for values, schedule_names in seen.items():
-        ax.plot(epochs, values, marker=".", label=", ".join(dict.fromkeys(schedule_names)))
-    _finish(ax, "epoch", "K", "surrogate temperature K per epoch", empty=k.empty)
-    return fig
-
-
-def _finish(ax: Any, xlabel: str, ylabel: str, title: str, *, empty: bool) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    if xlabel == "epoch":
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    entries = len(ax.get_legend_handles_labels()[0])
-    if empty:
-        ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
-    elif entries > _MAX_LEGEND:
-        # A legend of dozens of entries would cover the plot; the tables carry the labels.
-        ax.set_title(f"{title}\n{entries} series, legend omitted", fontsize="medium")
-    elif entries:
-        ax.legend(fontsize="small")
-    ax.figure.tight_layout()
-
-
 # ---------------------------------------------------------------------------------- helpers
 
 
 def _higher_is_better(metric: str) -> bool:
     return not ("loss" in metric or metric == "im")
-
-
-def _is_accuracy(metric: str) -> bool:
-    return metric == "acc" or metric.endswith("_acc")
-
-
-def _mean_std_text(mean: float, std: float, n: int, metric: str) -> str:
-    if n == 0 or pd.isna(mean):
-        return "–"
-    scale, digits = (100.0, 2) if _is_accuracy(metric) else (1.0, 4)
-    text = f"{mean * scale:.{digits}f}"
-    return text if n == 1 or pd.isna(std) else f"{text} ± {std * scale:.{digits}f}"
-
-
-def _number_text(value: float) -> str:
-    return "–" if pd.isna(value) else f"{value:.3f}"
-
-
-def _value_text(value: Any) -> str:
-    """A recipe value as one would type it after --set (TOML-like: 2.0, true, "esg" bare)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, tuple):
-        return json.dumps(list(value))
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "–"
-    if hasattr(value, "item"):  # numpy scalar from a pandas column
-        value = value.item()
-    return json.dumps(value)
 
 
 def _schedule_text(recipe: dict[str, Any]) -> str:

@@ -1,0 +1,24 @@
+"""Training-step benchmark: imloss's fused LIF against SpikingJelly, the naive loop and a ReLU floor.
+
+Every variant is the same network (``create_model(arch, spec)`` with a fixed seed, deep-copied) with
+its spiking layers swapped by module surgery, trained on the same batch: forward, CE + 2.0 * IM-Loss
+(membrane form), backward, SGD(momentum 0.9) step, zero_grad. A correctness gate (fused LIF ==
+``lif_naive``: identical spikes, v_seq and input gradients within 1e-5 in fp32) runs first.
+
+Importable with torch alone (no pydantic): the GPU machine runs it as ``python -m imloss_cli.bench``.
+
+Example:
+    python -m imloss_cli.bench --arch resnet19 --timesteps 2,4 --batch 8 --compare spikingjelly,naive,relu
+"""
+
+from imloss_cli.bench.cli import main
+from imloss_cli.bench.gate import GATE_TOL, GateCheck, correctness_gate
+from imloss_cli.bench.output import format_table, to_json
+from imloss_cli.bench.run import BenchOptions, BenchResult, VariantResult, memory_probe, run_benchmark
+from imloss_cli.bench.variants import KNOWN, BenchError, SpikingJellyLIF, build_variant
+
+__all__ = [
+    "GATE_TOL", "KNOWN", "BenchError", "BenchOptions", "BenchResult", "GateCheck", "SpikingJellyLIF",
+    "VariantResult", "build_variant", "correctness_gate", "format_table", "main", "memory_probe",
+    "run_benchmark", "to_json",
+]

@@ -1,0 +1,5 @@
+"""``python -m imloss_cli.bench`` (also what the CPU memory probes run in their subprocesses)."""
+
+from imloss_cli.bench.cli import main
+
+raise SystemExit(main())

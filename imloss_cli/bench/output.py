@@ -1,0 +1,79 @@
+"""The benchmark's result as a plain-text table (gate, rows, summary lines, notes) or as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from imloss_cli.bench.gate import GATE_TOL
+from imloss_cli.bench.run import BenchResult
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    """``format(v, spec)``, or a right-aligned "-" of the same width for a missing value."""
+    return format(v, spec) if v is not None else "-".rjust(int(spec.split(".")[0]))
+
+
+def format_table(result: BenchResult) -> str:
+    """The result as plain text: gate, one row per variant per T, notes, summary lines."""
+    o = result.options
+    lines = [
+        (
+            f"imloss bench: {o.arch} {o.image_size}x{o.image_size}, batch {o.batch}, {o.device} "
+            f"({result.device_name}, {result.threads} threads), {o.dtype}, torch {result.torch_version}"
+        ),
+        f"correctness gate vs lif_naive ({o.device}, fp32; max abs error; tolerance {GATE_TOL:g}, spikes identical):",
+        f"  {'check':30} {'T':>2} {'spike diffs':>11} {'v_seq err':>10} {'grad err':>10}  ok",
+    ]
+    for c in result.gate:
+        lines.append(f"  {c.name:30} {c.timesteps:>2} {c.spike_mismatches:>11} {c.v_err:>10.2e} {c.grad_err:>10.2e}  "
+                     f"{'yes' if c.passed else 'NO'}")
+    if result.rows:
+        lines.append(f"{'variant':22} {'T':>2} {'s/step':>9} {'spread':>7} {'images/s':>9} {'imloss/this':>11} "
+                     f"{'peak MB':>9} {'step MB':>8} {'warm-up s':>9} {'enc':>5}" + ("  MFU" if result.rows[0].mfu is not None else ""))
+        for r in result.rows:
+            spread = (r.s_max - r.s_min) / r.s_per_step * 100
+            lines.append(
+                f"{r.variant:22} {r.timesteps:>2} {r.s_per_step:>9.4f} {spread:>6.0f}% {r.images_per_s:>9.1f} "
+                f"{r.imloss_over_this:>11.2f} {_fmt(r.peak_mb, '9.0f')} {_fmt(r.step_mb, '8.0f')} {r.warmup_s:>9.1f} "
+                f"{'once' if r.static_encoder else 'T*B':>5}" + (f"  {r.mfu:.1%}" if r.mfu is not None else "")
+            )
+    if result.flops_per_image_step is not None:
+        line = f"model FLOPs: {result.flops_per_image_step / 1e9:.4g} GFLOP per image per time step (training step of relu, FlopCounterMode)"
+        if o.device == "cuda":
+            line += f"; MFU against {o.peak_tflops:g} TFLOP/s"
+        lines.append(line)
+    lines += _summary(result)
+    lines += [f"note: {n}" for n in result.notes]
+    if not result.gate_passed:
+        lines.append("CORRECTNESS GATE FAILED: no timing was done")
+    return "\n".join(lines)
+
+
+def _summary(result: BenchResult) -> list[str]:
+    out = []
+    for T in result.options.timesteps:
+        rows = {r.variant: r for r in result.rows if r.timesteps == T}
+        if "imloss" not in rows:
+            continue
+        parts = []
+        sj = [r for n, r in rows.items() if n.startswith("spikingjelly")]
+        if sj:
+            best = min(sj, key=lambda r: r.s_per_step)
+            parts.append(f"{best.imloss_over_this:.2f}x the time of {best.variant} (fastest SJ; "
+                         f"images/s {rows['imloss'].images_per_s / best.images_per_s:.2f}x)")
+            if best.step_mb and rows["imloss"].step_mb:
+                parts.append(f"{rows['imloss'].step_mb / best.step_mb:.2f}x its step memory")
+        for floor in ("relu", "relu-tb"):
+            if floor in rows:
+                parts.append(f"{rows[floor].imloss_over_this:.2f}x the time of the {floor} floor")
+        if parts:
+            out.append(f"summary T={T}: imloss takes " + ", ".join(parts))
+    return out
+
+
+def to_json(result: BenchResult) -> str:
+    """The result as JSON (the same fields as the dataclasses, plus gate_passed)."""
+    data = dataclasses.asdict(result)
+    data["gate_passed"] = result.gate_passed
+    return json.dumps(data, indent=2)

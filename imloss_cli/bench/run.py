@@ -1,0 +1,369 @@
+"""Timing: every variant built from one seeded model and trained on one batch, warmed up, then timed
+interleaved (order rotated per repeat); peak memory from max_memory_allocated on CUDA or, on CPU,
+from one fresh subprocess per variant (``--memory-probe``) so variants do not share a heap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imloss_cli.bench.gate import GateCheck, correctness_gate
+from imloss_cli.bench.variants import KNOWN, SJ_CUDA_BACKENDS, BenchError, _sj_use, build_variant
+from imloss_cli.snn.im_loss import im_loss
+from imloss_cli.snn.models import NetSpec, create_model
+from imloss_cli.snn.neuron import LIF
+
+IM_WEIGHT = 2.0  # lambda of CE + lambda * IM-Loss
+LR = 0.01
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure; ``None``/"auto" fields are resolved per device by ``run_benchmark``."""
+
+    arch: str = "resnet19"
+    timesteps: tuple[int, ...] = (2, 4)
+    batch: int = 8
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compare: tuple[str, ...] = ("spikingjelly", "naive", "relu")
+    steps: int | None = None  # per variant per repeat; 3 on CPU, 20 on CUDA
+    repeats: int = 5
+    warmup: int | None = None  # steps per variant before timing; 2 on CPU, 5 on CUDA
+    image_size: int | None = None  # 224 for resnet34, 8 for convnet3, else 32
+    seed: int = 0
+    peak_tflops: float = 989.0  # bf16 dense peak of an H100/H200-class GPU, for MFU
+    memory: bool = True  # measure peak memory (on CPU: one subprocess per variant and T)
+    threads: int | None = None  # torch.set_num_threads for the run; None: torch's default
+    compiled: bool = True  # False: the imloss row runs the eager kernels too (no C compiler, quick tests)
+
+
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    variant: str
+    timesteps: int
+    s_per_step: float  # median over repeats
+    s_min: float
+    s_max: float
+    images_per_s: float  # images (not image-timesteps) per second: batch / s_per_step
+    imloss_over_this: float  # imloss's s/step / this variant's: < 1 means imloss is faster
+    peak_mb: float | None  # CPU: peak RSS during timed steps; CUDA: max_memory_allocated
+    step_mb: float | None  # the part of peak_mb above the memory in use just before the steps
+    warmup_s: float  # the warm-up steps, compilation / autotuning included
+    static_encoder: bool  # stem conv run once on [B] and broadcast over T
+    mfu: float | None = None
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    options: BenchOptions  # resolved
+    device_name: str
+    torch_version: str
+    threads: int
+    gate: tuple[GateCheck, ...]
+    rows: tuple[VariantResult, ...]
+    notes: tuple[str, ...]
+    flops_per_image_step: float | None  # training-step FLOPs per image per time step (relu variant)
+
+    @property
+    def gate_passed(self) -> bool:
+        return all(c.passed for c in self.gate)
+
+
+def _resolve(o: BenchOptions) -> BenchOptions:
+    device = o.device if o.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise BenchError(f"device must be auto, cpu or cuda, got {o.device!r}")
+    dtype = o.dtype if o.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
+    if dtype not in ("fp32", "bf16"):
+        raise BenchError(f"dtype must be auto, fp32 or bf16, got {o.dtype!r}")
+    size = o.image_size or {"resnet34": 224, "convnet3": 8}.get(o.arch, 32)
+    cuda = device == "cuda"
+    if o.threads is not None:
+        torch.set_num_threads(o.threads)  # before anything runs: intra-op pools are sized once
+    return dataclasses.replace(
+        o, device=device, dtype=dtype, image_size=size, threads=torch.get_num_threads(),
+        steps=o.steps or (20 if cuda else 3), warmup=o.warmup if o.warmup is not None else (5 if cuda else 2),
+    )
+
+
+def _sj_rows(device: str, notes: list[str]) -> list[str]:
+    """The SpikingJelly rows this machine can run: one per importable provider on CUDA."""
+    try:
+        import spikingjelly.activation_based.neuron  # noqa: F401
+        from spikingjelly.activation_based import functional
+    except ImportError as e:
+        notes.append(f"spikingjelly skipped: not importable ({e}); pip install -e .[bench]")
+        return []
+    if not hasattr(functional, "lif_multi_step"):  # the 0.0.0.0.x API (LIFNode(backend=...)) differs
+        notes.append("spikingjelly skipped: this benchmark needs SpikingJelly >= 2.0 (functional.lif_multi_step)")
+        return []
+    if device == "cpu":
+        return ["spikingjelly"]  # SJ 2.0 has one CPU implementation (the Torch reference)
+    rows = []
+    for backend in SJ_CUDA_BACKENDS:
+        try:
+            _sj_use(backend)
+            functional.neuron_implementation("lif", torch.device("cuda"))
+            rows.append(f"spikingjelly[{backend}]")
+        except (RuntimeError, AttributeError, ImportError, OSError) as e:
+            notes.append(f"spikingjelly[{backend}] skipped: {str(e).splitlines()[0][:160]}")
+    return rows
+
+
+def _variant_names(o: BenchOptions, notes: list[str]) -> list[str]:
+    names = ["imloss"]
+    for name in o.compare:
+        kind = name.partition("[")[0]
+        if kind not in KNOWN:
+            raise BenchError(f"unknown variant {name!r}; known: {', '.join(KNOWN)}")
+        if name == "spikingjelly":
+            names += _sj_rows(o.device, notes)
+        elif name not in names:
+            names.append(name)
+    return names
+
+
+@dataclass
+class _Runner:
+    """One variant's model, neurons and optimizer, and the step that trains it."""
+
+    model: nn.Module
+    neurons: list[nn.Module]
+    optimizer: torch.optim.Optimizer
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    v_threshold: float
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        with self.autocast():
+            logits = self.model(x)
+            im = im_loss([n.v_mean for n in self.neurons], self.v_threshold)
+            loss = F.cross_entropy(logits.float(), y) + IM_WEIGHT * im
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for n in self.neurons:  # drop what the forward stored, so no activation outlives its step
+            n.clear() if isinstance(n, LIF) else setattr(n, "v_mean", None)
+
+
+def _setup(o: BenchOptions, T: int, variants: list[str]) -> tuple[dict[str, _Runner], Tensor, Tensor]:
+    device = torch.device(o.device)
+    torch.manual_seed(o.seed)
+    spec = NetSpec(num_classes=10, in_channels=3, timesteps=T, image_size=o.image_size)
+    base = create_model(o.arch, spec).to(device).train()
+    cuda = device.type == "cuda"
+    if cuda:
+        base = base.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(o.seed + 1)
+    x = torch.randn(o.batch, 3, o.image_size, o.image_size, generator=g).to(device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (o.batch,), generator=g).to(device)
+    bf16 = o.dtype == "bf16"
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    runners = {}
+    for name in variants:
+        model, neurons = build_variant(base, name, o.compiled)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+        runners[name] = _Runner(model, neurons, opt, autocast, spec.v_threshold)
+    return runners, x, y
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_mb(field_name: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"{field_name} not in /proc/self/status")
+
+
+def memory_probe(o: BenchOptions, variant: str, T: int, steps: int = 2) -> dict[str, float]:
+    """Peak RSS of ``steps`` training steps of one variant, in this (fresh) process, after warm-up.
+
+    Resets the kernel's RSS high-water mark (/proc/self/clear_refs, "5") after warm-up, so compile
+    memory is not counted; the caller sets MALLOC_MMAP_THRESHOLD_ so that freed activations go back to
+    the OS and RSS tracks live memory. Returns peak_mb and step_mb (peak minus RSS before the steps).
+    """
+    o = _resolve(o)
+    runners, x, y = _setup(o, T, [variant])
+    r = runners[variant]
+    for _ in range(max(o.warmup or 0, 1)):
+        r.step(x, y)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _rss_mb("VmRSS")
+    for _ in range(steps):
+        r.step(x, y)
+    peak = _rss_mb("VmHWM")
+    return {"peak_mb": peak, "step_mb": peak - before}
+
+
+def _probe_in_subprocess(o: BenchOptions, variant: str, T: int) -> dict[str, float]:
+    argv = [
+        sys.executable, "-m", "imloss_cli.bench", "--memory-probe", variant, "--arch", o.arch,
+        "--timesteps", str(T), "--batch", str(o.batch), "--device", o.device, "--dtype", o.dtype,
+        "--image-size", str(o.image_size), "--seed", str(o.seed), "--warmup", str(o.warmup),
+        "--threads", str(o.threads), *([] if o.compiled else ["--no-compile"]),
+    ]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise BenchError(f"memory probe of {variant} (T={T}) failed: {out.stderr.strip()[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _flops_per_image_step(r: _Runner, x: Tensor, y: Tensor, T: int) -> float:
+    """FLOPs of one training step (forward + backward) counted by FlopCounterMode, per image per step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        r.step(x, y)
+    return counter.get_total_flops() / (x.shape[0] * T)
+
+
+def _time_T(o: BenchOptions, T: int, variants: list[str]) -> tuple[list[VariantResult], float | None]:
+    # Start each T from an empty compile cache, as a training process would: graphs that the gate or
+    # another T left behind change what torch.compile builds next (measured on an H200: the fp32 gate
+    # run first made imloss's compiled step 64 ms instead of 37 ms).
+    torch._dynamo.reset()
+    runners, x, y = _setup(o, T, variants)
+    cuda = o.device == "cuda"
+    warm: dict[str, float] = {}
+    for name, r in runners.items():
+        _sync(o.device)
+        t0 = time.perf_counter()
+        for _ in range(o.warmup or 0):
+            r.step(x, y)
+        _sync(o.device)
+        warm[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {n: [] for n in variants}
+    peak: dict[str, float] = {}
+    step_peak: dict[str, float] = {}
+    for rep in range(o.repeats):
+        shift = rep % len(variants)  # rotate the order: no variant always runs right after another
+        for name in variants[shift:] + variants[:shift]:
+            r = runners[name]
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated() / 2**20
+            _sync(o.device)
+            t0 = time.perf_counter()
+            for _ in range(o.steps or 1):
+                r.step(x, y)
+            _sync(o.device)
+            times[name].append((time.perf_counter() - t0) / (o.steps or 1))
+            if cuda:
+                p = torch.cuda.max_memory_allocated() / 2**20
+                peak[name], step_peak[name] = max(peak.get(name, 0.0), p), max(step_peak.get(name, 0.0), p - before)
+    flops = None
+    if "relu" in runners:
+        flops = _flops_per_image_step(runners["relu"], x, y, T)
+    del runners
+    if o.memory and not cuda:
+        for name in variants:
+            probe = _probe_in_subprocess(o, name, T)
+            peak[name], step_peak[name] = probe["peak_mb"], probe["step_mb"]
+    ref = statistics.median(times["imloss"])
+    rows = []
+    for name in variants:
+        med = statistics.median(times[name])
+        mfu = None
+        if cuda and flops is not None:
+            mfu = flops * o.batch * T / med / (o.peak_tflops * 1e12)
+        rows.append(VariantResult(
+            name, T, med, min(times[name]), max(times[name]), o.batch / med, ref / med,
+            peak.get(name), step_peak.get(name), warm[name], name != "relu-tb", mfu,
+        ))
+    return rows, flops
+
+
+def run_benchmark(options: BenchOptions) -> BenchResult:
+    """Run the correctness gate, then time every variant at every T (see the module docstring).
+
+    If the gate fails, no timing is done: the result carries the failed checks and no rows.
+
+    Raises:
+        BenchError: an unknown variant or architecture, or CUDA asked for where there is none.
+    """
+    o = _resolve(options)
+    notes: list[str] = []
+    variants = _variant_names(o, notes)
+    try:
+        create_model(o.arch, NetSpec(num_classes=10, in_channels=3, timesteps=1))
+    except KeyError as e:
+        raise BenchError(str(e.args[0])) from None
+    sj = [v.partition("[")[2].rstrip("]") or None for v in variants if v.startswith("spikingjelly")]
+    gate = correctness_gate(o.timesteps, o.device, compiled=o.compiled, spikingjelly_backends=tuple(sj))
+    device_name = torch.cuda.get_device_name() if o.device == "cuda" else "cpu"
+    info = (o, device_name, torch.__version__, torch.get_num_threads())
+    if not all(c.passed for c in gate):
+        return BenchResult(*info, gate, (), tuple(notes), None)
+    rows: list[VariantResult] = []
+    flops = None
+    for T in o.timesteps:
+        t_rows, t_flops = _time_T(o, T, variants)
+        rows += t_rows
+        flops = t_flops if t_flops is not None else flops
+    notes += _method_notes(o, variants)
+    return BenchResult(*info, gate, tuple(rows), tuple(notes), flops)
+
+
+def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
+    notes = [
+        (
+            "one step = forward, CE + 2.0 * IM-Loss (mean over hidden layers of (mean(v_seq) - V_th)^2), "
+            "backward, SGD(momentum 0.9) step; same initial weights and batch for all variants"
+        ),
+        (
+            f"s/step: median over {o.repeats} repeats of {o.steps} steps, variants interleaved (order rotated); "
+            "images/s = batch / (s/step), images not image-timesteps"
+        ),
+        (
+            "imloss/this = imloss's s/step / this row's (below 1: imloss is faster); "
+            "spread = (slowest - fastest repeat) / median"
+        ),
+        (
+            "enc 'once': stem conv+BN run once on [B] and broadcast over T (StaticEncoder, exact for static "
+            "images); 'T*B': stem on the folded batch, as a plain network would"
+        ),
+    ]
+    if o.memory and o.device == "cpu":
+        notes.append("memory (CPU): each variant in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536; peak = "
+                     "VmHWM over 2 steps after warm-up (high-water mark reset), step = peak - RSS before them")
+    elif o.memory:
+        notes.append("memory (CUDA): peak = max_memory_allocated during the timed steps; step = peak - allocated before")
+    if any(v.startswith("spikingjelly") for v in variants):
+        notes.append("spikingjelly: LIFNode settings via functional.lif_multi_step with an fp32 initial state; "
+                     "its v_seq is the post-reset potential, IM-Loss uses its mean")
+    if not o.compiled:
+        notes.append("imloss ran its eager kernels (--no-compile): no torch.compile anywhere")
+    if "naive" in variants:
+        notes.append("naive: imloss_cli.snn.reference.lif_naive, one autograd node per time step")
+    return notes

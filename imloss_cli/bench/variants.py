@@ -1,0 +1,154 @@
+"""The benchmark's variants: module surgery swaps every LIF of a model for another neuron.
+
+imloss (the fused LIF, compiled or eager), the naive per-step loop, SpikingJelly 2.0's LIF with the
+same dynamics, and the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from imloss_cli.snn.models import StaticEncoder
+from imloss_cli.snn.neuron import LIF, spiking_layers
+from imloss_cli.snn.reference import lif_naive
+
+KNOWN = ("imloss", "imloss-eager", "naive", "spikingjelly", "relu", "relu-tb")
+SJ_CUDA_BACKENDS = ("triton", "cuda", "torch")  # SpikingJelly 2.0's CUDA providers (no cupy any more)
+
+
+class BenchError(Exception):
+    """The benchmark cannot run as asked (unknown variant or architecture, no CUDA device)."""
+
+
+class NaiveLIF(nn.Module):
+    """``lif_naive``: one autograd node per time step, as in the authors' code."""
+
+    def __init__(self, lif: LIF) -> None:
+        super().__init__()
+        self.lif_args = (lif.decay, lif.v_threshold, "soft" if lif.soft_reset else "hard", lif.detach_reset)
+        self.register_buffer("k", lif.k.detach().clone(), persistent=False)
+        self.v_mean: Tensor | None = None
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        spike_seq, v_seq = lif_naive(x_seq, self.k.to(x_seq.dtype), *self.lif_args)
+        self.v_mean = v_seq.mean(dtype=torch.float32)
+        return spike_seq
+
+
+class ReLUNeuron(nn.Module):
+    """The floor: ReLU on the same tensors; IM-Loss runs on its input as if it were the potential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v_mean: Tensor | None = None
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        self.v_mean = x_seq.mean(dtype=torch.float32)
+        return torch.relu(x_seq)
+
+
+_SJ_SELECTIONS: dict[str, dict] = {}
+
+
+def _sj_use(backend: str | None) -> None:
+    """Point SpikingJelly's LIF op at one CUDA provider (2.0 picks one per process from
+    $SJ_LIF_CUDA_IMPLEMENTATION; swapping its private selection lets interleaved rows differ)."""
+    if backend is None:
+        return
+    from spikingjelly._ops.lif import _selection
+
+    _selection._requested = backend
+    _selection._selections = _SJ_SELECTIONS.setdefault(backend, {})
+
+
+class SpikingJellyLIF(nn.Module):
+    """SpikingJelly 2.0's LIFNode with our dynamics: decay_input=False and v_reset=0 give
+    H = V - V/tau + X = decay * V + X for tau = 1/(1 - decay). Sigmoid(alpha=2K) is exactly ESG's
+    surrogate (1/2 tanh(K u) + 1/2 = sigmoid(2K u)), so gradients match too.
+
+    Forward calls ``functional.lif_multi_step`` (what ``LIFNode.multi_step_forward`` calls) with an fp32
+    initial state: LIFNode would make the state bf16 under autocast, which sends SJ to its slow
+    reference path. The node is stateless here, so no ``reset_net`` is needed between steps.
+    """
+
+    def __init__(self, lif: LIF, backend: str | None = None) -> None:
+        super().__init__()
+        from spikingjelly.activation_based import neuron, surrogate
+
+        self.node = neuron.LIFNode(
+            tau=1.0 / (1.0 - lif.decay),
+            decay_input=False,
+            v_threshold=lif.v_threshold,
+            v_reset=None if lif.soft_reset else 0.0,
+            surrogate_function=surrogate.Sigmoid(alpha=2.0 * float(lif.k)),
+            detach_reset=lif.detach_reset,
+            step_mode="m",
+            store_v_seq=True,
+        )
+        self.backend = backend
+        self.v_mean: Tensor | None = None
+        # SJ's v_seq (the potential after the reset) is kept only on request (the gate): holding it
+        # through the step would charge SJ memory that IM-Loss, which needs only its mean, does not use.
+        self.keep_v_seq = False
+        self.v_seq: Tensor | None = None
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        from spikingjelly.activation_based import functional
+
+        _sj_use(self.backend)
+        n = self.node
+        v0 = torch.zeros(x_seq.shape[1:], dtype=torch.float32, device=x_seq.device)
+        spike_seq, _, v_seq = functional.lif_multi_step(
+            x_seq, v0, n.tau, n.decay_input, n.v_threshold, n.v_reset, n.surrogate_function, n.detach_reset, True
+        )
+        self.v_mean = v_seq.mean(dtype=torch.float32)
+        self.v_seq = v_seq if self.keep_v_seq else None
+        return spike_seq
+
+
+class FoldedEncoder(StaticEncoder):
+    """StaticEncoder without the broadcast trick: the stem runs on the folded batch [T*B, ...]."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        T, B = self.timesteps, x.shape[0]
+        x_flat = x.unsqueeze(0).expand(T, *x.shape).flatten(0, 1)  # [T*B, C, H, W]
+        return self.lif(self.layers(x_flat).unflatten(0, (T, B)))  # [T, B, C', H', W']
+
+
+def build_variant(base: nn.Module, variant: str, compiled: bool = True) -> tuple[nn.Module, list[nn.Module]]:
+    """A deep copy of ``base`` with its LIF layers swapped for ``variant``'s neurons.
+
+    ``compiled=False`` makes the "imloss" variant use the eager kernels (as "imloss-eager" does).
+
+    Returns the model and its neurons, in order (all of them are hidden layers that IM-Loss uses).
+    """
+    model = copy.deepcopy(base)
+    kind, _, backend = variant.partition("[")
+    backend = backend.rstrip("]") or None
+    neurons: list[nn.Module] = []
+    for name, lif in spiking_layers(model):
+        if kind in ("imloss", "imloss-eager"):
+            lif.compiled, lif.store_v_seq = compiled and kind == "imloss", True
+            neurons.append(lif)
+            continue
+        new: nn.Module
+        if kind == "naive":
+            new = NaiveLIF(lif)
+        elif kind == "spikingjelly":
+            new = SpikingJellyLIF(lif, backend)
+        elif kind in ("relu", "relu-tb"):
+            new = ReLUNeuron()
+        else:
+            raise BenchError(f"unknown variant {variant!r}; known: {', '.join(KNOWN)}")
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, new.to(lif.k.device))
+        neurons.append(new)
+    if kind == "relu-tb":
+        enc = model.encoder
+        if not isinstance(enc, StaticEncoder):
+            raise BenchError("relu-tb needs a model whose encoder is a StaticEncoder")
+        model.encoder = FoldedEncoder(enc.layers, enc.lif, enc.timesteps)
+    return model, neurons

@@ -1,0 +1,30 @@
+"""Comparison reports: one row per configuration, seeds pooled, from the runs of a registry.
+
+A *configuration* is a ``config_hash``: the resolved recipe without seed, names and placement
+(``recipe.NON_SEMANTIC_FIELDS``). For every FINISHED run one epoch is selected ("best": where
+the metric is best; "last": the last logged epoch); the table gives, per configuration, the mean
+and sample standard deviation over seeds of the metric at that epoch, the number of seeds, and
+the mean hidden-layer entropy at the same epoch. The layer table breaks that entropy down by
+layer, again at each run's selected epoch.
+
+Everything here returns data or strings; printing (and sending warnings to stderr) is the CLI's
+job.
+
+Modules: ``build`` (:class:`Report` and :func:`build_report`), ``formats`` (:func:`render`:
+markdown, CSV, LaTeX, JSON, HTML), ``plots`` (:func:`write_plots`, matplotlib loaded only
+there), ``text`` (how values and numbers are written). Nothing here imports torch.
+"""
+
+from .build import FORMATS, SELECTIONS, Report, ReportError, build_report
+from .formats import render
+from .plots import write_plots
+
+__all__ = [
+    "FORMATS",
+    "SELECTIONS",
+    "Report",
+    "ReportError",
+    "build_report",
+    "render",
+    "write_plots",
+]
