@@ -8,7 +8,7 @@
 The whole time loop is one autograd function: forward saves only the pre-spike potentials h,
 backward recomputes the spikes from them and runs BPTT in a second loop, with the ESG surrogate
 g'(h) = 1/2 K (1 - tanh(K (h - V_th))^2) for dO/dh. Both loops are plain tensor code that
-torch.compile can fuse into one kernel each.
+torch.compile turns into one kernel each, a single pass over the neurons carrying h through time.
 
 The loops see every tensor as [T, N], one row per time step in the order the step lies in memory
 (NCHW or channels_last alike): a 2-D elementwise kernel, compiled once for every layer and batch
