@@ -1,0 +1,36 @@
+"""What the engine receives from the data package: a DataBundle of train and test sets, the
+in-memory TensorPairs that digits uses, and DataError for data that cannot be loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class DataError(Exception):
+    """Data that cannot be loaded; the message names the file or directory and what to do."""
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int  # side of the (square) input
+    classes: tuple[str, ...]
+
+
+class TensorPairs(Dataset):
+    """An in-memory dataset; its loaders slice whole batches instead of collating samples."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.x[index], self.y[index]
