@@ -85,8 +85,9 @@ def lif_backward_loop(
         if g is not None and not detach_reset:
             grad_o = grad_o - g * (decay * v_threshold if soft_reset else decay * h)
         grad_h = grad_o * surrogate_grad(h, k, v_threshold)
-        if g is not None:
-            grad_h = grad_h + (g * decay if soft_reset else g * (decay * (1.0 - (h >= v_threshold).to(h.dtype))))
+        if g is not None:  # through h[t+1] = decay * r(h[t], o[t]) + x[t+1], the spike o[t] held fixed
+            kept = 1.0 if soft_reset else 1.0 - (h >= v_threshold).to(h.dtype)
+            grad_h = grad_h + g * (decay * kept)
         if grad_v is not None:
             grad_h = grad_h + grad_v[t]
         if from_mean is not None:
@@ -116,8 +117,7 @@ def compiled_kernels() -> LIFKernels:
         # over N at run time (otherwise a dynamic CPU kernel runs on one thread)
         "cpp.dynamic_threads": True,
     }
-    forward = torch.compile(lif_forward_loop, options=options)
-    return LIFKernels(forward, torch.compile(lif_backward_loop, options=options))
+    return LIFKernels(*(torch.compile(loop, options=options) for loop in (lif_forward_loop, lif_backward_loop)))
 
 
 class StepLayout(NamedTuple):
