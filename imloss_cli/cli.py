@@ -274,6 +274,10 @@ def bench(
     repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats; the median is reported")] = 5,
     steps: Annotated[int | None, typer.Option(min=1, help="timed steps per variant and repeat")] = None,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="measure peak memory")] = True,
+    memory_format: Annotated[
+        str, typer.Option(help="layouts, e.g. channels_last,contiguous: every variant runs in each")
+    ] = "channels_last",
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Time a training step (forward + IM-Loss + backward + SGD) against SpikingJelly, the naive loop and a ReLU floor.
@@ -288,6 +292,7 @@ def bench(
         options = BenchOptions(
             arch=arch, timesteps=tuple(int(t) for t in timesteps.split(",")), batch=batch, device=device, dtype=dtype,
             compare=tuple(c for c in compare.split(",") if c), repeats=repeats, steps=steps, memory=memory,
+            memory_formats=tuple(f for f in memory_format.split(",") if f), threads=threads,
         )  # fmt: skip
         result = run_benchmark(options)
     except (BenchError, ValueError) as e:

@@ -83,6 +83,32 @@ def test_tiny_run_times_every_variant_and_serialises() -> None:
     assert "imloss/this" in bench.format_table(result)
 
 
+def test_each_listed_memory_format_gets_its_own_rows_in_that_layout() -> None:
+    formats = ("channels_last", "contiguous")
+    o = BenchOptions(timesteps=(2,), compare=("relu", "relu-tb"), memory_formats=formats, **TINY)
+    result = run_benchmark(o)
+    names = ["imloss", "relu", "relu-tb", "imloss@contiguous", "relu@contiguous", "relu-tb@contiguous"]
+    assert [r.variant for r in result.rows] == names
+    assert [r.memory_format for r in result.rows] == [f for f in formats for _ in range(3)]
+    assert [r.static_encoder for r in result.rows] == [True, True, False, True, True, False]
+    runners, inputs, _ = bench.run._setup(bench.run._resolve(o), 2, names)
+    for name in names:
+        cl = "@" not in name
+        conv = runners[name].model.encoder.layers[0]
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cl
+        assert inputs[name].is_contiguous(memory_format=torch.channels_last) == cl
+        assert torch.equal(inputs[name], inputs["imloss"])  # same values, another layout
+    relu_rows = [r for r in result.rows if r.variant in ("relu", "relu@contiguous")]
+    fastest = min(relu_rows, key=lambda r: r.s_per_step)
+    assert f"{fastest.imloss_over_this:.2f}x the time of the {fastest.variant} floor" in bench.format_table(result)
+
+
+@pytest.mark.parametrize("formats", ["nhwc", "channels_last,channels_last", ""])
+def test_bad_memory_format_list_is_a_usage_error(formats: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--arch", "convnet3", "--compare", "relu", "--no-memory", "--memory-format", formats]) == 2
+    assert "memory formats must be distinct values from channels_last, contiguous" in capsys.readouterr().err
+
+
 def test_unknown_variant_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["--arch", "convnet3", "--compare", "tensorflow", "--no-memory"]) == 2
     assert "unknown variant 'tensorflow'" in capsys.readouterr().err

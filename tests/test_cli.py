@@ -150,3 +150,9 @@ def test_train_reads_generated_data_through_the_real_loaders(kind: str, workdir:
     m = reg.epoch_metrics([run.id])
     assert 0.0 <= m[m.name == "test_acc"].value.item() <= 1.0
     assert len(reg.layer_stats([run.id], last_epoch_only=True)) == 3 * 5
+
+
+def test_bench_rejects_an_unknown_memory_format_before_running() -> None:
+    code, out = run_cli("bench", "--arch", "convnet3", "--memory-format", "channels_last,nhwc", "--no-memory")
+    assert code == 2
+    assert "memory formats must be distinct values from channels_last, contiguous, got channels_last,nhwc" in out

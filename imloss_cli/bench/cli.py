@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="peak for MFU (989: bf16 dense, H100/H200)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--memory-format", default="channels_last",
+                   help="comma-separated layouts, from channels_last, contiguous; every variant runs in each")
     p.add_argument("--no-compile", action="store_true", help="imloss without torch.compile (eager kernels)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", action="store_true")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, dtype=args.dtype, compare=tuple(c for c in args.compare.split(",") if c),
         steps=args.steps, repeats=args.repeats, warmup=args.warmup, image_size=args.image_size, seed=args.seed,
         peak_tflops=args.peak_tflops, memory=not args.no_memory, threads=args.threads,
-        compiled=not args.no_compile,
+        compiled=not args.no_compile, memory_formats=tuple(f for f in args.memory_format.split(",") if f),
     )
     try:
         if args.memory_probe:

@@ -28,6 +28,7 @@ from imloss_cli.snn.neuron import LIF
 
 IM_WEIGHT = 2.0  # lambda of CE + lambda * IM-Loss
 LR = 0.01
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class BenchOptions:
     memory: bool = True  # measure peak memory (on CPU: one subprocess per variant and T)
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's default
     compiled: bool = True  # False: the imloss row runs the eager kernels too (no C compiler, quick tests)
-
+    # Every variant runs in each listed layout; rows after the first layout are named "variant@layout".
+    memory_formats: tuple[str, ...] = ("channels_last",)
 
 
 
@@ -66,6 +68,7 @@ class VariantResult:
     step_mb: float | None  # the part of peak_mb above the memory in use just before the steps
     warmup_s: float  # the warm-up steps, compilation / autotuning included
     static_encoder: bool  # stem conv run once on [B] and broadcast over T
+    memory_format: str  # channels_last | contiguous: the layout of the model and its input
     mfu: float | None = None
 
 
@@ -94,6 +97,10 @@ def _resolve(o: BenchOptions) -> BenchOptions:
     dtype = o.dtype if o.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
     if dtype not in ("fp32", "bf16"):
         raise BenchError(f"dtype must be auto, fp32 or bf16, got {o.dtype!r}")
+    bad = [f for f in o.memory_formats if f not in MEMORY_FORMATS]
+    if bad or not o.memory_formats or len(set(o.memory_formats)) < len(o.memory_formats):
+        raise BenchError(f"memory formats must be distinct values from {', '.join(MEMORY_FORMATS)}, "
+                         f"got {','.join(o.memory_formats) or 'none'}")
     size = o.image_size or {"resnet34": 224, "convnet3": 8}.get(o.arch, 32)
     cuda = device == "cuda"
     if o.threads is not None:
@@ -126,6 +133,17 @@ def _sj_rows(device: str, notes: list[str]) -> list[str]:
         except (RuntimeError, AttributeError, ImportError, OSError) as e:
             notes.append(f"spikingjelly[{backend}] skipped: {str(e).splitlines()[0][:160]}")
     return rows
+
+
+def row_name(variant: str, memory_format: str, o: BenchOptions) -> str:
+    """A row's name: the variant alone in the first listed layout, ``variant@layout`` in the others."""
+    return variant if memory_format == o.memory_formats[0] else f"{variant}@{memory_format}"
+
+
+def split_row_name(row: str) -> tuple[str, str | None]:
+    """(variant, layout) of a row name; layout is None for the first listed one."""
+    variant, _, memory_format = row.partition("@")
+    return variant, memory_format or None
 
 
 def _variant_names(o: BenchOptions, notes: list[str]) -> list[str]:
@@ -163,30 +181,30 @@ class _Runner:
             n.clear() if isinstance(n, LIF) else setattr(n, "v_mean", None)
 
 
-def _setup(o: BenchOptions, T: int, variants: list[str]) -> tuple[dict[str, _Runner], Tensor, Tensor]:
+def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner], dict[str, Tensor], Tensor]:
+    """One runner and one input batch per row name (``row_name``): same weights and values for all."""
     device = torch.device(o.device)
     torch.manual_seed(o.seed)
     spec = NetSpec(num_classes=10, in_channels=3, timesteps=T, image_size=o.image_size)
     base = create_model(o.arch, spec).to(device).train()
-    cuda = device.type == "cuda"
-    if cuda:
-        base = base.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(o.seed + 1)
     x = torch.randn(o.batch, 3, o.image_size, o.image_size, generator=g).to(device)
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (o.batch,), generator=g).to(device)
     bf16 = o.dtype == "bf16"
 
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-    runners = {}
-    for name in variants:
-        model, neurons = build_variant(base, name, o.compiled)
+    runners, inputs = {}, {}
+    for row in rows:
+        variant, memory_format = split_row_name(row)
+        layout = MEMORY_FORMATS[memory_format or o.memory_formats[0]]
+        model, neurons = build_variant(base, variant, o.compiled)
+        model = model.to(memory_format=layout)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-        runners[name] = _Runner(model, neurons, opt, autocast, spec.v_threshold)
-    return runners, x, y
+        runners[row] = _Runner(model, neurons, opt, autocast, spec.v_threshold)
+        inputs[row] = x.contiguous(memory_format=layout)
+    return runners, inputs, y
 
 
 def _sync(device: str) -> None:
@@ -210,8 +228,8 @@ def memory_probe(o: BenchOptions, variant: str, T: int, steps: int = 2) -> dict[
     the OS and RSS tracks live memory. Returns peak_mb and step_mb (peak minus RSS before the steps).
     """
     o = _resolve(o)
-    runners, x, y = _setup(o, T, [variant])
-    r = runners[variant]
+    runners, inputs, y = _setup(o, T, [variant])
+    r, x = runners[variant], inputs[variant]
     for _ in range(max(o.warmup or 0, 1)):
         r.step(x, y)
     with open("/proc/self/clear_refs", "w") as f:
@@ -223,9 +241,11 @@ def memory_probe(o: BenchOptions, variant: str, T: int, steps: int = 2) -> dict[
     return {"peak_mb": peak, "step_mb": peak - before}
 
 
-def _probe_in_subprocess(o: BenchOptions, variant: str, T: int) -> dict[str, float]:
+def _probe_in_subprocess(o: BenchOptions, row: str, T: int) -> dict[str, float]:
+    variant, memory_format = split_row_name(row)
     argv = [
         sys.executable, "-m", "imloss_cli.bench", "--memory-probe", variant, "--arch", o.arch,
+        "--memory-format", memory_format or o.memory_formats[0],
         "--timesteps", str(T), "--batch", str(o.batch), "--device", o.device, "--dtype", o.dtype,
         "--image-size", str(o.image_size), "--seed", str(o.seed), "--warmup", str(o.warmup),
         "--threads", str(o.threads), *([] if o.compiled else ["--no-compile"]),
@@ -235,7 +255,7 @@ def _probe_in_subprocess(o: BenchOptions, variant: str, T: int) -> dict[str, flo
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise BenchError(f"memory probe of {variant} (T={T}) failed: {out.stderr.strip()[-500:]}")
+        raise BenchError(f"memory probe of {row} (T={T}) failed: {out.stderr.strip()[-500:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -248,28 +268,28 @@ def _flops_per_image_step(r: _Runner, x: Tensor, y: Tensor, T: int) -> float:
     return counter.get_total_flops() / (x.shape[0] * T)
 
 
-def _time_T(o: BenchOptions, T: int, variants: list[str]) -> tuple[list[VariantResult], float | None]:
+def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResult], float | None]:
     # Start each T from an empty compile cache, as a training process would: graphs that the gate or
     # another T left behind change what torch.compile builds next (measured on an H200: the fp32 gate
     # run first made imloss's compiled step 64 ms instead of 37 ms).
     torch._dynamo.reset()
-    runners, x, y = _setup(o, T, variants)
+    runners, inputs, y = _setup(o, T, names)
     cuda = o.device == "cuda"
     warm: dict[str, float] = {}
     for name, r in runners.items():
         _sync(o.device)
         t0 = time.perf_counter()
         for _ in range(o.warmup or 0):
-            r.step(x, y)
+            r.step(inputs[name], y)
         _sync(o.device)
         warm[name] = time.perf_counter() - t0
-    times: dict[str, list[float]] = {n: [] for n in variants}
+    times: dict[str, list[float]] = {n: [] for n in names}
     peak: dict[str, float] = {}
     step_peak: dict[str, float] = {}
     for rep in range(o.repeats):
-        shift = rep % len(variants)  # rotate the order: no variant always runs right after another
-        for name in variants[shift:] + variants[:shift]:
-            r = runners[name]
+        shift = rep % len(names)  # rotate the order: no variant always runs right after another
+        for name in names[shift:] + names[:shift]:
+            r, x = runners[name], inputs[name]
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated() / 2**20
@@ -284,22 +304,24 @@ def _time_T(o: BenchOptions, T: int, variants: list[str]) -> tuple[list[VariantR
                 peak[name], step_peak[name] = max(peak.get(name, 0.0), p), max(step_peak.get(name, 0.0), p - before)
     flops = None
     if "relu" in runners:
-        flops = _flops_per_image_step(runners["relu"], x, y, T)
+        flops = _flops_per_image_step(runners["relu"], inputs["relu"], y, T)
     del runners
     if o.memory and not cuda:
-        for name in variants:
+        for name in names:
             probe = _probe_in_subprocess(o, name, T)
             peak[name], step_peak[name] = probe["peak_mb"], probe["step_mb"]
     ref = statistics.median(times["imloss"])
     rows = []
-    for name in variants:
+    for name in names:
+        variant, memory_format = split_row_name(name)
         med = statistics.median(times[name])
         mfu = None
         if cuda and flops is not None:
             mfu = flops * o.batch * T / med / (o.peak_tflops * 1e12)
         rows.append(VariantResult(
             name, T, med, min(times[name]), max(times[name]), o.batch / med, ref / med,
-            peak.get(name), step_peak.get(name), warm[name], name != "relu-tb", mfu,
+            peak.get(name), step_peak.get(name), warm[name], variant != "relu-tb",
+            memory_format or o.memory_formats[0], mfu,
         ))
     return rows, flops
 
@@ -327,8 +349,9 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         return BenchResult(*info, gate, (), tuple(notes), None)
     rows: list[VariantResult] = []
     flops = None
+    names = [row_name(v, f, o) for f in o.memory_formats for v in variants]
     for T in o.timesteps:
-        t_rows, t_flops = _time_T(o, T, variants)
+        t_rows, t_flops = _time_T(o, T, names)
         rows += t_rows
         flops = t_flops if t_flops is not None else flops
     notes += _method_notes(o, variants)
@@ -354,6 +377,12 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
             "images); 'T*B': stem on the folded batch, as a plain network would"
         ),
     ]
+    layouts = " and ".join(o.memory_formats)
+    notes.append(f"layout: model and input in {layouts} (torch.memory_format); rows named variant@layout "
+                 f"ran in the layout after the @, the others in {o.memory_formats[0]}")
+    if o.device == "cpu" and "spikingjelly" in variants and "contiguous" not in o.memory_formats:
+        notes.append("spikingjelly's CPU path is faster in contiguous (NCHW) than in channels_last: add "
+                     "--memory-format channels_last,contiguous to time it in its best layout too")
     if o.memory and o.device == "cpu":
         notes.append("memory (CPU): each variant in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536; peak = "
                      "VmHWM over 2 steps after warm-up (high-water mark reset), step = peak - RSS before them")
