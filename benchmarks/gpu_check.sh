@@ -15,14 +15,14 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 echo "== bench: resnet19 T=4 batch 128 bf16"
 timeout 330 python3 -m imloss_cli.bench --arch resnet19 --timesteps 4 --batch 128 --device cuda --dtype bf16 \
-  --compare spikingjelly,relu,relu-tb,naive --repeats 5 --json > "$out/bench_gpu.json" 2> "$out/bench_gpu.err"
+  --compare spikingjelly,relu --memory-format channels_last,contiguous --repeats 5 --json > "$out/bench_gpu.json" 2> "$out/bench_gpu.err"
 echo "bench exit $?"; tail -5 "$out/bench_gpu.err"
 python3 - "$out/bench_gpu.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 print("gate passed:", d.get("gate_passed"))
 for r in d["rows"]:
-    print({k: r.get(k) for k in ("variant", "timesteps", "s_per_step", "images_per_s", "peak_mb", "step_mb", "warmup_s", "mfu")})
+    print({k: r.get(k) for k in ("variant", "memory_format", "timesteps", "s_per_step", "images_per_s", "peak_mb", "step_mb", "warmup_s", "mfu")})
 PY
 
 echo "== imloss train on CUDA: digits (compile, bf16, channels_last)"
