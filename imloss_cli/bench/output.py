@@ -65,7 +65,7 @@ def _summary(result: BenchResult) -> list[str]:
             if best.step_mb and rows["imloss"].step_mb:
                 parts.append(f"{rows['imloss'].step_mb / best.step_mb:.2f}x its step memory")
         for floor in ("relu", "relu-tb"):
-            floors = [r for n, r in rows.items() if split_row_name(n)[0] == floor]
+            floors = [r for n, r in rows.items() if split_row_name(n, result.options)[0] == floor]
             if floors:  # the floor is the fastest layout of it
                 best = min(floors, key=lambda r: r.s_per_step)
                 parts.append(f"{best.imloss_over_this:.2f}x the time of the {best.variant} floor")

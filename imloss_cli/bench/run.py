@@ -54,7 +54,6 @@ class BenchOptions:
     memory_formats: tuple[str, ...] = ("channels_last",)
 
 
-
 @dataclass(frozen=True)
 class VariantResult:
     variant: str
@@ -140,10 +139,10 @@ def row_name(variant: str, memory_format: str, o: BenchOptions) -> str:
     return variant if memory_format == o.memory_formats[0] else f"{variant}@{memory_format}"
 
 
-def split_row_name(row: str) -> tuple[str, str | None]:
-    """(variant, layout) of a row name; layout is None for the first listed one."""
+def split_row_name(row: str, o: BenchOptions) -> tuple[str, str]:
+    """(variant, layout) of a row name: the inverse of ``row_name``."""
     variant, _, memory_format = row.partition("@")
-    return variant, memory_format or None
+    return variant, memory_format or o.memory_formats[0]
 
 
 def _variant_names(o: BenchOptions, notes: list[str]) -> list[str]:
@@ -197,8 +196,8 @@ def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner]
 
     runners, inputs = {}, {}
     for row in rows:
-        variant, memory_format = split_row_name(row)
-        layout = MEMORY_FORMATS[memory_format or o.memory_formats[0]]
+        variant, memory_format = split_row_name(row, o)
+        layout = MEMORY_FORMATS[memory_format]
         model, neurons = build_variant(base, variant, o.compiled)
         model = model.to(memory_format=layout)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
@@ -242,10 +241,10 @@ def memory_probe(o: BenchOptions, variant: str, T: int, steps: int = 2) -> dict[
 
 
 def _probe_in_subprocess(o: BenchOptions, row: str, T: int) -> dict[str, float]:
-    variant, memory_format = split_row_name(row)
+    variant, memory_format = split_row_name(row, o)
     argv = [
         sys.executable, "-m", "imloss_cli.bench", "--memory-probe", variant, "--arch", o.arch,
-        "--memory-format", memory_format or o.memory_formats[0],
+        "--memory-format", memory_format,
         "--timesteps", str(T), "--batch", str(o.batch), "--device", o.device, "--dtype", o.dtype,
         "--image-size", str(o.image_size), "--seed", str(o.seed), "--warmup", str(o.warmup),
         "--threads", str(o.threads), *([] if o.compiled else ["--no-compile"]),
@@ -313,15 +312,14 @@ def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResu
     ref = statistics.median(times["imloss"])
     rows = []
     for name in names:
-        variant, memory_format = split_row_name(name)
+        variant, memory_format = split_row_name(name, o)
         med = statistics.median(times[name])
         mfu = None
         if cuda and flops is not None:
             mfu = flops * o.batch * T / med / (o.peak_tflops * 1e12)
         rows.append(VariantResult(
             name, T, med, min(times[name]), max(times[name]), o.batch / med, ref / med,
-            peak.get(name), step_peak.get(name), warm[name], variant != "relu-tb",
-            memory_format or o.memory_formats[0], mfu,
+            peak.get(name), step_peak.get(name), warm[name], variant != "relu-tb", memory_format, mfu,
         ))
     return rows, flops
 
