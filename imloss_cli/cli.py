@@ -270,7 +270,7 @@ def bench(
     batch: Annotated[int, typer.Option(min=1)] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16")] = "auto",
-    compare: Annotated[str, typer.Option(help="spikingjelly, naive, relu, relu-tb, imloss-eager")] = "spikingjelly,naive,relu",
+    compare: Annotated[str, typer.Option(help="spikingjelly, naive, relu, relu-tb, conv-only, imloss-eager")] = "spikingjelly,naive,relu",
     repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats; the median is reported")] = 5,
     steps: Annotated[int | None, typer.Option(min=1, help="timed steps per variant and repeat")] = None,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="measure peak memory")] = True,

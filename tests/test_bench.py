@@ -71,16 +71,34 @@ def test_gate_fails_when_the_fused_lif_is_wrong(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_tiny_run_times_every_variant_and_serialises() -> None:
-    result = run_benchmark(BenchOptions(timesteps=(2,), compare=("imloss-eager", "naive", "relu", "relu-tb"), **TINY))
+    compare = ("imloss-eager", "naive", "relu", "relu-tb", "conv-only")
+    result = run_benchmark(BenchOptions(timesteps=(2,), compare=compare, **TINY))
     assert result.gate_passed
-    assert [r.variant for r in result.rows] == ["imloss", "imloss-eager", "naive", "relu", "relu-tb"]
+    assert [r.variant for r in result.rows] == ["imloss", *compare]
     for r in result.rows:
         assert r.s_per_step > 0 and r.images_per_s > 0 and r.warmup_s > 0
-    assert result.rows[0].imloss_over_this == 1.0
-    assert [r.static_encoder for r in result.rows] == [True, True, True, True, False]
+    assert (result.rows[0].imloss_over_this, result.rows[0].ratio_low, result.rows[0].ratio_high) == (1.0, 1.0, 1.0)
+    assert [r.static_encoder for r in result.rows] == [True, True, True, True, False, True]
     data = json.loads(to_json(result))
-    assert data["gate_passed"] and len(data["rows"]) == 5
-    assert "imloss/this" in bench.format_table(result)
+    assert data["gate_passed"] and len(data["rows"]) == 6
+    table = bench.format_table(result)
+    assert "imloss/this" in table and "the time of the conv-only bound" in table
+
+
+def test_conv_only_keeps_every_convolution_and_nothing_nonlinear() -> None:
+    base = _tiny_model()
+    model, neurons = build_variant(base, "conv-only")
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert not kinds & {"BatchNorm2d", "BatchNorm1d", "LIF"} and len(neurons) == 3
+    # The same weights as the base, less the norms' affine parameters.
+    norm_params = sum(p.numel() for m in base.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters()) - norm_params
+    # Convolutions, linear layers and means only: the network is affine in its input.
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        f0 = model(torch.zeros_like(x))
+        torch.testing.assert_close(model(2 * x) - f0, 2 * (model(x) - f0), rtol=1e-4, atol=1e-5)
 
 
 def test_each_listed_memory_format_gets_its_own_rows_in_that_layout() -> None:
@@ -100,7 +118,18 @@ def test_each_listed_memory_format_gets_its_own_rows_in_that_layout() -> None:
         assert torch.equal(inputs[name], inputs["imloss"])  # same values, another layout
     relu_rows = [r for r in result.rows if r.variant in ("relu", "relu@contiguous")]
     fastest = min(relu_rows, key=lambda r: r.s_per_step)
-    assert f"{fastest.imloss_over_this:.2f}x the time of the {fastest.variant} floor" in bench.format_table(result)
+    summary = (f"{fastest.imloss_over_this:.2f}x (repeats {fastest.ratio_low:.2f}-{fastest.ratio_high:.2f}) "
+               f"the time of the {fastest.variant} floor")
+    assert summary in bench.format_table(result)
+
+
+def test_ratios_pair_each_repeat_and_cancel_a_slow_repeat() -> None:
+    # Repeat 3 ran with the machine twice as slow for both variants: its ratio is still 0.8.
+    assert bench.run.paired_ratios([1.0, 1.0, 2.0], [1.25, 1.25, 2.5]) == pytest.approx((0.8, 0.8, 0.8))
+    median, low, high = bench.run.paired_ratios([1.0, 2.0, 1.0], [2.0, 2.0, 4.0])  # 0.5, 1.0, 0.25
+    assert (median, low, high) == (0.5, 0.25, 1.0)
+    with pytest.raises(ValueError, match="one time per repeat"):
+        bench.run.paired_ratios([1.0], [1.0, 2.0])
 
 
 @pytest.mark.parametrize("formats", ["nhwc", "channels_last,channels_last", ""])

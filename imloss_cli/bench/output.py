@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from imloss_cli.bench.gate import GATE_TOL
-from imloss_cli.bench.run import BenchResult, split_row_name
+from imloss_cli.bench.run import BenchResult, VariantResult, split_row_name
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -29,13 +29,13 @@ def format_table(result: BenchResult) -> str:
         lines.append(f"  {c.name:30} {c.timesteps:>2} {c.spike_mismatches:>11} {c.v_err:>10.2e} {c.grad_err:>10.2e}  "
                      f"{'yes' if c.passed else 'NO'}")
     if result.rows:
-        lines.append(f"{'variant':26} {'T':>2} {'s/step':>9} {'spread':>7} {'images/s':>9} {'imloss/this':>11} "
+        lines.append(f"{'variant':26} {'T':>2} {'s/step':>9} {'spread':>7} {'images/s':>9} {'imloss/this':>11} {'range':>11} "
                      f"{'peak MB':>9} {'step MB':>8} {'warm-up s':>9} {'enc':>5}" + ("  MFU" if result.rows[0].mfu is not None else ""))
         for r in result.rows:
             spread = (r.s_max - r.s_min) / r.s_per_step * 100
             lines.append(
                 f"{r.variant:26} {r.timesteps:>2} {r.s_per_step:>9.4f} {spread:>6.0f}% {r.images_per_s:>9.1f} "
-                f"{r.imloss_over_this:>11.2f} {_fmt(r.peak_mb, '9.0f')} {_fmt(r.step_mb, '8.0f')} {r.warmup_s:>9.1f} "
+                f"{r.imloss_over_this:>11.2f} {_ratio_range(r):>11} {_fmt(r.peak_mb, '9.0f')} {_fmt(r.step_mb, '8.0f')} {r.warmup_s:>9.1f} "
                 f"{'once' if r.static_encoder else 'T*B':>5}" + (f"  {r.mfu:.1%}" if r.mfu is not None else "")
             )
     if result.flops_per_image_step is not None:
@@ -50,6 +50,10 @@ def format_table(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def _ratio_range(r: VariantResult) -> str:
+    return f"{r.ratio_low:.2f}-{r.ratio_high:.2f}"
+
+
 def _summary(result: BenchResult) -> list[str]:
     out = []
     for T in result.options.timesteps:
@@ -60,15 +64,15 @@ def _summary(result: BenchResult) -> list[str]:
         sj = [r for n, r in rows.items() if n.startswith("spikingjelly")]  # every backend and layout
         if sj:
             best = min(sj, key=lambda r: r.s_per_step)
-            parts.append(f"{best.imloss_over_this:.2f}x the time of {best.variant} (fastest SJ; "
+            parts.append(f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of {best.variant} (fastest SJ; "
                          f"images/s {rows['imloss'].images_per_s / best.images_per_s:.2f}x)")
             if best.step_mb and rows["imloss"].step_mb:
                 parts.append(f"{rows['imloss'].step_mb / best.step_mb:.2f}x its step memory")
-        for floor in ("relu", "relu-tb"):
+        for floor, kind in (("relu", "floor"), ("relu-tb", "floor"), ("conv-only", "bound")):
             floors = [r for n, r in rows.items() if split_row_name(n, result.options)[0] == floor]
             if floors:  # the floor is the fastest layout of it
                 best = min(floors, key=lambda r: r.s_per_step)
-                parts.append(f"{best.imloss_over_this:.2f}x the time of the {best.variant} floor")
+                parts.append(f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of the {best.variant} {kind}")
         if parts:
             out.append(f"summary T={T}: imloss takes " + ", ".join(parts))
     return out

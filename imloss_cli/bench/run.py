@@ -62,7 +62,9 @@ class VariantResult:
     s_min: float
     s_max: float
     images_per_s: float  # images (not image-timesteps) per second: batch / s_per_step
-    imloss_over_this: float  # imloss's s/step / this variant's: < 1 means imloss is faster
+    imloss_over_this: float  # median over repeats of imloss's s/step / this variant's, paired by repeat
+    ratio_low: float  # the lowest and highest of those paired ratios
+    ratio_high: float
     peak_mb: float | None  # CPU: peak RSS during timed steps; CUDA: max_memory_allocated
     step_mb: float | None  # the part of peak_mb above the memory in use just before the steps
     warmup_s: float  # the warm-up steps, compilation / autotuning included
@@ -267,6 +269,16 @@ def _flops_per_image_step(r: _Runner, x: Tensor, y: Tensor, T: int) -> float:
     return counter.get_total_flops() / (x.shape[0] * T)
 
 
+def paired_ratios(ref: list[float], other: list[float]) -> tuple[float, float, float]:
+    """(median, lowest, highest) of ``ref[i] / other[i]``: each repeat's imloss time over the same
+    repeat's time of another variant. Pairing by repeat cancels what the machine did during that
+    repeat (another process, a clock change), which a ratio of the two medians does not."""
+    if len(ref) != len(other) or not ref:
+        raise ValueError(f"need one time per repeat on both sides, got {len(ref)} and {len(other)}")
+    ratios = [a / b for a, b in zip(ref, other, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
 def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResult], float | None]:
     # Start each T from an empty compile cache, as a training process would: graphs that the gate or
     # another T left behind change what torch.compile builds next (measured on an H200: the fp32 gate
@@ -309,7 +321,6 @@ def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResu
         for name in names:
             probe = _probe_in_subprocess(o, name, T)
             peak[name], step_peak[name] = probe["peak_mb"], probe["step_mb"]
-    ref = statistics.median(times["imloss"])
     rows = []
     for name in names:
         variant, memory_format = split_row_name(name, o)
@@ -318,7 +329,8 @@ def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResu
         if cuda and flops is not None:
             mfu = flops * o.batch * T / med / (o.peak_tflops * 1e12)
         rows.append(VariantResult(
-            name, T, med, min(times[name]), max(times[name]), o.batch / med, ref / med,
+            name, T, med, min(times[name]), max(times[name]), o.batch / med,
+            *paired_ratios(times["imloss"], times[name]),
             peak.get(name), step_peak.get(name), warm[name], variant != "relu-tb", memory_format, mfu,
         ))
     return rows, flops
@@ -367,7 +379,8 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
             "images/s = batch / (s/step), images not image-timesteps"
         ),
         (
-            "imloss/this = imloss's s/step / this row's (below 1: imloss is faster); "
+            "imloss/this = median over repeats of imloss's s/step / this row's in the same repeat (below 1: "
+            "imloss is faster); range = lowest-highest of those per-repeat ratios; "
             "spread = (slowest - fastest repeat) / median"
         ),
         (

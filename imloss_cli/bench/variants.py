@@ -1,7 +1,8 @@
 """The benchmark's variants: module surgery swaps every LIF of a model for another neuron.
 
 imloss (the fused LIF, compiled or eager), the naive per-step loop, SpikingJelly 2.0's LIF with the
-same dynamics, and the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B).
+same dynamics, the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B), and
+conv-only: the convolutions alone (norms and neurons are identities), a bound below every variant.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from imloss_cli.snn.models import StaticEncoder
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.reference import lif_naive
 
-KNOWN = ("imloss", "imloss-eager", "naive", "spikingjelly", "relu", "relu-tb")
+KNOWN = ("imloss", "imloss-eager", "naive", "spikingjelly", "relu", "relu-tb", "conv-only")
 SJ_CUDA_BACKENDS = ("triton", "cuda", "torch")  # SpikingJelly 2.0's CUDA providers (no cupy any more)
 
 
@@ -48,6 +49,14 @@ class ReLUNeuron(nn.Module):
     def forward(self, x_seq: Tensor) -> Tensor:
         self.v_mean = x_seq.mean(dtype=torch.float32)
         return torch.relu(x_seq)
+
+
+class IdentityNeuron(ReLUNeuron):
+    """conv-only's neuron: passes its input on; IM-Loss sees its mean, as with ReLUNeuron."""
+
+    def forward(self, x_seq: Tensor) -> Tensor:
+        self.v_mean = x_seq.mean(dtype=torch.float32)
+        return x_seq
 
 
 _SJ_SELECTIONS: dict[str, dict] = {}
@@ -141,11 +150,18 @@ def build_variant(base: nn.Module, variant: str, compiled: bool = True) -> tuple
             new = SpikingJellyLIF(lif, backend)
         elif kind in ("relu", "relu-tb"):
             new = ReLUNeuron()
+        elif kind == "conv-only":
+            new = IdentityNeuron()
         else:
             raise BenchError(f"unknown variant {variant!r}; known: {', '.join(KNOWN)}")
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent), attr, new.to(lif.k.device))
         neurons.append(new)
+    if kind == "conv-only":  # every norm goes too: what is left is what no variant can skip
+        norms = [name for name, m in model.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+        for name in norms:
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, nn.Identity())
     if kind == "relu-tb":
         enc = model.encoder
         if not isinstance(enc, StaticEncoder):
