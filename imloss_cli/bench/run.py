@@ -275,7 +275,7 @@ def paired_ratios(ref: list[float], other: list[float]) -> tuple[float, float, f
     repeat (another process, a clock change), which a ratio of the two medians does not."""
     if len(ref) != len(other) or not ref:
         raise ValueError(f"need one time per repeat on both sides, got {len(ref)} and {len(other)}")
-    ratios = [a / b for a, b in zip(ref, other, strict=True)]
+    ratios = [a / b for a, b in zip(ref, other)]
     return statistics.median(ratios), min(ratios), max(ratios)
 
 

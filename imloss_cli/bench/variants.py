@@ -154,14 +154,12 @@ def build_variant(base: nn.Module, variant: str, compiled: bool = True) -> tuple
             new = IdentityNeuron()
         else:
             raise BenchError(f"unknown variant {variant!r}; known: {', '.join(KNOWN)}")
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, new.to(lif.k.device))
+        model.set_submodule(name, new.to(lif.k.device))
         neurons.append(new)
     if kind == "conv-only":  # every norm goes too: what is left is what no variant can skip
         norms = [name for name, m in model.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
         for name in norms:
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, nn.Identity())
+            model.set_submodule(name, nn.Identity())
     if kind == "relu-tb":
         enc = model.encoder
         if not isinstance(enc, StaticEncoder):
