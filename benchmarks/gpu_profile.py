@@ -2,11 +2,12 @@
 import sys, time, torch
 from torch.profiler import profile, ProfilerActivity
 from imloss_cli.bench import BenchOptions, build_variant
+from imloss_cli.recipe import Recipe
 from imloss_cli.snn.models import NetSpec, create_model
 from imloss_cli.snn.im_loss import im_loss
 
 torch.manual_seed(0)
-spec = NetSpec(num_classes=10, in_channels=3, timesteps=4)
+spec = NetSpec.from_recipe(Recipe(), 10, 3, 32, timesteps=4)
 base = create_model("resnet19", spec).cuda().to(memory_format=torch.channels_last)
 x = torch.randn(128, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
 y = torch.randint(0, 10, (128,), device="cuda")

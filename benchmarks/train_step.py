@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when imloss is not installed
 
-from imloss_cli.bench import main
+from imloss_cli.cli.bench import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,3 +1,3 @@
-from imloss_cli.cli import app
+from imloss_cli.cli.app import app
 
 app(prog_name="imloss")

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from imloss_cli.cli import app
+from imloss_cli.cli.app import app
 from imloss_cli.registry import Registry
 
 runner = CliRunner()

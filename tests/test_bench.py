@@ -17,6 +17,8 @@ from imloss_cli.bench import (
     run_benchmark,
     to_json,
 )
+from imloss_cli.cli.bench import main as bench_main
+from imloss_cli.recipe import Recipe
 from imloss_cli.snn.models import NetSpec, create_model
 from imloss_cli.snn.reference import lif_naive
 
@@ -34,7 +36,7 @@ TINY = {"arch": "convnet3", "batch": 2, "steps": 1, "repeats": 1, "warmup": 1, "
 
 def _tiny_model(T: int = 2) -> torch.nn.Module:
     torch.manual_seed(0)
-    return create_model("convnet3", NetSpec(num_classes=10, in_channels=3, timesteps=T, image_size=8)).train()
+    return create_model("convnet3", NetSpec.from_recipe(Recipe(), 10, 3, 8, timesteps=T)).train()
 
 
 @pytest.mark.parametrize("T", [1, 2, 4])
@@ -66,7 +68,7 @@ def test_gate_fails_when_the_fused_lif_is_wrong(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(bench.gate, "lif_naive", off_by_decay)
     result = run_benchmark(BenchOptions(timesteps=(2,), compare=("relu",), **TINY))
     assert not result.gate_passed and result.rows == ()
-    assert bench.main(["--arch", "convnet3", "--timesteps", "2", "--compare", "relu", "--batch", "2",
+    assert bench_main(["--arch", "convnet3", "--timesteps", "2", "--compare", "relu", "--batch", "2",
                        "--steps", "1", "--repeats", "1", "--no-memory", "--no-compile"]) == 1
 
 
@@ -134,12 +136,12 @@ def test_ratios_pair_each_repeat_and_cancel_a_slow_repeat() -> None:
 
 @pytest.mark.parametrize("formats", ["nhwc", "channels_last,channels_last", ""])
 def test_bad_memory_format_list_is_a_usage_error(formats: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--arch", "convnet3", "--compare", "relu", "--no-memory", "--memory-format", formats]) == 2
+    assert bench_main(["--arch", "convnet3", "--compare", "relu", "--no-memory", "--memory-format", formats]) == 2
     assert "memory formats must be distinct values from channels_last, contiguous" in capsys.readouterr().err
 
 
 def test_unknown_variant_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--arch", "convnet3", "--compare", "tensorflow", "--no-memory"]) == 2
+    assert bench_main(["--arch", "convnet3", "--compare", "tensorflow", "--no-memory"]) == 2
     assert "unknown variant 'tensorflow'" in capsys.readouterr().err
 
 
@@ -164,7 +166,7 @@ def test_surgery_keeps_the_parameters_and_the_output_shape(variant: str) -> None
 def test_spikingjelly_lifnode_has_our_dynamics(T: int) -> None:
     """LIFNode(decay_input=False, v_reset=0, tau=1/(1-decay)) spikes exactly as lif_naive; with
     Sigmoid(alpha=2K), which is ESG's surrogate, the input gradients agree too."""
-    spec, k = NetSpec(num_classes=10, in_channels=3, timesteps=T), 2.0
+    spec, k = NetSpec.from_recipe(Recipe(), 10, 3, 32, timesteps=T), 2.0
     x = torch.rand(T, 4, 8, 6, 6, generator=torch.Generator().manual_seed(T)) * 1.2
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + T))
     x_ref = x.clone().requires_grad_(True)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imloss_cli.cli import app
+from imloss_cli.cli.app import app
 from imloss_cli.registry import Registry
 
 from .conftest import REPO

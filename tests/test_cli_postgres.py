@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from imloss_cli.cli import app
+from imloss_cli.cli.app import app
 
 from .test_registry import postgres_admin, postgres_url  # noqa: F401  (fixtures: a schema per test)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from imloss_cli.checkpoint import load_checkpoint
-from imloss_cli.cli import app
-from imloss_cli.engine import Trainer
+from imloss_cli.train.checkpoint import load_checkpoint
+from imloss_cli.cli.app import app
+from imloss_cli.train.loop import Trainer
 from imloss_cli.recipe import validate_recipe
 from imloss_cli.registry import Registry
 
@@ -31,7 +31,7 @@ def test_two_process_ddp_run_records_the_accuracy_of_its_checkpoint(tiny_recipe:
 
     recipe = validate_recipe(run.recipe)
     trainer = Trainer(recipe, run.seed)  # one process: the whole test set, no sharding
-    trainer.net.load_state_dict(load_checkpoint(Path(run.checkpoint_dir) / "last.pt")["model"])
+    trainer.model.load_state_dict(load_checkpoint(Path(run.checkpoint_dir) / "last.pt")["model"])
     evaluated, layers = trainer.evaluate()
     assert evaluated["test_acc"] == logged
     stored = Registry(registry_url).layer_stats([run.id], last_epoch_only=True)

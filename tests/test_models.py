@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from imloss_cli import recipe as recipe_mod
-from imloss_cli.engine import im_layers
+from imloss_cli.recipe import Recipe
+from imloss_cli.train.loop import im_layers
 from imloss_cli.recipe import load_recipe
 from imloss_cli.snn.models import MODELS, Folded, NetSpec, StaticEncoder, build_model, create_model
 from imloss_cli.snn.neuron import LIF, spiking_layers
@@ -29,7 +31,7 @@ LIF_COUNT = {"convnet3": 3, "resnet19": 1 + 2 * 8, "resnet20": 1 + 2 * 9, "vgg16
 
 def _spec(arch: str, **kw) -> NetSpec:
     cin, side, _ = INPUTS[arch]
-    return NetSpec(num_classes=7, in_channels=cin, timesteps=2, image_size=side, **kw)
+    return dataclasses.replace(NetSpec.from_recipe(Recipe(), 7, cin, side, timesteps=2), **kw)
 
 
 @pytest.mark.parametrize("arch", list(MODELS))
@@ -74,7 +76,7 @@ def _folded_path(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
 def test_static_encoder_runs_first_conv_once_and_equals_folded_path_in_eval() -> None:
     torch.manual_seed(1)
     T = 3
-    model = create_model("convnet3", NetSpec(num_classes=5, in_channels=1, timesteps=T, image_size=8))
+    model = create_model("convnet3", NetSpec.from_recipe(Recipe(), 5, 1, 8, timesteps=T))
     # non-trivial running statistics for BatchNorm
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -97,7 +99,7 @@ def test_static_encoder_runs_first_conv_once_and_equals_folded_path_in_eval() ->
 def test_static_encoder_forward_is_exact_in_training_mode_too() -> None:
     """BatchNorm's batch statistics of T identical copies equal those of one copy."""
     torch.manual_seed(2)
-    model = create_model("convnet3", NetSpec(num_classes=5, in_channels=1, timesteps=2, image_size=8))
+    model = create_model("convnet3", NetSpec.from_recipe(Recipe(), 5, 1, 8, timesteps=2))
     model.train()
     x = torch.randn(4, 1, 8, 8)
     twin = copy.deepcopy(model)

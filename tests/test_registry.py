@@ -132,7 +132,7 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
     """Make the next ids handed out by the store the given ones, in order."""
     def install(ids: list[str]) -> None:
         pending = iter(ids)
-        monkeypatch.setattr(store_module, "_new_id", lambda: next(pending))
+        monkeypatch.setattr(store_module, "new_id", lambda: next(pending))
     return install
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imloss_cli import engine
-from imloss_cli.checkpoint import load_checkpoint
-from imloss_cli.cli import app
+from imloss_cli.train import loop
+from imloss_cli.train.checkpoint import load_checkpoint
+from imloss_cli.cli.app import app
 from imloss_cli.recipe import load_recipe
 from imloss_cli.registry import Registry
-from imloss_cli.runner import train_run
+from imloss_cli.train.run import train_run
 
 runner = CliRunner()
 TIMING = ("train_seconds", "epoch_seconds")
@@ -78,18 +78,18 @@ def test_nan_loss_fails_the_run_with_epoch_and_step_and_keeps_the_last_good_chec
     registry_url: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
-    original = engine.loss_step
+    original = loop.loss_step
 
     def poisoned(*args, **kwargs):  # type: ignore[no-untyped-def]
         out = original(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 22 + 4:  # digits has 22 steps an epoch: step 4 of epoch 2
-            return engine.StepLoss(out.total * float("nan"), out.ce, out.im, out.logits)
+            return loop.StepLoss(out.total * float("nan"), out.ce, out.im, out.logits)
         return out
 
-    monkeypatch.setattr(engine, "loss_step", poisoned)
+    monkeypatch.setattr(loop, "loss_step", poisoned)
     recipe = load_recipe(None, {"train.epochs": 3, "train.seed": 0, "model.timesteps": 2})
-    with pytest.raises(engine.DivergedError, match="diverged at epoch 2, step 4"):
+    with pytest.raises(loop.DivergedError, match="diverged at epoch 2, step 4"):
         train_run(recipe, registry_url=registry_url, argv=["test"])
     (run,) = Registry(registry_url).list_runs()
     assert run.status == "FAILED" and run.error_message.startswith("diverged at epoch 2, step 4")

@@ -1,5 +1,5 @@
 """``python -m imloss_cli.bench`` (also what the CPU memory probes run in their subprocesses)."""
 
-from imloss_cli.bench.cli import main
+from imloss_cli.cli.bench import main
 
 raise SystemExit(main())

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from imloss_cli.bench.variants import SpikingJellyLIF
+from imloss_cli.recipe import Recipe
 from imloss_cli.snn.models import NetSpec
 from imloss_cli.snn.neuron import LIF
 from imloss_cli.snn.reference import lif_naive
@@ -61,7 +62,7 @@ def correctness_gate(
     post-reset v_seq against h * (1 - o) for a hard reset, dL/dx_seq with a grad on spike_seq only.
     """
     device = torch.device(device)
-    spec = NetSpec(num_classes=10, in_channels=3, timesteps=max(timesteps))  # the models' neuron settings
+    spec = NetSpec.from_recipe(Recipe(), 10, 3, 8, timesteps=max(timesteps))  # the default neuron settings
     checks = []
     for T in timesteps:
         x, gs, gv = _gate_case(T, device, seed)

@@ -22,11 +22,14 @@ from torch import Tensor, nn
 
 from imloss_cli.bench.gate import GateCheck, correctness_gate
 from imloss_cli.bench.variants import KNOWN, SJ_CUDA_BACKENDS, BenchError, _sj_use, build_variant
+from imloss_cli.recipe import Recipe
 from imloss_cli.snn.im_loss import im_loss
 from imloss_cli.snn.models import NetSpec, create_model
 from imloss_cli.snn.neuron import LIF
 
-IM_WEIGHT = 2.0  # lambda of CE + lambda * IM-Loss
+# Every variant trains the default recipe's neuron, IM-Loss weight and momentum; a small learning
+# rate keeps the timed steps away from divergence (the step costs the same at any rate).
+DEFAULTS = Recipe()
 LR = 0.01
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
@@ -174,7 +177,7 @@ class _Runner:
         with self.autocast():
             logits = self.model(x)
             im = im_loss([n.v_mean for n in self.neurons], self.v_threshold)
-            loss = F.cross_entropy(logits.float(), y) + IM_WEIGHT * im
+            loss = F.cross_entropy(logits.float(), y) + DEFAULTS.loss.im_weight * im
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -186,7 +189,7 @@ def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner]
     """One runner and one input batch per row name (``row_name``): same weights and values for all."""
     device = torch.device(o.device)
     torch.manual_seed(o.seed)
-    spec = NetSpec(num_classes=10, in_channels=3, timesteps=T, image_size=o.image_size)
+    spec = NetSpec.from_recipe(DEFAULTS, 10, 3, o.image_size or 32, timesteps=T)
     base = create_model(o.arch, spec).to(device).train()
     g = torch.Generator().manual_seed(o.seed + 1)
     x = torch.randn(o.batch, 3, o.image_size, o.image_size, generator=g).to(device)
@@ -202,8 +205,8 @@ def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner]
         layout = MEMORY_FORMATS[memory_format]
         model, neurons = build_variant(base, variant, o.compiled)
         model = model.to(memory_format=layout)
-        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
-        runners[row] = _Runner(model, neurons, opt, autocast, spec.v_threshold)
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=DEFAULTS.optim.momentum)
+        runners[row] = _Runner(model=model, neurons=neurons, optimizer=opt, autocast=autocast, v_threshold=spec.v_threshold)
         inputs[row] = x.contiguous(memory_format=layout)
     return runners, inputs, y
 
@@ -279,14 +282,9 @@ def paired_ratios(ref: list[float], other: list[float]) -> tuple[float, float, f
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
-def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResult], float | None]:
-    # Start each T from an empty compile cache, as a training process would: graphs that the gate or
-    # another T left behind change what torch.compile builds next (measured on an H200: the fp32 gate
-    # run first made imloss's compiled step 64 ms instead of 37 ms).
-    torch._dynamo.reset()
-    runners, inputs, y = _setup(o, T, names)
-    cuda = o.device == "cuda"
-    warm: dict[str, float] = {}
+def _warm_up(o: BenchOptions, runners: dict[str, _Runner], inputs: dict[str, Tensor], y: Tensor) -> dict[str, float]:
+    """Seconds of each row's warm-up steps (compilation and autotuning land here, not in the timings)."""
+    warm = {}
     for name, r in runners.items():
         _sync(o.device)
         t0 = time.perf_counter()
@@ -294,14 +292,25 @@ def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResu
             r.step(inputs[name], y)
         _sync(o.device)
         warm[name] = time.perf_counter() - t0
-    times: dict[str, list[float]] = {n: [] for n in names}
-    peak: dict[str, float] = {}
-    step_peak: dict[str, float] = {}
+    return warm
+
+
+@dataclass
+class _Timings:
+    seconds: dict[str, list[float]]  # s/step of each repeat, per row
+    peak_mb: dict[str, float]
+    step_mb: dict[str, float]
+
+
+def _time_interleaved(o: BenchOptions, runners: dict[str, _Runner], inputs: dict[str, Tensor], y: Tensor) -> _Timings:
+    """``o.repeats`` rounds over every row, the order rotated per round; CUDA memory peaks on the way."""
+    names = list(runners)
+    t = _Timings({n: [] for n in names}, {}, {})
     for rep in range(o.repeats):
         shift = rep % len(names)  # rotate the order: no variant always runs right after another
         for name in names[shift:] + names[:shift]:
             r, x = runners[name], inputs[name]
-            if cuda:
+            if o.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated() / 2**20
             _sync(o.device)
@@ -309,31 +318,46 @@ def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResu
             for _ in range(o.steps or 1):
                 r.step(x, y)
             _sync(o.device)
-            times[name].append((time.perf_counter() - t0) / (o.steps or 1))
-            if cuda:
-                p = torch.cuda.max_memory_allocated() / 2**20
-                peak[name], step_peak[name] = max(peak.get(name, 0.0), p), max(step_peak.get(name, 0.0), p - before)
-    flops = None
-    if "relu" in runners:
-        flops = _flops_per_image_step(runners["relu"], inputs["relu"], y, T)
+            t.seconds[name].append((time.perf_counter() - t0) / (o.steps or 1))
+            if o.device == "cuda":
+                peak = torch.cuda.max_memory_allocated() / 2**20
+                t.peak_mb[name] = max(t.peak_mb.get(name, 0.0), peak)
+                t.step_mb[name] = max(t.step_mb.get(name, 0.0), peak - before)
+    return t
+
+
+def _row(o: BenchOptions, T: int, name: str, t: _Timings, warmup_s: float, flops: float | None) -> VariantResult:
+    variant, memory_format = split_row_name(name, o)
+    times = t.seconds[name]
+    median = statistics.median(times)
+    ratio, low, high = paired_ratios(t.seconds["imloss"], times)
+    mfu = None
+    if o.device == "cuda" and flops is not None:
+        mfu = flops * o.batch * T / median / (o.peak_tflops * 1e12)
+    return VariantResult(
+        variant=name, timesteps=T, s_per_step=median, s_min=min(times), s_max=max(times),
+        images_per_s=o.batch / median, imloss_over_this=ratio, ratio_low=low, ratio_high=high,
+        peak_mb=t.peak_mb.get(name), step_mb=t.step_mb.get(name), warmup_s=warmup_s,
+        static_encoder=variant != "relu-tb", memory_format=memory_format, mfu=mfu,
+    )  # fmt: skip
+
+
+def _time_T(o: BenchOptions, T: int, names: list[str]) -> tuple[list[VariantResult], float | None]:
+    """Every row at one T: warm-up, interleaved timing, FLOPs (of relu), memory; one result per row."""
+    # Start each T from an empty compile cache, as a training process would: graphs that the gate or
+    # another T left behind change what torch.compile builds next (measured on an H200: the fp32 gate
+    # run first made imloss's compiled step 64 ms instead of 37 ms).
+    torch._dynamo.reset()
+    runners, inputs, y = _setup(o, T, names)
+    warm = _warm_up(o, runners, inputs, y)
+    timings = _time_interleaved(o, runners, inputs, y)
+    flops = _flops_per_image_step(runners["relu"], inputs["relu"], y, T) if "relu" in runners else None
     del runners
-    if o.memory and not cuda:
+    if o.memory and o.device != "cuda":  # CPU: one fresh process per row, so rows do not share a heap
         for name in names:
             probe = _probe_in_subprocess(o, name, T)
-            peak[name], step_peak[name] = probe["peak_mb"], probe["step_mb"]
-    rows = []
-    for name in names:
-        variant, memory_format = split_row_name(name, o)
-        med = statistics.median(times[name])
-        mfu = None
-        if cuda and flops is not None:
-            mfu = flops * o.batch * T / med / (o.peak_tflops * 1e12)
-        rows.append(VariantResult(
-            name, T, med, min(times[name]), max(times[name]), o.batch / med,
-            *paired_ratios(times["imloss"], times[name]),
-            peak.get(name), step_peak.get(name), warm[name], variant != "relu-tb", memory_format, mfu,
-        ))
-    return rows, flops
+            timings.peak_mb[name], timings.step_mb[name] = probe["peak_mb"], probe["step_mb"]
+    return [_row(o, T, name, timings, warm[name], flops) for name in names], flops
 
 
 def run_benchmark(options: BenchOptions) -> BenchResult:
@@ -348,15 +372,16 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
     notes: list[str] = []
     variants = _variant_names(o, notes)
     try:
-        create_model(o.arch, NetSpec(num_classes=10, in_channels=3, timesteps=1))
+        create_model(o.arch, NetSpec.from_recipe(DEFAULTS, 10, 3, o.image_size or 32, timesteps=1))
     except KeyError as e:
         raise BenchError(str(e.args[0])) from None
     sj = [v.partition("[")[2].rstrip("]") or None for v in variants if v.startswith("spikingjelly")]
     gate = correctness_gate(o.timesteps, o.device, compiled=o.compiled, spikingjelly_backends=tuple(sj))
     device_name = torch.cuda.get_device_name() if o.device == "cuda" else "cpu"
-    info = (o, device_name, torch.__version__, torch.get_num_threads())
+    info = {"options": o, "device_name": device_name, "torch_version": torch.__version__,
+            "threads": torch.get_num_threads(), "gate": gate}  # fmt: skip
     if not all(c.passed for c in gate):
-        return BenchResult(*info, gate, (), tuple(notes), None)
+        return BenchResult(**info, rows=(), notes=tuple(notes), flops_per_image_step=None)
     rows: list[VariantResult] = []
     flops = None
     names = [row_name(v, f, o) for f in o.memory_formats for v in variants]
@@ -365,14 +390,15 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         rows += t_rows
         flops = t_flops if t_flops is not None else flops
     notes += _method_notes(o, variants)
-    return BenchResult(*info, gate, tuple(rows), tuple(notes), flops)
+    return BenchResult(**info, rows=tuple(rows), notes=tuple(notes), flops_per_image_step=flops)
 
 
 def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
     notes = [
         (
-            "one step = forward, CE + 2.0 * IM-Loss (mean over hidden layers of (mean(v_seq) - V_th)^2), "
-            "backward, SGD(momentum 0.9) step; same initial weights and batch for all variants"
+            f"one step = forward, CE + {DEFAULTS.loss.im_weight:g} * IM-Loss (mean over hidden layers of "
+            f"(mean(v_seq) - V_th)^2), backward, SGD(momentum {DEFAULTS.optim.momentum:g}) step; same initial "
+            "weights and batch for all variants"
         ),
         (
             f"s/step: median over {o.repeats} repeats of {o.steps} steps, variants interleaved (order rotated); "

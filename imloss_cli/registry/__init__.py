@@ -1,23 +1,50 @@
-"""Run registry of imloss: runs, ablation groups and per-epoch statistics in one database.
+"""The run registry: runs, ablation groups and per-epoch statistics in one SQLAlchemy database.
 
 Only the standard library, SQLAlchemy and pandas are used here, so reading a registry (reports,
-listings) never imports torch.
+listings) never imports torch; and only this package imports SQLAlchemy.
 
-Modules: ``store`` (the :class:`Registry`), ``records`` (its dataclasses :class:`RunInfo` and
-:class:`GroupInfo`, and the value helpers), ``schema`` (tables and schema version), ``backend``
-(opening SQLite or PostgreSQL), ``reads`` (bulk reads into data frames), ``errors``
-(:class:`RegistryError` and driver-error translation).
+Modules:
+    store    :class:`Registry`, the public face: one short transaction per method.
+    records  :class:`RunInfo` and :class:`GroupInfo`, the snapshots it returns (run columns
+             are defined there once).
+    status   every status name (runs: QUEUED ... KILLED, LOST; trials: SKIPPED, PLANNED) and the sets built from them.
+    schema   the tables and the schema version.
+    backend  opening SQLite (WAL, BEGIN IMMEDIATE) or PostgreSQL, creating or checking the schema.
+    reads    bulk reads of epoch metrics and layer statistics into data frames.
+    values   ids, timestamps and the checks of values on their way in.
+    errors   :class:`RegistryError` and the translation of driver errors into it.
 """
 
 from .errors import RegistryError
-from .records import LOST, TERMINAL, GroupInfo, RunInfo
-from .schema import KINDS, SCHEMA_VERSION, STATUSES
+from .records import GroupInfo, RunInfo
+from .schema import KINDS, SCHEMA_VERSION
+from .status import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    LOST,
+    PLANNED,
+    QUEUED,
+    RESUMABLE,
+    RUNNING,
+    SKIPPED,
+    STATUSES,
+    TERMINAL,
+)
 from .store import Registry
 
 __all__ = [
+    "FAILED",
+    "FINISHED",
+    "KILLED",
     "KINDS",
     "LOST",
+    "PLANNED",
+    "QUEUED",
+    "RESUMABLE",
+    "RUNNING",
     "SCHEMA_VERSION",
+    "SKIPPED",
     "STATUSES",
     "TERMINAL",
     "GroupInfo",

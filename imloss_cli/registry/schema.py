@@ -38,10 +38,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .status import STATUSES
+
 SCHEMA_VERSION = 1
 """Version of the schema defined here; stored in ``meta`` under the key ``schema_version``."""
 
-STATUSES: tuple[str, ...] = ("QUEUED", "RUNNING", "FINISHED", "FAILED", "KILLED")
 KINDS: tuple[str, ...] = ("train", "ablate")
 
 Migration = Callable[[Connection], None]
@@ -57,6 +58,11 @@ ID_LENGTH = 12
 def _key(length: int) -> String:
     """A string column compared byte by byte on every backend (see the module docstring)."""
     return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
+def _sql_list(names: tuple[str, ...]) -> str:
+    """Constant identifiers as a SQL list for a check constraint ('A', 'B'): names, never input."""
+    return ", ".join(f"'{name}'" for name in names)
 
 
 class UTCTimestamp(TypeDecorator[datetime]):
@@ -115,9 +121,8 @@ class Run(Base):
 
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint("status IN ('QUEUED', 'RUNNING', 'FINISHED', 'FAILED', 'KILLED')",
-                        name="ck_runs_status"),
-        CheckConstraint("kind IN ('train', 'ablate')", name="ck_runs_kind"),
+        CheckConstraint(f"status IN ({_sql_list(STATUSES)})", name="ck_runs_status"),
+        CheckConstraint(f"kind IN ({_sql_list(KINDS)})", name="ck_runs_kind"),
         Index("ix_runs_created_at", "created_at"),
         Index("ix_runs_status", "status"),
         Index("ix_runs_group_id", "group_id"),

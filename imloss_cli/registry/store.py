@@ -4,15 +4,17 @@ The boundary is MLflow-like: every public method of :class:`Registry` is one sho
 transaction and returns plain frozen dataclasses or pandas data frames, never ORM rows, so
 callers cannot hold a session open or lazy-load by accident. Opening the database (SQLite or
 PostgreSQL) is :mod:`.backend`'s job, the bulk reads into data frames :mod:`.reads`'s, the
-dataclasses and the checks of values going in :mod:`.records`'s.
+snapshots :mod:`.records`'s and the checks of values going in :mod:`.values`'s. Every method
+opens its transaction through :meth:`Registry._read` or :meth:`Registry._write`; the private
+``_get_*`` / ``_update_*`` helpers take that session.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,30 +24,10 @@ from sqlalchemy.orm import Session
 
 from . import backend, reads
 from .errors import RegistryError, db_errors
-from .records import (
-    LOST,
-    TERMINAL,
-    GroupInfo,
-    RunInfo,
-    _as_float,
-    _as_int,
-    _check_choice,
-    _dumps,
-    _get_by_id_or_prefix,
-    _group_info,
-    _new_id,
-    _now,
-    _pid_alive,
-)
-from .schema import KINDS, STATUSES, EpochMetric, Group, LayerStat, Run
-
-_STARTABLE = frozenset({"QUEUED", "FAILED", "KILLED"})
-
-_SCALAR_RUN_COLUMNS = [
-    "id", "name", "status", "display_status", "kind", "group_id", "created_at", "started_at",
-    "ended_at", "heartbeat_at", "config_hash", "fingerprint", "seed", "git_commit", "git_dirty",
-    "code_version", "host", "pid", "attempt", "error_type", "error_message", "checkpoint_dir",
-]
+from .records import RUN_FRAME_COLUMNS, GroupInfo, RunInfo, group_info, run_info
+from .schema import ID_LENGTH, KINDS, EpochMetric, Group, LayerStat, Run
+from .status import LOST, QUEUED, RESUMABLE, RUNNING, STATUSES, TERMINAL
+from .values import as_float, as_int, check_choice, dumps, new_id, now, pid_alive
 
 
 class Registry:
@@ -102,6 +84,18 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({self.url!r})"
 
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Session]:
+        """One read transaction (a consistent snapshot); driver errors become RegistryError."""
+        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
+            yield s
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction, committed on leaving (SQLite: BEGIN IMMEDIATE)."""
+        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
+            yield s
+
     # ----------------------------------------------------------------------------- writes
 
     def create_group(self, name: str, base_recipe: Mapping[str, Any], axes: Mapping[str, Any],
@@ -120,10 +114,10 @@ class Registry:
         Raises:
             RegistryError: a value is not JSON-serialisable or the database write failed.
         """
-        row = Group(id=_new_id(), name=str(name), created_at=_now(),
-                    base_recipe=_dumps(dict(base_recipe), "base_recipe"),
-                    axes=_dumps(dict(axes), "axes"), argv=_dumps(list(argv), "argv"))
-        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        row = Group(id=new_id(), name=str(name), created_at=now(),
+                    base_recipe=dumps(dict(base_recipe), "base_recipe"),
+                    axes=dumps(dict(axes), "axes"), argv=dumps(list(argv), "argv"))
+        with self._write() as s:
             s.add(row)
             return row.id
 
@@ -158,20 +152,20 @@ class Registry:
             RegistryError: invalid kind/status/seed, unknown group, non-JSON values, or a
                 failed write.
         """
-        _check_choice(kind, KINDS, "kind")
-        _check_choice(status, ("QUEUED", "RUNNING"), "initial status")
-        now = _now()
+        check_choice(kind, KINDS, "kind")
+        check_choice(status, (QUEUED, RUNNING), "initial status")
+        started = now()
         row = Run(
-            id=_new_id(), name=str(name), status=status, kind=kind, group_id=group_id,
-            created_at=now, started_at=now if status == "RUNNING" else None, ended_at=None,
-            heartbeat_at=now, recipe=_dumps(dict(recipe), "recipe"), config_hash=str(config_hash),
-            fingerprint=str(fingerprint), seed=_as_int(seed, "seed"), git_commit=git_commit,
-            git_dirty=git_dirty, code_version=str(code_version), argv=_dumps(list(argv), "argv"),
-            environment=_dumps(dict(environment or {}), "environment"), host=self._host,
+            id=new_id(), name=str(name), status=status, kind=kind, group_id=group_id,
+            created_at=started, started_at=started if status == RUNNING else None, ended_at=None,
+            heartbeat_at=started, recipe=dumps(dict(recipe), "recipe"), config_hash=str(config_hash),
+            fingerprint=str(fingerprint), seed=as_int(seed, "seed"), git_commit=git_commit,
+            git_dirty=git_dirty, code_version=str(code_version), argv=dumps(list(argv), "argv"),
+            environment=dumps(dict(environment or {}), "environment"), host=self._host,
             pid=os.getpid(), attempt=1,
             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
         )
-        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with self._write() as s:
             if group_id is not None and s.get(Group, group_id) is None:
                 raise RegistryError(f"no group with id {group_id!r}")
             s.add(row)
@@ -190,22 +184,21 @@ class Registry:
         Raises:
             RegistryError: unknown id, or the run is FINISHED or RUNNING in a live process.
         """
-        now = _now()
-        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        at = now()
+        with self._write() as s:
             row = self._get_run_row(s, run_id)
-            startable = row.status in _STARTABLE or self._display_status(row, now) == LOST
-            if not startable:
-                raise RegistryError(f"run {row.id} is {row.status}; only QUEUED, FAILED, KILLED "
-                                    f"or LOST runs can be started")
+            if self._display_status(row, at) not in RESUMABLE:
+                raise RegistryError(f"run {row.id} is {row.status}; only "
+                                    f"{', '.join(RESUMABLE[:-1])} or {RESUMABLE[-1]} runs can be started")
             if row.started_at is not None:
                 row.attempt += 1
-            row.status, row.started_at, row.ended_at, row.heartbeat_at = "RUNNING", now, None, now
+            row.status, row.started_at, row.ended_at, row.heartbeat_at = RUNNING, at, None, at
             row.host, row.pid = self._host, os.getpid()
             row.error_type = row.error_message = row.traceback = None
             if environment is not None:
-                row.environment = _dumps(dict(environment), "environment")
+                row.environment = dumps(dict(environment), "environment")
             if argv is not None:
-                row.argv = _dumps(list(argv), "argv")
+                row.argv = dumps(list(argv), "argv")
             if git_commit is not None:
                 row.git_commit = git_commit
             if git_dirty is not None:
@@ -230,24 +223,24 @@ class Registry:
             RegistryError: unknown run, a non-numeric value, a repeated layer index, or a
                 failed write.
         """
-        epoch = _as_int(epoch, "epoch")
+        epoch = as_int(epoch, "epoch")
         metric_rows = [{"run_id": run_id, "epoch": epoch, "name": str(key),
-                        "value": _as_float(value, f"metric {key!r}")}
+                        "value": as_float(value, f"metric {key!r}")}
                        for key, value in metrics.items()]
         stat_rows: list[dict[str, Any]] = []
         seen: set[int] = set()
         for index, layer, stats in layer_stats:
-            index = _as_int(index, "layer_index")
+            index = as_int(index, "layer_index")
             if index in seen:
                 raise RegistryError(
                     f"layer index {index} appears twice in epoch {epoch} of run {run_id}")
             seen.add(index)
             stat_rows.extend({"run_id": run_id, "epoch": epoch, "layer_index": index,
                               "layer": str(layer), "stat": str(stat),
-                              "value": _as_float(value, f"{stat!r} of layer {layer!r}")}
+                              "value": as_float(value, f"{stat!r} of layer {layer!r}")}
                              for stat, value in stats.items())
-        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
-            self._update_run(s, run_id, heartbeat_at=_now())
+        with self._write() as s:
+            self._update_run(s, run_id, heartbeat_at=now())
             # Delete-then-insert so a re-logged epoch (e.g. after resume) replaces the old rows,
             # including metrics or layers the new log no longer has.
             for table in (EpochMetric, LayerStat):
@@ -263,8 +256,8 @@ class Registry:
         Raises:
             RegistryError: unknown run id or a failed write.
         """
-        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
-            self._update_run(s, run_id, heartbeat_at=_now())
+        with self._write() as s:
+            self._update_run(s, run_id, heartbeat_at=now())
 
     def finish_run(self, run_id: str, status: str, *, error_type: str | None = None,
                    error_message: str | None = None, traceback: str | None = None) -> None:
@@ -280,13 +273,13 @@ class Registry:
         Raises:
             RegistryError: status not terminal, unknown run, or the run has already ended.
         """
-        _check_choice(status, sorted(TERMINAL), "finish status")
-        now = _now()
-        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        check_choice(status, sorted(TERMINAL), "finish status")
+        at = now()
+        with self._write() as s:
             row = self._get_run_row(s, run_id)
             if row.status in TERMINAL:
                 raise RegistryError(f"run {row.id} has already ended as {row.status}")
-            row.status, row.ended_at, row.heartbeat_at = status, now, now
+            row.status, row.ended_at, row.heartbeat_at = status, at, at
             row.error_type, row.error_message, row.traceback = error_type, error_message, traceback
 
     def set_checkpoint_dir(self, run_id: str, path: str | os.PathLike[str]) -> None:
@@ -295,7 +288,7 @@ class Registry:
         Raises:
             RegistryError: unknown run id or a failed write.
         """
-        with db_errors(self._where), Session(self._write_engine) as s, s.begin():
+        with self._write() as s:
             self._update_run(s, run_id, checkpoint_dir=os.fspath(path))
 
     # ----------------------------------------------------------------------------- reads
@@ -306,8 +299,8 @@ class Registry:
         Raises:
             RegistryError: no run matches, or the prefix matches several runs.
         """
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
-            return self._run_info(_get_by_id_or_prefix(s, Run, run_id_or_prefix, "run"), _now())
+        with self._read() as s:
+            return self._run_info(self._get_by_id_or_prefix(s, Run, run_id_or_prefix, "run"), now())
 
     def get_group(self, group_id_or_prefix: str) -> GroupInfo:
         """Return the group with this id, or the only group whose id starts with this prefix.
@@ -315,23 +308,23 @@ class Registry:
         Raises:
             RegistryError: no group matches, or the prefix matches several groups.
         """
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
-            return _group_info(_get_by_id_or_prefix(s, Group, group_id_or_prefix, "group"))
+        with self._read() as s:
+            return group_info(self._get_by_id_or_prefix(s, Group, group_id_or_prefix, "group"))
 
     def latest_group(self) -> GroupInfo | None:
         """Return the most recently created group, or None if there is none."""
         stmt = select(Group).order_by(Group.created_at.desc(), Group.id.desc()).limit(1)
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
+        with self._read() as s:
             row = s.scalars(stmt).first()
-            return None if row is None else _group_info(row)
+            return None if row is None else group_info(row)
 
     def list_groups(self, *, limit: int | None = None) -> list[GroupInfo]:
         """Return ablation groups, newest first (at most ``limit``)."""
         stmt = select(Group).order_by(Group.created_at.desc(), Group.id.desc())
         if limit is not None:
-            stmt = stmt.limit(_as_int(limit, "limit"))
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
-            return [_group_info(row) for row in s.scalars(stmt)]
+            stmt = stmt.limit(as_int(limit, "limit"))
+        with self._read() as s:
+            return [group_info(row) for row in s.scalars(stmt)]
 
     def list_runs(self, *, status: str | None = None, group_id: str | None = None,
                   kind: str | None = None, limit: int | None = None) -> list[RunInfo]:
@@ -348,25 +341,25 @@ class Registry:
             RegistryError: unknown status or kind, or a negative limit.
         """
         if status is not None:
-            _check_choice(status, (*STATUSES, LOST), "status")
+            check_choice(status, (*STATUSES, LOST), "status")
         if kind is not None:
-            _check_choice(kind, KINDS, "kind")
-        if limit is not None and _as_int(limit, "limit") < 0:
+            check_choice(kind, KINDS, "kind")
+        if limit is not None and as_int(limit, "limit") < 0:
             raise RegistryError(f"limit must be >= 0, got {limit}")
         stmt = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
         if status is not None:
-            stmt = stmt.where(Run.status == ("RUNNING" if status == LOST else status))
+            stmt = stmt.where(Run.status == (RUNNING if status == LOST else status))
         if group_id is not None:
             stmt = stmt.where(Run.group_id == group_id)
         if kind is not None:
             stmt = stmt.where(Run.kind == kind)
         # Liveness is only known in Python, so RUNNING/LOST filters cannot be limited in SQL.
-        live_filter = status in ("RUNNING", LOST)
+        live_filter = status in (RUNNING, LOST)
         if limit is not None and not live_filter:
             stmt = stmt.limit(limit)
-        now = _now()
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
-            infos = [self._run_info(row, now) for row in s.scalars(stmt)]
+        at = now()
+        with self._read() as s:
+            infos = [self._run_info(row, at) for row in s.scalars(stmt)]
         if live_filter:
             infos = [info for info in infos if info.display_status == status][:limit]
         return infos
@@ -383,9 +376,9 @@ class Registry:
         if group_id is not None:
             stmt = stmt.where(Run.group_id == group_id)
         stmt = stmt.order_by(Run.created_at.desc(), Run.id.desc()).limit(1)
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
+        with self._read() as s:
             row = s.scalars(stmt).first()
-            return None if row is None else self._run_info(row, _now())
+            return None if row is None else self._run_info(row, now())
 
     def epoch_metrics(self, run_ids: Sequence[str], *,
                       names: Sequence[str] | None = None) -> pd.DataFrame:
@@ -406,7 +399,7 @@ class Registry:
         if wanted == [] or not run_ids:
             return reads.empty_frame(reads.METRIC_COLUMNS)
         stmt = reads.metrics_statement(wanted)
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
+        with self._read() as s:
             return reads.per_run_frame(s.connection(), stmt, run_ids, reads.METRIC_COLUMNS)
 
     def layer_stats(self, run_ids: Sequence[str], *, epoch: int | None = None,
@@ -436,9 +429,9 @@ class Registry:
         if wanted == [] or not run_ids:
             return reads.empty_frame(reads.LAYER_COLUMNS)
         stmt = reads.layers_statement(
-            epoch=None if epoch is None else _as_int(epoch, "epoch"),
+            epoch=None if epoch is None else as_int(epoch, "epoch"),
             last_epoch_only=last_epoch_only, stats=wanted)
-        with db_errors(self._where), Session(self._read_engine) as s, s.begin():
+        with self._read() as s:
             return reads.per_run_frame(s.connection(), stmt, run_ids, reads.LAYER_COLUMNS)
 
     def runs_frame(self, run_ids: Sequence[str] | None = None, *, status: str | None = None,
@@ -451,18 +444,16 @@ class Registry:
                 passing the filters, which are those of :meth:`list_runs`.
 
         Returns:
-            Columns: id, name, status, display_status, kind, group_id, created_at, started_at,
-            ended_at, heartbeat_at, config_hash, fingerprint, seed, git_commit, git_dirty,
-            code_version, host, pid, attempt, error_type, error_message, checkpoint_dir;
-            newest first; times as datetime64 in UTC.
+            The scalar fields of :class:`RunInfo` (``records.RUN_FRAME_COLUMNS``), newest first;
+            times as datetime64 in UTC.
         """
         infos = self.list_runs(status=status, group_id=group_id, kind=kind,
                                limit=None if run_ids is not None else limit)
         if run_ids is not None:
             wanted = set(run_ids)
             infos = [info for info in infos if info.id in wanted][:limit]
-        frame = pd.DataFrame([[getattr(i, c) for c in _SCALAR_RUN_COLUMNS] for i in infos],
-                             columns=_SCALAR_RUN_COLUMNS)
+        columns = list(RUN_FRAME_COLUMNS)
+        frame = pd.DataFrame([[getattr(i, c) for c in columns] for i in infos], columns=columns)
         for column in ("created_at", "started_at", "ended_at", "heartbeat_at"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
@@ -487,26 +478,37 @@ class Registry:
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise RegistryError(f"no run with id {run_id!r}")
 
-    def _display_status(self, row: Run, now: datetime) -> str:
-        if row.status != "RUNNING":
+    def _display_status(self, row: Run, at: datetime) -> str:
+        if row.status != RUNNING:
             return row.status
         heartbeat = row.heartbeat_at
-        if heartbeat is not None and (now - heartbeat).total_seconds() > self._stale_after:
+        if heartbeat is not None and (at - heartbeat).total_seconds() > self._stale_after:
             return LOST
         # A pid only means something on the host that recorded it.
-        if row.host == self._host and not _pid_alive(row.pid):
+        if row.host == self._host and not pid_alive(row.pid):
             return LOST
         return row.status
 
-    def _run_info(self, row: Run, now: datetime) -> RunInfo:
-        return RunInfo(
-            id=row.id, name=row.name, status=row.status, kind=row.kind, group_id=row.group_id,
-            created_at=row.created_at, started_at=row.started_at, ended_at=row.ended_at,
-            heartbeat_at=row.heartbeat_at, recipe=json.loads(row.recipe),
-            config_hash=row.config_hash, fingerprint=row.fingerprint, seed=row.seed,
-            git_commit=row.git_commit, git_dirty=row.git_dirty, code_version=row.code_version,
-            argv=json.loads(row.argv), environment=json.loads(row.environment), host=row.host,
-            pid=row.pid, attempt=row.attempt, error_type=row.error_type,
-            error_message=row.error_message, traceback=row.traceback,
-            checkpoint_dir=row.checkpoint_dir, display_status=self._display_status(row, now),
-        )
+    def _run_info(self, row: Run, at: datetime) -> RunInfo:
+        return run_info(row, self._display_status(row, at))
+
+    @staticmethod
+    def _get_by_id_or_prefix(s: Session, model: type[Run | Group], ref: str, what: str) -> Any:
+        """The row of ``model`` whose id is ``ref`` or uniquely starts with it."""
+        prefix = str(ref).strip().lower()
+        if not prefix:
+            raise RegistryError(f"empty {what} id")
+        row = s.get(model, prefix)
+        if row is not None:
+            return row
+        if len(prefix) < ID_LENGTH:
+            stmt = (select(model).where(model.id.startswith(prefix, autoescape=True))
+                    .order_by(model.id).limit(6))
+            rows: list[Run | Group] = list(s.scalars(stmt))
+            if len(rows) == 1:
+                return rows[0]
+            if rows:
+                shown = ", ".join(r.id for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+                raise RegistryError(f"{what} prefix {ref!r} is ambiguous: matches {shown} "
+                                    f"(give more characters)")
+        raise RegistryError(f"no {what} matches {ref!r}")

@@ -10,13 +10,18 @@ layer, again at each run's selected epoch.
 Everything here returns data or strings; printing (and sending warnings to stderr) is the CLI's
 job.
 
-Modules: ``build`` (:class:`Report` and :func:`build_report`), ``formats`` (:func:`render`:
-markdown, CSV, LaTeX, JSON, HTML), ``plots`` (:func:`write_plots`, matplotlib loaded only
-there), ``text`` (how values and numbers are written). Nothing here imports torch.
+Modules:
+    build     :class:`Report` and :func:`build_report`.
+    formats   :func:`render`: markdown, CSV, LaTeX, JSON, HTML.
+    plots     :func:`write_plots` (matplotlib is loaded only there).
+    text      how values and numbers are written.
+    listings  what ``imloss runs`` and ``imloss show`` list (:func:`runs_overview`, :func:`run_details`).
+Nothing here imports torch.
 """
 
 from .build import FORMATS, SELECTIONS, Report, ReportError, build_report
 from .formats import render
+from .listings import RunDetails, run_details, runs_overview
 from .plots import write_plots
 
 __all__ = [
@@ -24,7 +29,10 @@ __all__ = [
     "SELECTIONS",
     "Report",
     "ReportError",
+    "RunDetails",
     "build_report",
     "render",
+    "run_details",
+    "runs_overview",
     "write_plots",
 ]

@@ -17,24 +17,46 @@ from torch import Tensor, nn
 
 from imloss_cli.snn.neuron import LIF
 
-if TYPE_CHECKING:  # snn/ stays importable with torch alone (benchmarks run where pydantic is absent)
+if TYPE_CHECKING:  # snn/ needs only torch; a recipe is read through its attributes
     from imloss_cli.recipe import Recipe
 
 
 @dataclass(frozen=True)
 class NetSpec:
-    """What every builder takes: the same keyword arguments for all architectures."""
+    """What every builder takes: the same keyword arguments for all architectures.
+
+    No defaults here: the neuron and norm settings come from a recipe (``from_recipe``), whose
+    pydantic fields are the one place defaults live.
+    """
 
     num_classes: int
     in_channels: int
     timesteps: int
-    image_size: int = 32
-    decay: float = 0.25
-    v_threshold: float = 0.5
-    reset: str = "hard"
-    detach_reset: bool = False
-    norm: str = "bn"
-    compiled: bool = False
+    image_size: int
+    decay: float
+    v_threshold: float
+    reset: str
+    detach_reset: bool
+    norm: str
+    compiled: bool = False  # not a setting: the trainer decides it per device and run length
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: Recipe, num_classes: int, in_channels: int, image_size: int, *, timesteps: int | None = None
+    ) -> NetSpec:
+        """The spec of ``recipe``'s network for a data set of this shape (``timesteps``: override T)."""
+        n = recipe.neuron
+        return cls(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            timesteps=recipe.model.timesteps if timesteps is None else timesteps,
+            image_size=image_size,
+            decay=n.decay,
+            v_threshold=n.v_threshold,
+            reset=n.reset,
+            detach_reset=n.detach_reset,
+            norm=recipe.model.norm,
+        )
 
     def lif(self, block_output: bool = True) -> LIF:
         return LIF(self.decay, self.v_threshold, self.reset, self.detach_reset, self.compiled, block_output)
@@ -205,21 +227,6 @@ def create_model(arch: str, spec: NetSpec) -> SpikingNet:
     return MODELS[arch](spec)
 
 
-def build_model(
-    recipe: Recipe, num_classes: int, in_channels: int, image_size: int, compiled: bool = False
-) -> SpikingNet:
+def build_model(recipe: Recipe, num_classes: int, in_channels: int, image_size: int) -> SpikingNet:
     """The recipe's network for a data set of ``num_classes``, ``in_channels`` and square side ``image_size``."""
-    n = recipe.neuron
-    spec = NetSpec(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        timesteps=recipe.model.timesteps,
-        image_size=image_size,
-        decay=n.decay,
-        v_threshold=n.v_threshold,
-        reset=n.reset,
-        detach_reset=n.detach_reset,
-        norm=recipe.model.norm,
-        compiled=compiled,
-    )
-    return create_model(recipe.model.arch, spec)
+    return create_model(recipe.model.arch, NetSpec.from_recipe(recipe, num_classes, in_channels, image_size))

@@ -22,13 +22,11 @@ import torch
 import torch.distributed as dist
 
 from imloss_cli import data as data_mod
-from imloss_cli.distributed import DistEnv, process_group
-from imloss_cli.engine import EpochRecord, StepCallback, Trainer, TrainingError, resolve_device
-from imloss_cli.environment import code_version, environment, git_state
 from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, to_toml, validate_recipe
-from imloss_cli.registry import Registry, RunInfo
-
-RESUMABLE = ("QUEUED", "FAILED", "KILLED", "LOST")
+from imloss_cli.registry import FAILED, FINISHED, KILLED, QUEUED, RESUMABLE, Registry, RunInfo
+from imloss_cli.train.distributed import DistEnv, process_group
+from imloss_cli.train.environment import code_version, environment, git_state
+from imloss_cli.train.loop import EpochRecord, StepCallback, Trainer, TrainingError, resolve_device
 
 
 @dataclass(frozen=True)
@@ -91,25 +89,30 @@ def resolve_seed(recipe: Recipe) -> Recipe:
     return recipe.with_overrides({"train.seed": int(drawn.item())})
 
 
-def run_identity(recipe: Recipe) -> tuple[str, str, str]:
-    """(config hash, fingerprint, code version) of a recipe whose seed is set."""
-    version = code_version(git_state())
-    return config_hash(recipe), run_fingerprint(recipe, recipe.train.seed or 0, version), version
+def queue_run(
+    registry: Registry,
+    recipe: Recipe,
+    *,
+    argv: list[str],
+    kind: str,
+    group_id: str | None,
+    version: str | None = None,
+) -> str:
+    """Record a run as QUEUED (ablation trials are queued before any of them trains).
 
-
-def queue_run(registry: Registry, recipe: Recipe, *, argv: list[str], kind: str, group_id: str | None) -> str:
-    """Record a run as QUEUED (ablation trials are queued before any of them trains)."""
-    chash, fingerprint, version = run_identity(recipe)
+    ``version`` is the code version (``environment.code_version``); None: read from git now.
+    """
+    version = version or code_version(git_state())
     return registry.create_run(
         name=recipe.name,
         recipe=recipe.model_dump(mode="json"),
-        config_hash=chash,
-        fingerprint=fingerprint,
+        config_hash=config_hash(recipe),
+        fingerprint=run_fingerprint(recipe, recipe.train.seed or 0, version),
         seed=recipe.train.seed or 0,
         code_version=version,
         kind=kind,
         group_id=group_id,
-        status="QUEUED",
+        status=QUEUED,
         argv=argv,
     )
 
@@ -178,11 +181,11 @@ def launch_distributed(recipe: Recipe, nproc: int, *, registry_url: str, argv: l
         code = subprocess.call(command)
     except KeyboardInterrupt:
         if not registry.get_run(run_id).is_terminal:
-            registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", error_message="interrupted")
+            registry.finish_run(run_id, KILLED, error_type="KeyboardInterrupt", error_message="interrupted")
         raise
     if code != 0 and not registry.get_run(run_id).is_terminal:
         registry.finish_run(
-            run_id, "FAILED", error_type="WorkerFailed",
+            run_id, FAILED, error_type="WorkerFailed",
             error_message=f"a training process failed (torchrun exit code {code}); its output is above",
         )  # fmt: skip
     return run_id, code
@@ -244,12 +247,12 @@ def _execute(
                     callbacks.on_epoch(record)
         except KeyboardInterrupt:
             if close_on_interrupt:
-                registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", error_message="interrupted")
+                registry.finish_run(run_id, KILLED, error_type="KeyboardInterrupt", error_message="interrupted")
             raise
         except BaseException as e:
             registry.finish_run(
-                run_id, "FAILED", error_type=type(e).__name__, error_message=str(e), traceback=traceback.format_exc()
+                run_id, FAILED, error_type=type(e).__name__, error_message=str(e), traceback=traceback.format_exc()
             )
             raise
-    registry.finish_run(run_id, "FINISHED")
+    registry.finish_run(run_id, FINISHED)
     return RunResult(run_id, trainer.seed, last, checkpoint_dir)

@@ -11,11 +11,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from imloss_cli.registry import FAILED, FINISHED, SKIPPED
+
 if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
-    from imloss_cli.ablation import AblationResult, Trial, TrialOutcome
-    from imloss_cli.engine import EpochRecord
-    from imloss_cli.history import RunDetails
-    from imloss_cli.runner import Callbacks, RunStart
+    from imloss_cli.ablate import AblationResult, Trial, TrialOutcome
+    from imloss_cli.report import RunDetails
+    from imloss_cli.train.loop import EpochRecord
+    from imloss_cli.train.run import Callbacks, RunStart
 
 
 def epoch_line(record: EpochRecord, epochs: int) -> str:
@@ -54,7 +56,7 @@ class TrainDisplay:
         self.progress.__exit__(et, ev, tb)
 
     def callbacks(self) -> Callbacks:
-        from imloss_cli.runner import Callbacks
+        from imloss_cli.train.run import Callbacks
 
         if self.quiet:
             return Callbacks()
@@ -107,16 +109,11 @@ def _cell(value: object, floats: str) -> str:
     return str(value)
 
 
-def trial_header(number: int, total: int, label: str, run_id: str) -> str:
-    return f"[bold]trial {number}/{total}[/]  {label}  run {run_id}"
-
-
 class AblationView:
     """Progress of an ablation: a header per trial, its epochs, its outcome at once, a summary."""
 
-    def __init__(self, console: Console, registry_url: str) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
-        self.registry_url = registry_url
         self.display = TrainDisplay(console)
 
     def __enter__(self) -> AblationView:
@@ -132,30 +129,23 @@ class AblationView:
 
     def outcome(self, outcome: TrialOutcome) -> None:
         label = outcome.trial.label
-        if outcome.status == "FAILED":
+        if outcome.status == FAILED:
             self.console.print(f"[bold red]FAILED[/]  {label}  run {outcome.run_id}: {outcome.error}", highlight=False)
-        elif outcome.status == "SKIPPED":
+        elif outcome.status == SKIPPED:
             self.console.print(f"[dim]skipped (finished before)[/]  {label}  run {outcome.run_id}", highlight=False)
-        elif outcome.status == "FINISHED" and outcome.test_acc is not None:
+        elif outcome.status == FINISHED and outcome.test_acc is not None:
             self.console.print(f"[green]finished[/]  {label}  test accuracy {outcome.test_acc:.4f}", highlight=False)
 
-    def summary(self, result: AblationResult) -> None:
+    def summary(self, result: AblationResult, table: str) -> None:
+        """The outcome counts and ``table`` (the group's report), or the planned trials of a dry run."""
         if result.group_id is None:  # dry run
             rows = pd.DataFrame([o.trial.values for o in result.outcomes])
             rows.index = pd.RangeIndex(1, len(rows) + 1, name="trial")
             self.console.print(frame_table(rows, title=f"{len(rows)} trials (dry run: nothing recorded)", floats="{}"))
             return
-        from imloss_cli.report import build_report, render
-        from imloss_cli.registry import Registry
-
         counts = pd.Series([o.status for o in result.outcomes]).value_counts().to_dict()
         self.console.print(f"group {result.group_id}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), highlight=False)
-        try:
-            report = build_report(Registry(self.registry_url), group=result.group_id)
-        except Exception as e:  # no finished run to compare yet: the outcomes above say why
-            self.console.print(f"no summary table: {e}", highlight=False)
-            return
-        self.console.print(render(report, "markdown"), markup=False, highlight=False)
+        self.console.print(table, markup=False, highlight=False)
 
 
 def render_details(console: Console, details: RunDetails) -> None:

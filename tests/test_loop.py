@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imloss_cli.engine import EpochRecord, Trainer, surrogate_k
+from imloss_cli.train.loop import EpochRecord, Trainer, surrogate_k
 from imloss_cli.recipe import Recipe, load_recipe
 
 TIMING = {"train_seconds", "epoch_seconds"}
@@ -31,7 +31,6 @@ def test_im_loss_raises_mean_hidden_layer_entropy_on_digits() -> None:
     without = [last_epoch(recipe.with_overrides({"loss.im_weight": 0.0}), seed) for seed in (0, 1)]
     h_im = sum(r.metrics["mean_entropy"] for r in with_im) / 2
     h_base = sum(r.metrics["mean_entropy"] for r in without) / 2
-    print(f"mean hidden-layer entropy over seeds 0, 1: lambda=2 {h_im:.4f} bit, lambda=0 {h_base:.4f} bit")
     assert h_im > h_base + 0.01
     for run_im, run_base in zip(with_im, without):
         # The mechanism: every layer's mean potential is pulled to V_th = 0.5, rates towards 50%.

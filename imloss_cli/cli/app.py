@@ -1,16 +1,21 @@
-"""The ``imloss`` command line: each command parses, calls one library function and renders."""
+"""The ``imloss`` commands: each parses, calls one library function and renders.
+
+Library modules are imported inside the commands, so ``imloss report`` or ``imloss runs`` never
+import torch.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from imloss_cli.recipe import Recipe, RecipeError, load_recipe, parse_overrides, to_toml
+from imloss_cli.cli.bench import bench
+from imloss_cli.cli.errors import fail, guarded, warn
+from imloss_cli.recipe import Recipe, load_recipe, parse_overrides, to_toml
 
 app = typer.Typer(
     help="Train spiking neural networks with IM-Loss and ESG, run ablations, compare runs.",
@@ -18,12 +23,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.command()(bench)
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 console = Console(width=None if Console().is_terminal else 160)
-err_console = Console(stderr=True)
 
 DEFAULT_REGISTRY = "runs/imloss.db"
-T = TypeVar("T")
 
 RecipeArg = Annotated[
     Path | None, typer.Argument(help="TOML recipe; omitted: the embedded digits default", show_default=False)
@@ -34,43 +38,6 @@ SetOpt = Annotated[
 RegistryOpt = Annotated[
     str, typer.Option("--registry", envvar="IMLOSS_REGISTRY", help="SQLAlchemy URL or SQLite path of the run registry")
 ]
-
-# Errors a user can fix by changing the input: one line, exit code 2. Named, not imported, so
-# that `report`, `runs` or `validate` never pay for importing torch: an error class whose module
-# was never loaded cannot have been raised.
-USER_ERRORS = (
-    ("imloss_cli.data", "DataError"),
-    ("imloss_cli.registry", "RegistryError"),
-    ("imloss_cli.checkpoint", "CheckpointError"),
-    ("imloss_cli.report", "ReportError"),
-    ("imloss_cli.engine", "TrainingError"),
-)
-
-
-def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
-    return tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def guarded(call: Callable[[], T]) -> T:
-    """Run a library call, turning its errors into one-line messages and exit codes."""
-    try:
-        return call()
-    except RecipeError as e:
-        head = f"{e.source}: " if e.source else ""
-        fail(head + "invalid recipe\n  " + "\n  ".join(e.problems))
-    except KeyboardInterrupt:
-        fail("interrupted; the run is recorded as KILLED", code=130)
-    except Exception as e:
-        if isinstance(e, _loaded((("imloss_cli.engine", "DivergedError"),))):
-            fail(str(e), code=1)
-        if isinstance(e, (*_loaded(USER_ERRORS), OSError)):
-            fail(str(e))
-        raise
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -113,9 +80,9 @@ def train(
 
     Example: imloss train recipes/digits.toml --set loss.im_weight=0
     """
-    from imloss_cli.distributed import DistEnv
-    from imloss_cli.runner import launch_distributed, train_run
-    from imloss_cli.ui import TrainDisplay
+    from imloss_cli.cli.views import TrainDisplay
+    from imloss_cli.train.distributed import DistEnv
+    from imloss_cli.train.run import launch_distributed, train_run
 
     r = load(
         recipe, set_, **{"train.seed": seed, "train.device": device, "name": name,
@@ -142,8 +109,8 @@ def resume(
 
     Example: imloss resume 3fa2c1
     """
-    from imloss_cli.runner import resume_run
-    from imloss_cli.ui import TrainDisplay
+    from imloss_cli.cli.views import TrainDisplay
+    from imloss_cli.train.run import resume_run
 
     with TrainDisplay(console) as ui:
         result = guarded(lambda: resume_run(run, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks()))
@@ -172,8 +139,8 @@ def ablate(
 
     Example: imloss ablate recipes/digits.toml --im-weight 0,1,2 --seeds 2
     """
-    from imloss_cli.ablation import GridSpec, latest_train_recipe, run_ablation
-    from imloss_cli.ui import AblationView
+    from imloss_cli.ablate import GridSpec, latest_train_recipe, run_ablation
+    from imloss_cli.cli.views import AblationView
 
     spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
     if recipe is None:
@@ -181,15 +148,28 @@ def ablate(
         console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
     else:
         base = load(recipe, set_)
-    with AblationView(console, registry) as view:
+    with AblationView(console) as view:
         result = guarded(
             lambda: run_ablation(
                 base, spec, registry_url=registry, argv=sys.argv, fail_fast=fail_fast, dry_run=dry_run,
                 jobs=jobs, on_trial=view.trial, on_outcome=view.outcome,
             )
         )  # fmt: skip
-    view.summary(result)
+    view.summary(result, _group_table(registry, result.group_id))
     raise typer.Exit(1 if result.failed else 0)
+
+
+def _group_table(registry: str, group_id: str | None) -> str:
+    """The group's report as markdown, or why there is none yet (no finished trial)."""
+    from imloss_cli.registry import Registry
+    from imloss_cli.report import ReportError, build_report, render
+
+    if group_id is None:
+        return ""
+    try:
+        return render(build_report(Registry(registry), group=group_id), "markdown")
+    except ReportError as e:
+        return f"no summary table: {e}"
 
 
 @app.command()
@@ -203,9 +183,9 @@ def runs(
 
     Example: imloss runs --status FINISHED --limit 10
     """
-    from imloss_cli.history import runs_overview
+    from imloss_cli.cli.views import frame_table
     from imloss_cli.registry import Registry
-    from imloss_cli.ui import frame_table
+    from imloss_cli.report import runs_overview
 
     frame = guarded(lambda: runs_overview(Registry(registry), status=status and status.upper(), group=group, limit=limit))
     console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
@@ -220,9 +200,9 @@ def show(
 
     Example: imloss show 3fa2c1
     """
-    from imloss_cli.history import run_details
+    from imloss_cli.cli.views import render_details
     from imloss_cli.registry import Registry
-    from imloss_cli.ui import render_details
+    from imloss_cli.report import run_details
 
     render_details(console, guarded(lambda: run_details(Registry(registry), run)))
 
@@ -252,7 +232,7 @@ def report(
     rep = guarded(lambda: build_report(reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select))
     text = guarded(lambda: render(rep, fmt))
     for warning in rep.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        warn(warning)
     if output is None:
         console.print(text, markup=False, highlight=False, soft_wrap=True)
     else:
@@ -261,42 +241,3 @@ def report(
     if plots is not None:
         for path in guarded(lambda: write_plots(rep, reg, plots)):
             console.print(f"wrote {path}")
-
-
-@app.command()
-def bench(
-    arch: Annotated[str, typer.Option(help="architecture")] = "resnet19",
-    timesteps: Annotated[str, typer.Option(help="T values, e.g. 2,4")] = "2,4",
-    batch: Annotated[int, typer.Option(min=1)] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16")] = "auto",
-    compare: Annotated[str, typer.Option(help="spikingjelly, naive, relu, relu-tb, conv-only, imloss-eager")] = "spikingjelly,naive,relu",
-    repeats: Annotated[int, typer.Option(min=1, help="interleaved repeats; the median is reported")] = 5,
-    steps: Annotated[int | None, typer.Option(min=1, help="timed steps per variant and repeat")] = None,
-    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="measure peak memory")] = True,
-    memory_format: Annotated[
-        str, typer.Option(help="layouts, e.g. channels_last,contiguous: every variant runs in each")
-    ] = "channels_last",
-    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-) -> None:
-    """Time a training step (forward + IM-Loss + backward + SGD) against SpikingJelly, the naive loop and a ReLU floor.
-
-    A correctness gate runs first: the fused LIF must match the naive loop (exit 1 if not).
-
-    Example: imloss bench --arch resnet19 --timesteps 2,4 --batch 8 --compare spikingjelly,relu
-    """
-    from imloss_cli.bench import BenchError, BenchOptions, format_table, run_benchmark, to_json
-
-    try:
-        options = BenchOptions(
-            arch=arch, timesteps=tuple(int(t) for t in timesteps.split(",")), batch=batch, device=device, dtype=dtype,
-            compare=tuple(c for c in compare.split(",") if c), repeats=repeats, steps=steps, memory=memory,
-            memory_formats=tuple(f for f in memory_format.split(",") if f), threads=threads,
-        )  # fmt: skip
-        result = run_benchmark(options)
-    except (BenchError, ValueError) as e:
-        fail(str(e))
-    console.print(to_json(result) if as_json else format_table(result), markup=False, highlight=False, soft_wrap=True)
-    if not result.gate_passed:
-        fail("correctness gate failed: the fused LIF disagrees with the naive loop", code=1)

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imloss_cli import data as data_mod
-from imloss_cli.distributed import DistEnv, all_reduce_sum, broadcast_buffers
-from imloss_cli.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
 from imloss_cli.recipe import Recipe, canonical_json
 from imloss_cli.snn.im_loss import im_loss, rate_im_loss
 from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
 from imloss_cli.snn.surrogate import esg_k
+from imloss_cli.train.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
+from imloss_cli.train.distributed import DistEnv, all_reduce_sum, broadcast_buffers
 
 StepCallback = Callable[[int, int], None]
 # Where torch.compile of the LIF loops starts to pay on CPU (compile ~20 s cold, saves ~5-15 ns a neuron-step).
@@ -154,55 +154,71 @@ class Trainer:
         self.data = data_mod.build_datasets(self.recipe.data)
 
     def _setup_model(self) -> None:
-        train = self.recipe.train
-        cuda = self.device.type == "cuda"
-        bf16 = train.precision == "bf16" or (train.precision == "auto" and cuda)
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
         torch.manual_seed(self.seed)
-        model = build_model(self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size)
-        self.compiled = train.compile == "on" or (train.compile == "auto" and (cuda or self._compile_pays(model)))
-        for _, layer in spiking_layers(model):
+        self.model = build_model(self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size)
+        self.autocast_dtype = self._autocast_dtype()
+        self.compiled = self._compile_lif()
+        for _, layer in spiking_layers(self.model):
             layer.compiled = self.compiled
-        if train.sync_bn:
-            if not (self.dist and cuda):
+        self.model = self._place(self.model)  # the bare network: evaluation, checkpoints, layer names
+        self.step_model = self._wrap_ddp(self.model)
+        self.hidden_layers = spiking_layers(self.model)
+        self.im_layers = im_layers(self.model, self.recipe.loss.im_layers)
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """bf16 autocast when asked, or by default on CUDA; None: fp32."""
+        precision = self.recipe.train.precision
+        bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        return torch.bfloat16 if bf16 else None
+
+    def _compile_lif(self) -> bool:
+        """torch.compile the LIF loops: always on CUDA under "auto", on CPU only where it pays."""
+        choice = self.recipe.train.compile
+        return choice == "on" or (choice == "auto" and (self.device.type == "cuda" or self._compile_pays()))
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model with sync-BN when asked, in channels_last, on the device."""
+        if self.recipe.train.sync_bn:
+            if not (self.dist and self.device.type == "cuda"):
                 raise TrainingError("train.sync_bn needs several CUDA processes (torchrun); set it to false")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # channels_last on CPU too: oneDNN convolutions skip their NCHW reorders (ResNet-19 steps 4-11% faster).
-        model = model.to(memory_format=torch.channels_last)
-        self.net = model.to(self.device)  # the bare network: evaluation, checkpoints, layer names
-        self.model: torch.nn.Module = self.net
-        if self.dist is not None:
-            ids = [self.device.index] if cuda else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
-        self.hidden_layers = spiking_layers(self.net)
-        self.im_layers = im_layers(self.net, self.recipe.loss.im_layers)
+        return model.to(memory_format=torch.channels_last).to(self.device)
 
-    def _compile_pays(self, model: torch.nn.Module) -> bool:
+    def _wrap_ddp(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the training step calls: the model itself, or under torchrun its DDP wrapper."""
+        if self.dist is None:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _compile_pays(self) -> bool:
         """On CPU, compile the LIF loops only when the run is long enough to earn back the compile.
 
         Compiling costs tens of seconds once; it saves tens of nanoseconds per neuron and time
-        step. A run's neuron-steps are counted from one forward pass of a single image.
+        step. A run's neuron-steps are counted from one forward pass of a single image, times the
+        images the run will train on (``train.max_steps_per_epoch`` included).
         """
-        layers = [m for _, m in spiking_layers(model)]
+        layers = [m for _, m in spiking_layers(self.model)]
         x, _ = self.data.test[0]
-        was_training = model.training
-        model.eval()
+        self.model.eval()
         for m in layers:
             m.store_v_seq = True
         with torch.no_grad():
-            model(x.unsqueeze(0))
+            self.model(x.unsqueeze(0))
         neuron_steps_per_image = sum(m.v_seq.numel() for m in layers if m.v_seq is not None)
         for m in layers:
             m.store_v_seq = False
             m.clear()
-        model.train(was_training)
-        total = neuron_steps_per_image * len(self.data.train) * self.recipe.train.epochs
+        self.model.train()
+        images_per_epoch = min(len(self.data.train), self.steps_per_epoch() * self.recipe.data.batch_size)
+        total = neuron_steps_per_image * images_per_epoch * self.recipe.train.epochs
         return total > COMPILE_PAYS_NEURON_STEPS
 
     def _setup_optimizer(self) -> None:
         o = self.recipe.optim
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        for p in self.step_model.parameters():
             (no_decay if o.no_decay_norm_bias and p.ndim <= 1 else decay).append(p)
         groups = [{"params": decay, "weight_decay": o.weight_decay}]
         if no_decay:
@@ -233,7 +249,7 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         if state.get("recipe") != canonical_json(self.recipe) or state.get("seed") != self.seed:
             raise TrainingError(f"{path} was written for another recipe or seed; it cannot resume this run")
-        self.net.load_state_dict(state["model"])
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
@@ -246,7 +262,7 @@ class Trainer:
         is_best = test_acc > self.best_acc
         self.best_acc = max(self.best_acc, test_acc)
         state = {
-            "model": self.net.state_dict(),
+            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
@@ -308,7 +324,7 @@ class Trainer:
             m.clear()
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
+        self.step_model.train()
         self._store(self.im_layers)
         loader = data_mod.train_loader(
             self.data, self.recipe.data, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
@@ -324,7 +340,7 @@ class Trainer:
                 break
             x, y = self._to_device(x, y)
             with self._autocast():
-                out = loss_step(self.model, x, y, self.im_layers, self.recipe)
+                out = loss_step(self.step_model, x, y, self.im_layers, self.recipe)
             self.optimizer.zero_grad(set_to_none=True)
             out.total.backward()
             for layer in self.im_layers:  # drop this step's potentials before the next forward
@@ -355,8 +371,8 @@ class Trainer:
         Under torchrun every rank scores its shard of the test set with rank 0's BatchNorm
         statistics (the ones its checkpoint holds) and the counts are summed over ranks.
         """
-        broadcast_buffers(self.net)
-        self.net.eval()
+        broadcast_buffers(self.model)
+        self.model.eval()
         layers = [m for _, m in self.hidden_layers]
         self._store(layers)
         stats = LayerStatsAccumulator(self.hidden_layers)
@@ -368,7 +384,7 @@ class Trainer:
         for x, y in loader:
             x, y = self._to_device(x, y)
             with self._autocast():
-                logits = self.net(x)
+                logits = self.model(x)
             stats.update()
             seen += y.shape[0]
             loss = F.cross_entropy(logits.float(), y, reduction="sum")

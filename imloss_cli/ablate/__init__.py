@@ -1,0 +1,22 @@
+"""Ablations: a grid of recipe fields times seeds, trained as one registry group.
+
+Modules:
+    grid   the ablate command's axes (:class:`GridSpec`) and the trials they expand to (pure recipes).
+    group  :func:`run_ablation`: find or create the group, queue every trial, train the unfinished.
+    jobs   trials in parallel processes on one machine (``--jobs N``), GPUs round-robin.
+"""
+
+from imloss_cli.ablate.grid import NAMED_AXES, GridSpec, Trial, plan_trials, split_values
+from imloss_cli.ablate.group import AblationResult, TrialOutcome, latest_train_recipe, run_ablation
+
+__all__ = [
+    "NAMED_AXES",
+    "AblationResult",
+    "GridSpec",
+    "Trial",
+    "TrialOutcome",
+    "latest_train_recipe",
+    "plan_trials",
+    "run_ablation",
+    "split_values",
+]
