@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from imloss_cli.cli.app import app
 from imloss_cli.registry import Registry
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 runner = CliRunner()
 
 

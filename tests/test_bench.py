@@ -17,6 +17,9 @@ from imloss_cli.bench import (
     run_benchmark,
     to_json,
 )
+from typer.testing import CliRunner
+
+from imloss_cli.cli.app import app
 from imloss_cli.cli.bench import main as bench_main
 from imloss_cli.recipe import Recipe
 from imloss_cli.snn.models import NetSpec, create_model
@@ -134,15 +137,30 @@ def test_ratios_pair_each_repeat_and_cancel_a_slow_repeat() -> None:
         bench.run.paired_ratios([1.0], [1.0, 2.0])
 
 
-@pytest.mark.parametrize("formats", ["nhwc", "channels_last,channels_last", ""])
-def test_bad_memory_format_list_is_a_usage_error(formats: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench_main(["--arch", "convnet3", "--compare", "relu", "--no-memory", "--memory-format", formats]) == 2
-    assert "memory formats must be distinct values from channels_last, contiguous" in capsys.readouterr().err
+def _bench_cli(entry: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Exit code and stderr of ``python -m imloss_cli.bench ARGS`` or ``imloss bench ARGS``: one parser."""
+    if entry == "python -m imloss_cli.bench":
+        return bench_main(args), capsys.readouterr().err
+    result = CliRunner().invoke(app, ["bench", *args])
+    return result.exit_code, result.output
 
 
-def test_unknown_variant_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench_main(["--arch", "convnet3", "--compare", "tensorflow", "--no-memory"]) == 2
-    assert "unknown variant 'tensorflow'" in capsys.readouterr().err
+@pytest.mark.parametrize("entry", ["python -m imloss_cli.bench", "imloss bench"])
+@pytest.mark.parametrize(("formats", "got"), [("nhwc", "nhwc"), ("channels_last,channels_last", "channels_last,channels_last"),
+                                              ("channels_last,nhwc", "channels_last,nhwc"), ("", "none")])
+def test_bad_memory_format_list_is_a_usage_error_before_running(
+    entry: str, formats: str, got: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _bench_cli(entry, ["--arch", "convnet3", "--compare", "relu", "--no-memory", "--memory-format", formats], capsys)
+    assert code == 2
+    assert f"memory formats must be distinct values from channels_last, contiguous, got {got}" in err
+
+
+@pytest.mark.parametrize("entry", ["python -m imloss_cli.bench", "imloss bench"])
+def test_unknown_variant_is_a_usage_error(entry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _bench_cli(entry, ["--arch", "convnet3", "--compare", "tensorflow", "--no-memory"], capsys)
+    assert code == 2
+    assert "unknown variant 'tensorflow'" in err
 
 
 VARIANTS = ["imloss", "imloss-eager", "naive", "relu", "relu-tb"] + ([] if SJ_SKIP else ["spikingjelly"])

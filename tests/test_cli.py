@@ -25,6 +25,7 @@ def run_cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_train_digits_records_what_it_prints(tiny_recipe: Path, registry_url: str, workdir: Path) -> None:
     code, out = run_cli("train", str(tiny_recipe), "--seed", "0", "--registry", registry_url)
     assert code == 0, out
@@ -49,6 +50,7 @@ def test_train_digits_records_what_it_prints(tiny_recipe: Path, registry_url: st
     assert (workdir / "runs" / run_id / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_registry_location_from_environment(tiny_recipe: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMLOSS_REGISTRY", str(workdir / "env.db"))
     code, out = run_cli("train", str(tiny_recipe), "--seed", "1", "--set", "train.epochs=1")
@@ -134,6 +136,7 @@ def write_imagefolder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fro
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["cifar10", "imagefolder"])
 def test_train_reads_generated_data_through_the_real_loaders(kind: str, workdir: Path, registry_url: str) -> None:
     root = workdir / "data"
@@ -150,9 +153,3 @@ def test_train_reads_generated_data_through_the_real_loaders(kind: str, workdir:
     m = reg.epoch_metrics([run.id])
     assert 0.0 <= m[m.name == "test_acc"].value.item() <= 1.0
     assert len(reg.layer_stats([run.id], last_epoch_only=True)) == 3 * 5
-
-
-def test_bench_rejects_an_unknown_memory_format_before_running() -> None:
-    code, out = run_cli("bench", "--arch", "convnet3", "--memory-format", "channels_last,nhwc", "--no-memory")
-    assert code == 2
-    assert "memory formats must be distinct values from channels_last, contiguous, got channels_last,nhwc" in out

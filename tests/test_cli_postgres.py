@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 from pathlib import Path
@@ -11,6 +13,8 @@ from typer.testing import CliRunner
 from imloss_cli.cli.app import app
 
 from .test_registry import postgres_admin, postgres_url  # noqa: F401  (fixtures: a schema per test)
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 runner = CliRunner()
 

@@ -261,7 +261,7 @@ def test_imagefolder_val_resize_and_resized_crop(tmp_path: Path) -> None:
     assert x.shape == (4, 3, 24, 24) and y.dtype == torch.int64
 
 
-def test_imagefolder_errors(tmp_path: Path) -> None:
+def test_imagefolder_missing_root_split_images_or_class_mismatch_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DataError, match=f"imagefolder root {missing} not found"):
         build_datasets(DataConfig(dataset="imagefolder", root=str(missing)))

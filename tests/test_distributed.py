@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import signal
 import sqlite3
@@ -17,6 +19,8 @@ from imloss_cli.cli.app import app
 from imloss_cli.train.loop import Trainer
 from imloss_cli.recipe import validate_recipe
 from imloss_cli.registry import Registry
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 runner = CliRunner()
 

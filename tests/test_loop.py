@@ -19,6 +19,7 @@ def last_epoch(recipe: Recipe, seed: int) -> EpochRecord:
     return list(Trainer(recipe, seed).fit())[-1]
 
 
+@pytest.mark.slow
 def test_im_loss_raises_mean_hidden_layer_entropy_on_digits() -> None:
     """The paper's claim, on the embedded default: lambda = 2 gives more entropy than lambda = 0.
 
@@ -40,12 +41,14 @@ def test_im_loss_raises_mean_hidden_layer_entropy_on_digits() -> None:
         assert run_im.metrics["test_acc"] >= 0.95
 
 
+@pytest.mark.slow
 def test_same_recipe_and_seed_give_the_same_epochs_on_cpu() -> None:
     recipe = load_recipe(None, {"train.epochs": 2, "train.device": "cpu", "model.timesteps": 2, "train.max_steps_per_epoch": 8})
     assert train(recipe, seed=7) == train(recipe, seed=7)
     assert train(recipe, seed=7) != train(recipe, seed=8)
 
 
+@pytest.mark.slow
 def test_first_losses_match_the_recorded_run() -> None:
     """torchtune-style regression: fixed seed, tiny net, the first epochs' numbers pinned down."""
     recipe = load_recipe(None, {"train.epochs": 3, "train.device": "cpu", "model.timesteps": 2, "train.max_steps_per_epoch": 5})

@@ -273,7 +273,7 @@ def test_logging_an_epoch_twice_replaces_it(registry: Registry) -> None:
         (0, 0, 0.3), (1, 0, 0.5)]
 
 
-def test_log_epoch_errors(registry: Registry) -> None:
+def test_log_epoch_rejects_unknown_runs_repeated_layers_and_non_numbers_writing_nothing(registry: Registry) -> None:
     run_id = new_run(registry)
     with pytest.raises(RegistryError, match="no run with id 'nope'"):
         registry.log_epoch("nope", 0, {"a": 1.0}, [])
@@ -286,7 +286,7 @@ def test_log_epoch_errors(registry: Registry) -> None:
     assert registry.epoch_metrics([run_id]).empty
 
 
-def test_heartbeat_and_checkpoint_dir(registry: Registry) -> None:
+def test_heartbeat_advances_and_checkpoint_dir_is_recorded(registry: Registry) -> None:
     run_id = new_run(registry)
     before = registry.get_run(run_id).heartbeat_at
     registry.heartbeat(run_id)
@@ -298,7 +298,7 @@ def test_heartbeat_and_checkpoint_dir(registry: Registry) -> None:
         registry.set_checkpoint_dir("missing", "/x")
 
 
-def test_create_run_validation(registry: Registry) -> None:
+def test_create_run_rejects_bad_kind_status_group_or_json_writing_nothing(registry: Registry) -> None:
     with pytest.raises(RegistryError, match="kind must be one of train, ablate, got 'sweep'"):
         new_run(registry, kind="sweep")
     with pytest.raises(RegistryError, match="initial status must be one of QUEUED, RUNNING"):
@@ -727,7 +727,7 @@ def test_read_only_directory_is_not_writable(tmp_path: Path) -> None:
         locked.chmod(0o755)
 
 
-def test_bad_urls(tmp_path: Path) -> None:
+def test_unopenable_url_empty_location_and_bad_stale_after_are_registry_errors(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match="cannot open registry") as error:
         Registry("postgresql+nosuchdriver://user:secret@host/db")
     assert "secret" not in str(error.value)

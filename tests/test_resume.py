@@ -19,6 +19,8 @@ from imloss_cli.recipe import load_recipe
 from imloss_cli.registry import Registry
 from imloss_cli.train.run import train_run
 
+pytestmark = pytest.mark.slow  # every test here trains
+
 runner = CliRunner()
 TIMING = ("train_seconds", "epoch_seconds")
 

@@ -16,10 +16,11 @@ def esg_k(epoch: int, epochs: int, k_min: float, k_max: float) -> float:
 
         K(i) = K_min + (K_max - K_min) * (10^(i/I) - 1) / 9
 
-    an exponential ramp with K(0) = K_min and K(I) = K_max.
+    an exponential ramp from K(0) = K_min to K(I) = K_max. Training numbers its epochs as
+    Algorithm 1 does, i = 1..I, so the first epoch trains with K(1) and the last with K_max.
 
     Args:
-        epoch: i, the number of epochs completed (0 for the first epoch).
+        epoch: i, the epoch being trained (1-based; 0 gives K_min).
         epochs: I, the total number of epochs (>= 1).
         k_min: K at the start.
         k_max: K at the end.
