@@ -12,11 +12,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ARCHITECTURES = ("convnet3", "resnet19", "resnet20", "vgg16", "resnet34")

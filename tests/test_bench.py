@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from imloss_cli import bench
 from imloss_cli.bench import (
@@ -17,8 +18,6 @@ from imloss_cli.bench import (
     run_benchmark,
     to_json,
 )
-from typer.testing import CliRunner
-
 from imloss_cli.cli.app import app
 from imloss_cli.cli.bench import main as bench_main
 from imloss_cli.recipe import Recipe

@@ -123,7 +123,7 @@ def write_cifar10(root: Path, n_train: int = 40, n_test: int = 20) -> None:
     for i in range(1, 6):
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(n_train // 5)))
     (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
-    names = [n.encode() for n in "airplane automobile bird cat deer dog frog horse ship truck".split()]
+    names = [n.encode() for n in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]]
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from imloss_cli.cli.app import app

@@ -132,12 +132,12 @@ def test_digits_mean_std_normalise_when_given() -> None:
     plain = build_datasets(DataConfig())
     norm = build_datasets(DataConfig(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
     assert torch.allclose(norm.test.x, (plain.test.x - 0.5) / 0.25)
-    with pytest.raises(DataError, match="one .grey. channel"):
+    with pytest.raises(DataError, match=r"one .grey. channel"):
         build_datasets(DataConfig(mean=(0.1, 0.2, 0.3)))
 
 
 def test_digits_too_small_test_fraction() -> None:
-    with pytest.raises(DataError, match="data.test_fraction = 0.001 cannot split digits"):
+    with pytest.raises(DataError, match=r"data.test_fraction = 0.001 cannot split digits"):
         build_datasets(DataConfig(test_fraction=0.001))
 
 
@@ -199,7 +199,7 @@ def test_cifar_missing_without_download(tmp_path: Path) -> None:
 def test_cifar_incomplete_names_missing_files(tmp_path: Path) -> None:
     make_cifar10(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
-    with pytest.raises(DataError, match="incomplete under .*missing data_batch_3"):
+    with pytest.raises(DataError, match=r"incomplete under .*missing data_batch_3"):
         build_datasets(DataConfig(dataset="cifar10", root=str(tmp_path)))
 
 

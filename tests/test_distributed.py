@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import signal
 import sqlite3
@@ -12,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from imloss_cli.train.checkpoint import load_checkpoint
 from imloss_cli.cli.app import app
-from imloss_cli.train.loop import Trainer
 from imloss_cli.recipe import validate_recipe
 from imloss_cli.registry import Registry
+from imloss_cli.train.checkpoint import load_checkpoint
+from imloss_cli.train.loop import Trainer
 
 pytestmark = pytest.mark.slow  # every test here trains
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from imloss_cli.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from imloss_cli.cli.app import app
+from imloss_cli.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 CORPUS = sorted((Path(__file__).parent / "malformed").glob("*.toml"))
 runner = CliRunner()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from imloss_cli.train.loop import EpochRecord, Trainer, surrogate_k
 from imloss_cli.recipe import Recipe, load_recipe
+from imloss_cli.train.loop import EpochRecord, Trainer, surrogate_k
 
 TIMING = {"train_seconds", "epoch_seconds"}
 

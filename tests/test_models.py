@@ -11,11 +11,10 @@ from torch import nn
 from torch.testing import assert_close
 
 from imloss_cli import recipe as recipe_mod
-from imloss_cli.recipe import Recipe
-from imloss_cli.train.loop import im_layers
-from imloss_cli.recipe import load_recipe
+from imloss_cli.recipe import Recipe, load_recipe
 from imloss_cli.snn.models import MODELS, Folded, NetSpec, StaticEncoder, build_model, create_model
 from imloss_cli.snn.neuron import LIF, spiking_layers
+from imloss_cli.train.loop import im_layers
 
 # (in_channels, side, batch) per architecture: small inputs keep the whole set around a few seconds.
 INPUTS = {

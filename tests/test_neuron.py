@@ -288,8 +288,8 @@ def test_broadcast_input_is_read_in_place_and_matches_the_materialised_copy() ->
     rows = StepLayout.of(x_broadcast).flat(x_broadcast)
     assert rows.stride() == (0, 1) and rows.data_ptr() == y.data_ptr()
 
-    s, v, m, grad = _lif_outputs_and_grad(x_broadcast)
-    s_ref, v_ref, m_ref, grad_ref = _lif_outputs_and_grad(x_broadcast.contiguous())
+    s, v, _, grad = _lif_outputs_and_grad(x_broadcast)
+    s_ref, v_ref, _, grad_ref = _lif_outputs_and_grad(x_broadcast.contiguous())
     assert torch.equal(s, s_ref) and torch.equal(v, v_ref) and torch.equal(grad, grad_ref)
     # constant input, hard reset, decay 0.25: h = y, then 0.25 h (1 - o) + y at the next step
     o0 = (y >= V_TH).float()

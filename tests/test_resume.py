@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imloss_cli.train import loop
-from imloss_cli.train.checkpoint import load_checkpoint
 from imloss_cli.cli.app import app
 from imloss_cli.recipe import load_recipe
 from imloss_cli.registry import Registry
+from imloss_cli.train import loop
+from imloss_cli.train.checkpoint import load_checkpoint
 from imloss_cli.train.run import train_run
 
 pytestmark = pytest.mark.slow  # every test here trains

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -52,10 +54,10 @@ def test_esg_k_hand_computed_values(epoch: int, epochs: int, k_min: float, k_max
 
 def test_esg_k_is_strictly_increasing_over_epochs() -> None:
     ks = [esg_k(i, 20, 1.0, 10.0) for i in range(21)]
-    assert all(b > a for a, b in zip(ks, ks[1:]))
+    assert all(b > a for a, b in itertools.pairwise(ks))
     # exponential ramp: the steps grow too (convex), small K early, most of the growth late
-    steps = [b - a for a, b in zip(ks, ks[1:])]
-    assert all(b > a for a, b in zip(steps, steps[1:]))
+    steps = [b - a for a, b in itertools.pairwise(ks)]
+    assert all(b > a for a, b in itertools.pairwise(steps))
     assert ks[10] < 0.5 * (ks[0] + ks[20])
 
 

@@ -19,6 +19,7 @@ from imloss_cli.registry import FAILED, FINISHED, KILLED, PLANNED, QUEUED, SKIPP
 from imloss_cli.train.environment import code_version, git_state
 from imloss_cli.train.run import Callbacks, queue_run, resume_run
 
+
 def latest_train_recipe(registry_url: str, overrides: dict[str, Any]) -> tuple[str, Recipe]:
     """The recipe of the most recent ``imloss train`` run, with overrides applied.
 

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from imloss_cli.cli.bench import bench
-from imloss_cli.cli.errors import fail, guarded, warn
+from imloss_cli.cli.errors import guarded, warn
 from imloss_cli.recipe import Recipe, load_recipe, parse_overrides, to_toml
 
 app = typer.Typer(

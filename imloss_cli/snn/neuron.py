@@ -18,7 +18,8 @@ size (N is a dynamic dimension), instead of one kernel per 5-D shape and stride 
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
