@@ -28,8 +28,7 @@ from imloss_cli.registry import Registry
 from imloss_cli.registry.schema import EpochMetric, LayerStat
 
 STATS = ("firing_rate", "entropy", "rate_entropy", "membrane_mean", "membrane_std")
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "im_loss", "ce_loss", "lr",
-           "epoch_seconds")
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "im_loss", "ce_loss", "lr", "epoch_seconds")
 RUNS_PER_TRANSACTION = 50
 
 
@@ -47,25 +46,32 @@ def layer_names(count: int) -> list[str]:
 def metric_rows(run_id: str, epochs: int, rng: random.Random) -> Iterator[tuple[object, ...]]:
     for epoch in range(epochs):
         progress = (epoch + 1) / epochs
-        values = {"train_loss": 2.3 * (1 - 0.8 * progress) + rng.gauss(0, 0.02),
-                  "train_acc": 0.1 + 0.85 * progress + rng.gauss(0, 0.01),
-                  "test_loss": 2.3 * (1 - 0.7 * progress) + rng.gauss(0, 0.03),
-                  "test_acc": 0.1 + 0.8 * progress + rng.gauss(0, 0.01),
-                  "im_loss": 0.5 * (1 - progress) + rng.random() * 0.01,
-                  "ce_loss": 2.0 * (1 - 0.8 * progress), "lr": 0.1 * (1 - progress),
-                  "epoch_seconds": 30 + rng.random()}
+        values = {
+            "train_loss": 2.3 * (1 - 0.8 * progress) + rng.gauss(0, 0.02),
+            "train_acc": 0.1 + 0.85 * progress + rng.gauss(0, 0.01),
+            "test_loss": 2.3 * (1 - 0.7 * progress) + rng.gauss(0, 0.03),
+            "test_acc": 0.1 + 0.8 * progress + rng.gauss(0, 0.01),
+            "im_loss": 0.5 * (1 - progress) + rng.random() * 0.01,
+            "ce_loss": 2.0 * (1 - 0.8 * progress),
+            "lr": 0.1 * (1 - progress),
+            "epoch_seconds": 30 + rng.random(),
+        }
         for name in sorted(METRICS):  # primary-key order makes the b-tree inserts appends
             yield run_id, epoch, name, values[name]
 
 
-def layer_rows(run_id: str, epochs: int, layers: list[str],
-               rng: random.Random) -> Iterator[tuple[object, ...]]:
+def layer_rows(run_id: str, epochs: int, layers: list[str], rng: random.Random) -> Iterator[tuple[object, ...]]:
     ordered_stats = sorted(STATS)
     for epoch in range(epochs):
         for index, layer in enumerate(layers):
             rate = min(1.0, max(0.0, 0.15 + 0.1 * rng.random()))
-            values = {"firing_rate": rate, "entropy": rng.random(), "rate_entropy": rng.random(),
-                      "membrane_mean": rng.gauss(0.2, 0.1), "membrane_std": rng.random() * 0.5}
+            values = {
+                "firing_rate": rate,
+                "entropy": rng.random(),
+                "rate_entropy": rng.random(),
+                "membrane_mean": rng.gauss(0.2, 0.1),
+                "membrane_std": rng.random() * 0.5,
+            }
             for stat in ordered_stats:
                 yield run_id, epoch, index, stat, layer, values[stat]
 
@@ -77,11 +83,20 @@ def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[st
     rng = random.Random(seed)
     names = layer_names(layers)
     with Registry(str(path)) as registry:
-        group = registry.create_group("bench", {"model": "resnet19"},
-                                      {"loss.im_weight": [0, 1, 2]}, ["bench"])
-        run_ids = [registry.create_run(name=f"bench-{i}", recipe={"seed": i}, config_hash=f"h{i}",
-                                       fingerprint=f"f{i}", seed=i, code_version="bench",
-                                       kind="ablate", group_id=group) for i in range(runs)]
+        group = registry.create_group("bench", {"model": "resnet19"}, {"loss.im_weight": [0, 1, 2]}, ["bench"])
+        run_ids = [
+            registry.create_run(
+                name=f"bench-{i}",
+                recipe={"seed": i},
+                config_hash=f"h{i}",
+                fingerprint=f"f{i}",
+                seed=i,
+                code_version="bench",
+                kind="ablate",
+                group_id=group,
+            )
+            for i in range(runs)
+        ]
         for run_id in run_ids:
             registry.finish_run(run_id, "FINISHED")
     engine = create_engine(f"sqlite:///{path}")
@@ -91,7 +106,7 @@ def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[st
     try:
         cursor = raw.cursor()
         for start in range(0, runs, RUNS_PER_TRANSACTION):
-            for run_id in run_ids[start:start + RUNS_PER_TRANSACTION]:
+            for run_id in run_ids[start : start + RUNS_PER_TRANSACTION]:
                 cursor.executemany(metric_sql, list(metric_rows(run_id, epochs, rng)))
                 cursor.executemany(layer_sql, list(layer_rows(run_id, epochs, names, rng)))
             raw.commit()
@@ -101,8 +116,7 @@ def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[st
     return run_ids
 
 
-def median_time(action: Callable[[], pd.DataFrame],
-                repeats: int = 3) -> tuple[float, pd.DataFrame]:
+def median_time(action: Callable[[], pd.DataFrame], repeats: int = 3) -> tuple[float, pd.DataFrame]:
     times: list[float] = []
     result = pd.DataFrame()
     for _ in range(repeats):
@@ -119,8 +133,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=20)
     parser.add_argument("--path", type=Path, default=Path("/tmp/big.db"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--reuse", action="store_true",
-                        help="time the queries on an existing registry at --path")
+    parser.add_argument("--reuse", action="store_true", help="time the queries on an existing registry at --path")
     args = parser.parse_args()
 
     if args.reuse:
@@ -129,8 +142,7 @@ def main() -> None:
     else:
         start = time.perf_counter()
         run_ids = build(args.path, args.runs, args.epochs, args.layers, args.seed)
-        print(f"build: {time.perf_counter() - start:.1f} s, "
-              f"{args.path.stat().st_size / 2**20:.0f} MiB")
+        print(f"build: {time.perf_counter() - start:.1f} s, {args.path.stat().st_size / 2**20:.0f} MiB")
 
     with Registry(str(args.path)) as registry:
         last_s, last = median_time(lambda: registry.layer_stats(run_ids, last_epoch_only=True))

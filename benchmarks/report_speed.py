@@ -45,20 +45,41 @@ from imloss_cli.report import build_report, render
 
 IM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 SURROGATES: tuple[dict[str, Any], ...] = (
-    *({"surrogate.schedule": "esg", "surrogate.k_min": lo, "surrogate.k_max": hi}
-      for lo, hi in ((1.0, 5.0), (1.0, 10.0), (1.0, 20.0), (2.0, 10.0), (0.5, 10.0))),
+    *(
+        {"surrogate.schedule": "esg", "surrogate.k_min": lo, "surrogate.k_max": hi}
+        for lo, hi in ((1.0, 5.0), (1.0, 10.0), (1.0, 20.0), (2.0, 10.0), (0.5, 10.0))
+    ),
     *({"surrogate.schedule": "fixed", "surrogate.k_fixed": k} for k in (1.0, 2.0, 3.0, 5.0, 10.0)),
 )
-METRICS = ("ce", "epoch_seconds", "im", "k", "loss", "lr", "mean_entropy", "mean_firing_rate",
-           "test_acc", "test_loss", "train_acc", "train_seconds")  # sorted: primary-key order
+METRICS = (
+    "ce",
+    "epoch_seconds",
+    "im",
+    "k",
+    "loss",
+    "lr",
+    "mean_entropy",
+    "mean_firing_rate",
+    "test_acc",
+    "test_loss",
+    "train_acc",
+    "train_seconds",
+)  # sorted: primary-key order
 STATS = ("entropy", "firing_rate", "membrane_mean", "membrane_std", "rate_entropy")  # sorted
 CODE_VERSION = "0.1.0"
 
 
 def base_recipe(epochs: int) -> Recipe:
-    return load_recipe(None).with_overrides({
-        "name": "cifar10-resnet19", "model.arch": "resnet19", "data.dataset": "cifar10",
-        "data.augment": "crop_flip", "data.batch_size": 128, "train.epochs": epochs})
+    return load_recipe(None).with_overrides(
+        {
+            "name": "cifar10-resnet19",
+            "model.arch": "resnet19",
+            "data.dataset": "cifar10",
+            "data.augment": "crop_flip",
+            "data.batch_size": 128,
+            "train.epochs": epochs,
+        }
+    )
 
 
 def trials(base: Recipe, seeds: int) -> list[tuple[int, Recipe]]:
@@ -68,8 +89,7 @@ def trials(base: Recipe, seeds: int) -> list[tuple[int, Recipe]]:
     for weight in IM_WEIGHTS:
         for surrogate in SURROGATES:
             for seed in range(seeds):
-                out.append((number, base.with_overrides(
-                    {"loss.im_weight": weight, **surrogate, "train.seed": seed})))
+                out.append((number, base.with_overrides({"loss.im_weight": weight, **surrogate, "train.seed": seed})))
             number += 1
     return out
 
@@ -81,8 +101,9 @@ def k_at(recipe: Recipe, epoch: int) -> float:
     return s.k_min + (s.k_max - s.k_min) * epoch / max(recipe.train.epochs - 1, 1)
 
 
-def epoch_rows(run_id: str, recipe: Recipe, number: int, layers: list[str],
-               rng: random.Random) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def epoch_rows(
+    run_id: str, recipe: Recipe, number: int, layers: list[str], rng: random.Random
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """One run's epoch_metrics and layer_stats rows, in primary-key order."""
     epochs = recipe.train.epochs
     final = 0.86 + 0.004 * (number % 10) + 0.01 * math.log1p(recipe.loss.im_weight)
@@ -90,24 +111,36 @@ def epoch_rows(run_id: str, recipe: Recipe, number: int, layers: list[str],
     stat_rows: list[tuple[Any, ...]] = []
     for epoch in range(epochs):
         progress = 1 - math.exp(-(epoch + 1) / (0.15 * epochs))
-        entropies = [min(1.0, max(0.0, 0.35 + 0.1 * recipe.loss.im_weight ** 0.5 - 0.01 * i
-                                  + 0.2 * progress + rng.gauss(0, 0.02)))
-                     for i in range(len(layers))]
+        entropies = [
+            min(1.0, max(0.0, 0.35 + 0.1 * recipe.loss.im_weight**0.5 - 0.01 * i + 0.2 * progress + rng.gauss(0, 0.02)))
+            for i in range(len(layers))
+        ]
         rates = [0.1 + 0.05 * rng.random() for _ in layers]
         acc = final * progress + rng.gauss(0, 0.006)
         train_seconds = 41.0 + rng.random()
-        values = {"ce": 2.3 * (1 - 0.85 * progress), "epoch_seconds": train_seconds + 6.2,
-                  "im": 0.05 * (1 - progress) + 0.001 * rng.random(), "k": k_at(recipe, epoch),
-                  "loss": 2.3 * (1 - 0.85 * progress) + 0.01, "lr": 0.05 * (1 + math.cos(
-                      math.pi * epoch / epochs)), "mean_entropy": sum(entropies) / len(entropies),
-                  "mean_firing_rate": sum(rates) / len(rates), "test_acc": acc,
-                  "test_loss": 2.3 * (1 - 0.8 * progress) + rng.gauss(0, 0.02),
-                  "train_acc": min(1.0, acc + 0.05), "train_seconds": train_seconds}
+        values = {
+            "ce": 2.3 * (1 - 0.85 * progress),
+            "epoch_seconds": train_seconds + 6.2,
+            "im": 0.05 * (1 - progress) + 0.001 * rng.random(),
+            "k": k_at(recipe, epoch),
+            "loss": 2.3 * (1 - 0.85 * progress) + 0.01,
+            "lr": 0.05 * (1 + math.cos(math.pi * epoch / epochs)),
+            "mean_entropy": sum(entropies) / len(entropies),
+            "mean_firing_rate": sum(rates) / len(rates),
+            "test_acc": acc,
+            "test_loss": 2.3 * (1 - 0.8 * progress) + rng.gauss(0, 0.02),
+            "train_acc": min(1.0, acc + 0.05),
+            "train_seconds": train_seconds,
+        }
         metric_rows.extend((run_id, epoch, name, values[name]) for name in METRICS)
         for index, layer in enumerate(layers):
-            stats = {"entropy": entropies[index], "firing_rate": rates[index],
-                     "membrane_mean": rng.gauss(0.2, 0.05), "membrane_std": 0.3 * rng.random(),
-                     "rate_entropy": rng.random()}
+            stats = {
+                "entropy": entropies[index],
+                "firing_rate": rates[index],
+                "membrane_mean": rng.gauss(0.2, 0.05),
+                "membrane_std": 0.3 * rng.random(),
+                "rate_entropy": rng.random(),
+            }
             stat_rows.extend((run_id, epoch, index, stat, layer, stats[stat]) for stat in STATS)
     return metric_rows, stat_rows
 
@@ -118,23 +151,35 @@ def build(url: str, *, configs_seeds: int, epochs: int, layers: int, seed: int) 
     base = base_recipe(epochs)
     names = layer_names(layers)
     plan = trials(base, configs_seeds)
-    axes = {"loss.im_weight": list(IM_WEIGHTS), "surrogate": [dict(s) for s in SURROGATES],
-            "train.seed": list(range(configs_seeds))}
+    axes = {
+        "loss.im_weight": list(IM_WEIGHTS),
+        "surrogate": [dict(s) for s in SURROGATES],
+        "train.seed": list(range(configs_seeds)),
+    }
     with Registry(url) as registry:
         group = registry.create_group(
             "cifar10-resnet19: im_weight x surrogate x seed",
-            {"config_hash": config_hash(base), "recipe": base.model_dump(mode="json")}, axes,
-            ["imloss", "ablate", "recipes/cifar10_resnet19.toml", "--jobs", "4"])
+            {"config_hash": config_hash(base), "recipe": base.model_dump(mode="json")},
+            axes,
+            ["imloss", "ablate", "recipes/cifar10_resnet19.toml", "--jobs", "4"],
+        )
         runs = []
         for number, recipe in plan:
             seed_value = recipe.train.seed or 0
             run_id = registry.create_run(
-                name=recipe.name, recipe=recipe.model_dump(mode="json"),
+                name=recipe.name,
+                recipe=recipe.model_dump(mode="json"),
                 config_hash=config_hash(recipe),
-                fingerprint=run_fingerprint(recipe, seed_value, CODE_VERSION), seed=seed_value,
-                code_version=CODE_VERSION, kind="ablate", group_id=group,
-                argv=["imloss", "ablate"], environment={"python": sys.version.split()[0]},
-                git_commit="0123456789abcdef0123456789abcdef01234567", git_dirty=False)
+                fingerprint=run_fingerprint(recipe, seed_value, CODE_VERSION),
+                seed=seed_value,
+                code_version=CODE_VERSION,
+                kind="ablate",
+                group_id=group,
+                argv=["imloss", "ablate"],
+                environment={"python": sys.version.split()[0]},
+                git_commit="0123456789abcdef0123456789abcdef01234567",
+                git_dirty=False,
+            )
             registry.finish_run(run_id, "FINISHED")
             runs.append((run_id, number, recipe))
     runs.sort(key=lambda item: item[0])  # primary-key order: the b-tree inserts are appends
@@ -147,8 +192,7 @@ def build(url: str, *, configs_seeds: int, epochs: int, layers: int, seed: int) 
     return len(runs)
 
 
-def _bulk_insert(url: str,
-                 rows: Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]) -> None:
+def _bulk_insert(url: str, rows: Iterator[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]) -> None:
     engine = create_engine(url)
     raw = engine.raw_connection()
     try:
@@ -187,28 +231,38 @@ def median_seconds(action: Callable[[], object], repeats: int) -> tuple[float, l
 
 
 def run_cli(url: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "imloss_cli", "report", "--registry", url,
-                           "--format", "markdown"], capture_output=True, text=True, cwd=REPO,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "imloss_cli", "report", "--registry", url, "--format", "markdown"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"imloss report failed ({done.returncode}):\n{done.stderr}")
 
 
 def cli_import_seconds() -> tuple[float, bool]:
     """Seconds to import imloss_cli.cli in a fresh interpreter, and whether torch came along."""
-    code = ("import sys, time; t = time.perf_counter(); import imloss_cli.cli; "
-            "print(time.perf_counter() - t, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         check=True).stdout.split()
+    code = (
+        "import sys, time; t = time.perf_counter(); import imloss_cli.cli; "
+        "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.split()
     return float(out[0]), out[1] == "True"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--path", type=Path, default=Path("/tmp/report_speed.db"),
-                        help="SQLite file of the registry (replaced unless --reuse)")
-    parser.add_argument("--url", help="registry URL instead of --path, e.g. an empty "
-                                      "postgresql+psycopg://user@host/db")
+    parser.add_argument(
+        "--path",
+        type=Path,
+        default=Path("/tmp/report_speed.db"),
+        help="SQLite file of the registry (replaced unless --reuse)",
+    )
+    parser.add_argument("--url", help="registry URL instead of --path, e.g. an empty postgresql+psycopg://user@host/db")
     parser.add_argument("--reuse", action="store_true", help="time the existing registry")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per configuration (50)")
     parser.add_argument("--epochs", type=int, default=100)
@@ -223,8 +277,7 @@ def main() -> None:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{args.path}{suffix}").unlink(missing_ok=True)
         start = time.perf_counter()
-        runs = build(url, configs_seeds=args.seeds, epochs=args.epochs, layers=args.layers,
-                     seed=args.seed)
+        runs = build(url, configs_seeds=args.seeds, epochs=args.epochs, layers=args.layers, seed=args.seed)
         size = f", {args.path.stat().st_size / 2**20:.0f} MiB" if args.url is None else ""
         print(f"build: {runs} runs in {time.perf_counter() - start:.1f} s{size}")
 
@@ -233,15 +286,18 @@ def main() -> None:
     with Registry(url) as registry:
         report = build_report(registry)
         rows = len(report.table)
-        build_s, build_all = median_seconds(lambda: render(build_report(registry), "markdown"),
-                                            args.repeats)
+        build_s, build_all = median_seconds(lambda: render(build_report(registry), "markdown"), args.repeats)
     print(f"report: {report.title}, {rows} rows, {len(report.runs)} runs")
-    print(f"import imloss_cli.cli (fresh interpreter): {import_s:.2f} s, "
-          f"torch imported: {'yes' if with_torch else 'no'}")
-    print(f"imloss report --format markdown (subprocess): median {cli_s:.2f} s "
-          f"({', '.join(f'{t:.2f}' for t in cli_all)})")
-    print(f"build_report + render (in process):          median {build_s:.2f} s "
-          f"({', '.join(f'{t:.2f}' for t in build_all)})")
+    print(
+        f"import imloss_cli.cli (fresh interpreter): {import_s:.2f} s, torch imported: {'yes' if with_torch else 'no'}"
+    )
+    print(
+        f"imloss report --format markdown (subprocess): median {cli_s:.2f} s ({', '.join(f'{t:.2f}' for t in cli_all)})"
+    )
+    print(
+        f"build_report + render (in process):          median {build_s:.2f} s "
+        f"({', '.join(f'{t:.2f}' for t in build_all)})"
+    )
 
 
 if __name__ == "__main__":

@@ -69,9 +69,7 @@ class ModelConfig(_Section):
 class NeuronConfig(_Section):
     decay: float = Field(0.25, gt=0.0, le=1.0, description="membrane leak per time step")
     v_threshold: float = Field(0.5, gt=0.0, le=100.0, description="firing threshold V_th")
-    reset: Literal["hard", "soft"] = Field(
-        "hard", description="hard: u*(1-o) after a spike; soft: u - V_th*o"
-    )
+    reset: Literal["hard", "soft"] = Field("hard", description="hard: u*(1-o) after a spike; soft: u - V_th*o")
     detach_reset: bool = Field(False, description="stop gradients through the reset path")
 
 
@@ -137,9 +135,7 @@ class OptimConfig(_Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     nesterov: bool = False
-    no_decay_norm_bias: bool = Field(
-        False, description="exempt BatchNorm weights and all biases from weight decay"
-    )
+    no_decay_norm_bias: bool = Field(False, description="exempt BatchNorm weights and all biases from weight decay")
     scheduler: Literal["cosine", "none"] = Field("cosine", description="cosine: lr -> 0 at the end")
 
 
@@ -147,9 +143,7 @@ class TrainConfig(_Section):
     epochs: int = Field(6, ge=1, le=100_000)
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="None: drawn and recorded")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU"
-    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the LIF time loops; auto: where it pays"
     )
@@ -331,4 +325,3 @@ def _drop_none(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: _drop_none(v) for k, v in node.items() if v is not None}
     return node
-

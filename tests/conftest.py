@@ -28,7 +28,6 @@ def tiny_recipe(workdir: Path) -> Path:
     """Digits, 2 epochs: enough to train past chance in about a second."""
     path = workdir / "tiny.toml"
     path.write_text(
-        'name = "tiny"\n[model]\narch = "convnet3"\ntimesteps = 2\n'
-        '[train]\nepochs = 2\n[data]\nbatch_size = 64\n'
+        'name = "tiny"\n[model]\narch = "convnet3"\ntimesteps = 2\n[train]\nepochs = 2\n[data]\nbatch_size = 64\n'
     )
     return path

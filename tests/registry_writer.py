@@ -35,13 +35,24 @@ def main() -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     registry = Registry(location)
-    run_id = registry.create_run(name=tag, recipe={"tag": tag}, config_hash=f"hash-{tag}",
-                                 fingerprint=f"fp-{tag}", seed=number, code_version="test")
+    run_id = registry.create_run(
+        name=tag,
+        recipe={"tag": tag},
+        config_hash=f"hash-{tag}",
+        fingerprint=f"fp-{tag}",
+        seed=number,
+        code_version="test",
+    )
     for epoch in range(epochs):
         metrics = {name: expected_value(number, epoch, 999, i) for i, name in enumerate(METRICS)}
-        stats = [(layer, f"layer{layer}.lif",
-                  {stat: expected_value(number, epoch, layer, i) for i, stat in enumerate(STATS)})
-                 for layer in range(layers)]
+        stats = [
+            (
+                layer,
+                f"layer{layer}.lif",
+                {stat: expected_value(number, epoch, layer, i) for i, stat in enumerate(STATS)},
+            )
+            for layer in range(layers)
+        ]
         registry.log_epoch(run_id, epoch, metrics, stats)
     registry.finish_run(run_id, "FINISHED")
     registry.close()

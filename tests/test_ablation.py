@@ -47,7 +47,9 @@ def test_ablation_gives_six_runs_and_a_three_row_report_of_their_means(ablation:
     group = reg.latest_group()
     runs = reg.list_runs(group_id=group.id)
     assert len(runs) == 6 and {r.status for r in runs} == {"FINISHED"}
-    assert sorted((r.recipe["loss"]["im_weight"], r.seed) for r in runs) == [(w, s) for w in (0.0, 1.0, 2.0) for s in (0, 1)]
+    assert sorted((r.recipe["loss"]["im_weight"], r.seed) for r in runs) == [
+        (w, s) for w in (0.0, 1.0, 2.0) for s in (0, 1)
+    ]
 
     code, out = invoke("report", "--format", "csv", "--registry", registry_url)
     assert code == 0, out
@@ -84,7 +86,9 @@ def test_report_formats_parse_and_plots_are_written(ablation: tuple[Path, str], 
     assert code == 0 and len(json.loads(out)["rows"]) == 3
     code, out = invoke("report", "--format", "latex", "--registry", registry_url)
     assert code == 0 and "\\begin{tabular}" in out
-    code, out = invoke("report", "--format", "html", "--output", "r.html", "--plots", "figs", "--registry", registry_url)
+    code, out = invoke(
+        "report", "--format", "html", "--output", "r.html", "--plots", "figs", "--registry", registry_url
+    )
     assert code == 0, out
     assert "<table" in (workdir / "r.html").read_text()
     pngs = sorted((workdir / "figs").glob("*.png"))

@@ -70,8 +70,27 @@ def test_gate_fails_when_the_fused_lif_is_wrong(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(bench.gate, "lif_naive", off_by_decay)
     result = run_benchmark(BenchOptions(timesteps=(2,), compare=("relu",), **TINY))
     assert not result.gate_passed and result.rows == ()
-    assert bench_main(["--arch", "convnet3", "--timesteps", "2", "--compare", "relu", "--batch", "2",
-                       "--steps", "1", "--repeats", "1", "--no-memory", "--no-compile"]) == 1
+    assert (
+        bench_main(
+            [
+                "--arch",
+                "convnet3",
+                "--timesteps",
+                "2",
+                "--compare",
+                "relu",
+                "--batch",
+                "2",
+                "--steps",
+                "1",
+                "--repeats",
+                "1",
+                "--no-memory",
+                "--no-compile",
+            ]
+        )
+        == 1
+    )
 
 
 def test_tiny_run_times_every_variant_and_serialises() -> None:
@@ -122,8 +141,10 @@ def test_each_listed_memory_format_gets_its_own_rows_in_that_layout() -> None:
         assert torch.equal(inputs[name], inputs["imloss"])  # same values, another layout
     relu_rows = [r for r in result.rows if r.variant in ("relu", "relu@contiguous")]
     fastest = min(relu_rows, key=lambda r: r.s_per_step)
-    summary = (f"{fastest.imloss_over_this:.2f}x (repeats {fastest.ratio_low:.2f}-{fastest.ratio_high:.2f}) "
-               f"the time of the {fastest.variant} floor")
+    summary = (
+        f"{fastest.imloss_over_this:.2f}x (repeats {fastest.ratio_low:.2f}-{fastest.ratio_high:.2f}) "
+        f"the time of the {fastest.variant} floor"
+    )
     assert summary in bench.format_table(result)
 
 
@@ -145,12 +166,21 @@ def _bench_cli(entry: str, args: list[str], capsys: pytest.CaptureFixture[str]) 
 
 
 @pytest.mark.parametrize("entry", ["python -m imloss_cli.bench", "imloss bench"])
-@pytest.mark.parametrize(("formats", "got"), [("nhwc", "nhwc"), ("channels_last,channels_last", "channels_last,channels_last"),
-                                              ("channels_last,nhwc", "channels_last,nhwc"), ("", "none")])
+@pytest.mark.parametrize(
+    ("formats", "got"),
+    [
+        ("nhwc", "nhwc"),
+        ("channels_last,channels_last", "channels_last,channels_last"),
+        ("channels_last,nhwc", "channels_last,nhwc"),
+        ("", "none"),
+    ],
+)
 def test_bad_memory_format_list_is_a_usage_error_before_running(
     entry: str, formats: str, got: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, err = _bench_cli(entry, ["--arch", "convnet3", "--compare", "relu", "--no-memory", "--memory-format", formats], capsys)
+    code, err = _bench_cli(
+        entry, ["--arch", "convnet3", "--compare", "relu", "--no-memory", "--memory-format", formats], capsys
+    )
     assert code == 2
     assert f"memory formats must be distinct values from channels_last, contiguous, got {got}" in err
 
@@ -191,9 +221,14 @@ def test_spikingjelly_lifnode_has_our_dynamics(T: int) -> None:
     (s_ref * w).sum().backward()
 
     node = sj_neuron.LIFNode(
-        tau=1.0 / (1.0 - spec.decay), decay_input=False, v_threshold=spec.v_threshold, v_reset=0.0,
-        surrogate_function=sj_surrogate.Sigmoid(alpha=2 * k), detach_reset=spec.detach_reset,
-        step_mode="m", store_v_seq=True,
+        tau=1.0 / (1.0 - spec.decay),
+        decay_input=False,
+        v_threshold=spec.v_threshold,
+        v_reset=0.0,
+        surrogate_function=sj_surrogate.Sigmoid(alpha=2 * k),
+        detach_reset=spec.detach_reset,
+        step_mode="m",
+        store_v_seq=True,
     )
     x_sj = x.clone().requires_grad_(True)
     s = node(x_sj)

@@ -60,7 +60,9 @@ def test_registry_location_from_environment(tiny_recipe: Path, workdir: Path, mo
 
 
 def test_validate_prints_the_resolved_recipe_with_overrides() -> None:
-    code, out = run_cli("validate", str(REPO / "recipes" / "cifar10.toml"), "--set", "loss.im_weight=0", "--set", "model.timesteps=4")
+    code, out = run_cli(
+        "validate", str(REPO / "recipes" / "cifar10.toml"), "--set", "loss.im_weight=0", "--set", "model.timesteps=4"
+    )
     assert code == 0, out
     assert 'arch = "resnet19"' in out
     assert "im_weight = 0" in out
@@ -85,7 +87,11 @@ def test_malformed_recipe_exits_2_with_field_path_and_writes_nothing(
     recipe = workdir / "bad.toml"
     recipe.write_text(text)
     for command in ("train", "validate"):
-        code, out = run_cli(command, str(recipe), "--registry", registry_url) if command == "train" else run_cli(command, str(recipe))
+        code, out = (
+            run_cli(command, str(recipe), "--registry", registry_url)
+            if command == "train"
+            else run_cli(command, str(recipe))
+        )
         assert code == 2, out
         assert message in " ".join(out.split()), out
     assert not (workdir / "reg.db").exists()
@@ -102,7 +108,12 @@ def test_bad_override_exits_2(tiny_recipe: Path, registry_url: str, workdir: Pat
 def test_cifar10_without_data_fails_fast_naming_the_directory(workdir: Path, registry_url: str) -> None:
     start = time.perf_counter()
     code, out = run_cli(
-        "train", str(REPO / "recipes" / "cifar10.toml"), "--set", f"data.root={workdir / 'nodata'}", "--registry", registry_url
+        "train",
+        str(REPO / "recipes" / "cifar10.toml"),
+        "--set",
+        f"data.root={workdir / 'nodata'}",
+        "--registry",
+        registry_url,
     )
     assert time.perf_counter() - start < 30
     assert code == 2, out
@@ -123,7 +134,9 @@ def write_cifar10(root: Path, n_train: int = 40, n_test: int = 20) -> None:
     for i in range(1, 6):
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(n_train // 5)))
     (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
-    names = [n.encode() for n in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]]
+    names = [
+        n.encode() for n in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    ]
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
 
 

@@ -19,7 +19,9 @@ runner = CliRunner()
 
 
 def test_train_runs_show_ablate_report_on_postgresql(postgres_url: str, tiny_recipe: Path) -> None:
-    result = runner.invoke(app, ["train", str(tiny_recipe), "--seed", "0", "--set", "train.epochs=1", "--registry", postgres_url])
+    result = runner.invoke(
+        app, ["train", str(tiny_recipe), "--seed", "0", "--set", "train.epochs=1", "--registry", postgres_url]
+    )
     assert result.exit_code == 0, result.output
     run_id = re.search(r"run (\w{12})$", result.output.strip()).group(1)
 

@@ -73,8 +73,13 @@ def make_cifar100(root: Path) -> dict:
     return out
 
 
-def make_imagefolder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), test: str = "test",
-                     size: int = 32, test_classes: tuple[str, ...] | None = None) -> None:
+def make_imagefolder(
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog"),
+    test: str = "test",
+    size: int = 32,
+    test_classes: tuple[str, ...] | None = None,
+) -> None:
     rng = np.random.default_rng(2)
     for split, cls_list, n in (("train", classes, 3), (test, test_classes or classes, 2)):
         for c in cls_list:
@@ -90,8 +95,7 @@ def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2)
-                                    for (x1, y1), (x2, y2) in zip(a, b))
+    return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
 
 
 # --- digits --------------------------------------------------------------------------------------
@@ -162,8 +166,9 @@ def test_cifar10_generated_files_load_with_exact_pixels(tmp_path: Path, as_bytes
     assert x.dtype == torch.float32 and x.shape == (3, 32, 32) and y == labels[0]
     assert torch.allclose(x, _normalised(data[0].reshape(3, 32, 32), CIFAR10_STATS), atol=1e-6)
     # the last train image comes from data_batch_5, in order
-    assert torch.allclose(bundle.train[99][0],
-                          _normalised(made["train"][4][0][19].reshape(3, 32, 32), CIFAR10_STATS), atol=1e-6)
+    assert torch.allclose(
+        bundle.train[99][0], _normalised(made["train"][4][0][19].reshape(3, 32, 32), CIFAR10_STATS), atol=1e-6
+    )
     tx, ty = bundle.test[3]
     assert ty == made["test"][1][3] == 3
     assert torch.allclose(tx, _normalised(made["test"][0][3].reshape(3, 32, 32), CIFAR10_STATS), atol=1e-6)
@@ -343,14 +348,14 @@ def test_sharding_across_ranks(tmp_path: Path, dataset: str) -> None:
     cfg = DataConfig(dataset=dataset, root=str(tmp_path), batch_size=8, eval_batch_size=4)
     bundle = build_datasets(cfg)
     n_test = len(bundle.test)
-    test_labels = [torch.cat([y for _, y in test_loader(bundle, cfg, rank=r, world_size=3)])
-                   for r in range(3)]
+    test_labels = [torch.cat([y for _, y in test_loader(bundle, cfg, rank=r, world_size=3)]) for r in range(3)]
     assert sum(len(t) for t in test_labels) == n_test
     expected = torch.tensor([int(bundle.test[i][1]) for i in range(n_test)])
     for r in range(3):
         assert torch.equal(test_labels[r], expected[r::3])  # disjoint, together exactly once
-    train_sizes = [sum(len(y) for _, y in train_loader(bundle, cfg, seed=1, epoch=0, rank=r, world_size=3))
-                   for r in range(3)]
+    train_sizes = [
+        sum(len(y) for _, y in train_loader(bundle, cfg, seed=1, epoch=0, rank=r, world_size=3)) for r in range(3)
+    ]
     assert train_sizes == [-(-len(bundle.train) // 3)] * 3  # padded to equal length
     with pytest.raises(ValueError):
         train_loader(bundle, cfg, seed=1, epoch=0, rank=3, world_size=3)

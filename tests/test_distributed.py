@@ -104,7 +104,8 @@ def group_results(registry: str) -> dict[tuple[float, int], list[tuple[int, str,
     metrics = metrics[~metrics.name.isin(["train_seconds", "epoch_seconds"])]
     return {
         (r.recipe["loss"]["im_weight"], r.seed): sorted(
-            (int(e), n, v) for e, n, v in metrics[metrics.run_id == r.id][["epoch", "name", "value"]].itertuples(index=False)
+            (int(e), n, v)
+            for e, n, v in metrics[metrics.run_id == r.id][["epoch", "name", "value"]].itertuples(index=False)
         )
         for r in runs
     }

@@ -43,7 +43,9 @@ def test_im_loss_raises_mean_hidden_layer_entropy_on_digits() -> None:
 
 @pytest.mark.slow
 def test_same_recipe_and_seed_give_the_same_epochs_on_cpu() -> None:
-    recipe = load_recipe(None, {"train.epochs": 2, "train.device": "cpu", "model.timesteps": 2, "train.max_steps_per_epoch": 8})
+    recipe = load_recipe(
+        None, {"train.epochs": 2, "train.device": "cpu", "model.timesteps": 2, "train.max_steps_per_epoch": 8}
+    )
     assert train(recipe, seed=7) == train(recipe, seed=7)
     assert train(recipe, seed=7) != train(recipe, seed=8)
 
@@ -51,16 +53,24 @@ def test_same_recipe_and_seed_give_the_same_epochs_on_cpu() -> None:
 @pytest.mark.slow
 def test_first_losses_match_the_recorded_run() -> None:
     """torchtune-style regression: fixed seed, tiny net, the first epochs' numbers pinned down."""
-    recipe = load_recipe(None, {"train.epochs": 3, "train.device": "cpu", "model.timesteps": 2, "train.max_steps_per_epoch": 5})
+    recipe = load_recipe(
+        None, {"train.epochs": 3, "train.device": "cpu", "model.timesteps": 2, "train.max_steps_per_epoch": 5}
+    )
     got = [(m["loss"], m["ce"], m["im"]) for m in train(recipe, seed=0)]
     torch.testing.assert_close(torch.tensor(got), torch.tensor(EXPECTED_LOSSES), rtol=1e-4, atol=1e-5)
 
 
 # Recorded with torch 2.14.1 on x86-64 CPU: (loss, ce, im) of epochs 1-3, 5 steps each.
-EXPECTED_LOSSES = [(2.57102818, 2.11855536, 0.2262364), (1.64415743, 1.29607067, 0.17404339), (1.04008555, 0.73109826, 0.15449364)]
+EXPECTED_LOSSES = [
+    (2.57102818, 2.11855536, 0.2262364),
+    (1.64415743, 1.29607067, 0.17404339),
+    (1.04008555, 0.73109826, 0.15449364),
+]
 
 
-@pytest.mark.parametrize("schedule, epoch, expected", [("esg", 1, 1.0 + (10**0.1 - 1)), ("esg", 10, 10.0), ("fixed", 4, 3.0)])
+@pytest.mark.parametrize(
+    "schedule, epoch, expected", [("esg", 1, 1.0 + (10**0.1 - 1)), ("esg", 10, 10.0), ("fixed", 4, 3.0)]
+)
 def test_surrogate_k_per_epoch_follows_the_schedule(schedule: str, epoch: int, expected: float) -> None:
     recipe = load_recipe(None, {"surrogate.schedule": schedule, "train.epochs": 10})
     assert surrogate_k(recipe, epoch) == pytest.approx(expected)

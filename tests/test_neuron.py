@@ -83,9 +83,7 @@ def test_fused_lif_equals_the_naive_loop_whichever_outputs_the_loss_reads(
         assert 0 < s.sum() < s.numel()
 
     def backward(outputs: list[torch.Tensor]) -> None:
-        torch.autograd.backward(
-            [o for o, w in zip(outputs, wanted) if w], [u for u, w in zip(upstream, wanted) if w]
-        )
+        torch.autograd.backward([o for o, w in zip(outputs, wanted) if w], [u for u, w in zip(upstream, wanted) if w])
 
     backward([s_ref, v_ref, v_ref.mean()])
     backward([s, v, v_mean])
@@ -268,7 +266,7 @@ def _lif_outputs_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 def test_channels_last_steps_give_the_contiguous_results_in_the_input_layout() -> None:
     T, B, C, H, W = 3, 2, 4, 3, 5
-    x = (torch.rand(T * B, C, H, W, generator=torch.Generator().manual_seed(1)) * 1.2)
+    x = torch.rand(T * B, C, H, W, generator=torch.Generator().manual_seed(1)) * 1.2
     x_cl = x.contiguous(memory_format=torch.channels_last).unflatten(0, (T, B))
     x_nchw = x.unflatten(0, (T, B))
     assert StepLayout.of(x_cl).order == (0, 1, 3, 4, 2)

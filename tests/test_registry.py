@@ -45,13 +45,16 @@ REPO = Path(__file__).resolve().parents[1]
 WRITER = REPO / "tests" / "registry_writer.py"
 PACKAGE = REPO / "imloss_cli" / "registry"
 POSTGRES_ENV = "IMLOSS_TEST_POSTGRES_URL"
-POSTGRES_SKIP = (f"PostgreSQL tests need {POSTGRES_ENV}: run `.ci/postgres.sh /tmp/pg.env && "
-                 f"source /tmp/pg.env` (starts a throwaway server on 127.0.0.1) and rerun")
+POSTGRES_SKIP = (
+    f"PostgreSQL tests need {POSTGRES_ENV}: run `.ci/postgres.sh /tmp/pg.env && "
+    f"source /tmp/pg.env` (starts a throwaway server on 127.0.0.1) and rerun"
+)
 BACKENDS = ["memory", "file", "postgresql"]  # registry fixture
 URL_BACKENDS = ["sqlite", "postgresql"]  # registries reopened by URL, or by other processes
 
 
 # ------------------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture
 def memory_registry() -> Iterator[Registry]:
@@ -80,8 +83,9 @@ def postgres_admin() -> Iterator[Engine]:
     if not url:
         pytest.skip(POSTGRES_SKIP)
     if importlib.util.find_spec("psycopg") is None:  # asked for PostgreSQL: a skip would hide it
-        pytest.fail(f"{POSTGRES_ENV} is set but the driver is missing: pip install "
-                    f"'psycopg[binary]' (the 'postgres' extra)")
+        pytest.fail(
+            f"{POSTGRES_ENV} is set but the driver is missing: pip install 'psycopg[binary]' (the 'postgres' extra)"
+        )
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     yield engine
     engine.dispose()
@@ -130,16 +134,23 @@ def registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
 @pytest.fixture
 def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
     """Make the next ids handed out by the store the given ones, in order."""
+
     def install(ids: list[str]) -> None:
         pending = iter(ids)
         monkeypatch.setattr(store_module, "new_id", lambda: next(pending))
+
     return install
 
 
 def new_run(registry: Registry, name: str = "run", **overrides: Any) -> str:
-    fields: dict[str, Any] = dict(name=name, recipe={"model": {"arch": "resnet19"}, "lr": 0.1},
-                                  config_hash=f"cfg-{name}", fingerprint=f"fp-{name}", seed=7,
-                                  code_version="0.1.0")
+    fields: dict[str, Any] = dict(
+        name=name,
+        recipe={"model": {"arch": "resnet19"}, "lr": 0.1},
+        config_hash=f"cfg-{name}",
+        fingerprint=f"fp-{name}",
+        seed=7,
+        code_version="0.1.0",
+    )
     fields.update(overrides)
     return registry.create_run(**fields)
 
@@ -175,26 +186,44 @@ def dead_pid() -> int:
 
 # ------------------------------------------------------------------------------ round trip
 
+
 def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
-    group = registry.create_group("sweep", {"loss": {"im_weight": 1.0}},
-                                  {"loss.im_weight": [0, 1, 2]}, ["imloss", "ablate", "x.yaml"])
-    run_id = new_run(registry, kind="ablate", group_id=group, argv=["imloss", "train"],
-                     environment={"python": "3.11", "device": "cpu"}, git_commit="abc123",
-                     git_dirty=True, checkpoint_dir="/ckpt/run")
-    registry.log_epoch(run_id, 0, {"loss": 2.302585092994046, "acc": 0.1, "nan": float("nan")},
-                       [(0, "stem.lif", {"firing_rate": 0.125, "entropy": 0.6931471805599453}),
-                        (1, "layer1.0.lif2", {"firing_rate": 1e-12, "membrane_std": -0.3})])
-    registry.log_epoch(run_id, 1, {"loss": 1.5, "acc": float("inf")},
-                       [(0, "stem.lif", {"firing_rate": 0.2})])
+    group = registry.create_group(
+        "sweep", {"loss": {"im_weight": 1.0}}, {"loss.im_weight": [0, 1, 2]}, ["imloss", "ablate", "x.yaml"]
+    )
+    run_id = new_run(
+        registry,
+        kind="ablate",
+        group_id=group,
+        argv=["imloss", "train"],
+        environment={"python": "3.11", "device": "cpu"},
+        git_commit="abc123",
+        git_dirty=True,
+        checkpoint_dir="/ckpt/run",
+    )
+    registry.log_epoch(
+        run_id,
+        0,
+        {"loss": 2.302585092994046, "acc": 0.1, "nan": float("nan")},
+        [
+            (0, "stem.lif", {"firing_rate": 0.125, "entropy": 0.6931471805599453}),
+            (1, "layer1.0.lif2", {"firing_rate": 1e-12, "membrane_std": -0.3}),
+        ],
+    )
+    registry.log_epoch(run_id, 1, {"loss": 1.5, "acc": float("inf")}, [(0, "stem.lif", {"firing_rate": 0.2})])
 
     run = registry.get_run(run_id)
     assert isinstance(run, RunInfo)
     assert (run.id, run.name, run.status, run.display_status, run.kind) == (
-        run_id, "run", "RUNNING", "RUNNING", "ablate")
+        run_id,
+        "run",
+        "RUNNING",
+        "RUNNING",
+        "ablate",
+    )
     assert run.group_id == group
     assert run.recipe == {"model": {"arch": "resnet19"}, "lr": 0.1}
-    assert (run.config_hash, run.fingerprint, run.seed, run.code_version) == (
-        "cfg-run", "fp-run", 7, "0.1.0")
+    assert (run.config_hash, run.fingerprint, run.seed, run.code_version) == ("cfg-run", "fp-run", 7, "0.1.0")
     assert run.argv == ["imloss", "train"]
     assert run.environment == {"python": "3.11", "device": "cpu"}
     assert (run.git_commit, run.git_dirty, run.checkpoint_dir) == ("abc123", True, "/ckpt/run")
@@ -205,10 +234,14 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
     assert run.ended_at is None and run.error_type is None and not run.is_terminal
 
     metrics = registry.epoch_metrics([run_id])
-    expected = pd.DataFrame({
-        "run_id": [run_id] * 5, "epoch": [0, 0, 0, 1, 1],
-        "name": ["acc", "loss", "nan", "acc", "loss"],
-        "value": [0.1, 2.302585092994046, float("nan"), float("inf"), 1.5]})
+    expected = pd.DataFrame(
+        {
+            "run_id": [run_id] * 5,
+            "epoch": [0, 0, 0, 1, 1],
+            "name": ["acc", "loss", "nan", "acc", "loss"],
+            "value": [0.1, 2.302585092994046, float("nan"), float("inf"), 1.5],
+        }
+    )
     pd.testing.assert_frame_equal(metrics, expected)  # strings in pandas's default string dtype
 
     layers = registry.layer_stats([run_id])
@@ -220,9 +253,11 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
         (run_id, 0, 1, "layer1.0.lif2", "membrane_std", -0.3),
         (run_id, 1, 0, "stem.lif", "firing_rate", 0.2),
     ]
-    assert {name: str(dtype) for name, dtype in layers.dtypes.items()
-            if name in ("epoch", "layer_index", "value")} == {
-        "epoch": "int64", "layer_index": "int64", "value": "float64"}
+    assert {name: str(dtype) for name, dtype in layers.dtypes.items() if name in ("epoch", "layer_index", "value")} == {
+        "epoch": "int64",
+        "layer_index": "int64",
+        "value": "float64",
+    }
     assert all(pd.api.types.is_string_dtype(layers[name]) for name in ("run_id", "layer", "stat"))
 
     registry.finish_run(run_id, "FINISHED")
@@ -234,18 +269,26 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
     info = registry.get_group(group)
     assert isinstance(info, GroupInfo)
     assert (info.name, info.base_recipe, info.axes, info.argv) == (
-        "sweep", {"loss": {"im_weight": 1.0}}, {"loss.im_weight": [0, 1, 2]},
-        ["imloss", "ablate", "x.yaml"])
+        "sweep",
+        {"loss": {"im_weight": 1.0}},
+        {"loss.im_weight": [0, 1, 2]},
+        ["imloss", "ablate", "x.yaml"],
+    )
     assert registry.latest_group() == info
 
 
 def test_failed_run_keeps_its_error(registry: Registry) -> None:
     run_id = new_run(registry)
-    registry.finish_run(run_id, "FAILED", error_type="ValueError",
-                        error_message="loss is NaN", traceback="Traceback ...\nValueError")
+    registry.finish_run(
+        run_id, "FAILED", error_type="ValueError", error_message="loss is NaN", traceback="Traceback ...\nValueError"
+    )
     run = registry.get_run(run_id)
     assert (run.status, run.error_type, run.error_message, run.traceback) == (
-        "FAILED", "ValueError", "loss is NaN", "Traceback ...\nValueError")
+        "FAILED",
+        "ValueError",
+        "loss is NaN",
+        "Traceback ...\nValueError",
+    )
     with pytest.raises(RegistryError, match=f"run {run_id} has already ended as FAILED"):
         registry.finish_run(run_id, "FINISHED")
 
@@ -260,17 +303,19 @@ def test_finish_rejects_non_terminal_status(registry: Registry) -> None:
 
 def test_logging_an_epoch_twice_replaces_it(registry: Registry) -> None:
     run_id = new_run(registry)
-    registry.log_epoch(run_id, 0, {"a": 1.0, "b": 2.0},
-                       [(0, "stem.lif", {"firing_rate": 0.1}), (1, "l1", {"firing_rate": 0.2})])
+    registry.log_epoch(
+        run_id, 0, {"a": 1.0, "b": 2.0}, [(0, "stem.lif", {"firing_rate": 0.1}), (1, "l1", {"firing_rate": 0.2})]
+    )
     registry.log_epoch(run_id, 1, {"a": 10.0}, [(0, "stem.lif", {"firing_rate": 0.5})])
     registry.log_epoch(run_id, 0, {"a": 3.0}, [(0, "stem.lif", {"firing_rate": 0.3})])
 
     metrics = registry.epoch_metrics([run_id])
-    assert list(metrics.itertuples(index=False, name=None)) == [
-        (run_id, 0, "a", 3.0), (run_id, 1, "a", 10.0)]
+    assert list(metrics.itertuples(index=False, name=None)) == [(run_id, 0, "a", 3.0), (run_id, 1, "a", 10.0)]
     layers = registry.layer_stats([run_id])
     assert list(layers[["epoch", "layer_index", "value"]].itertuples(index=False, name=None)) == [
-        (0, 0, 0.3), (1, 0, 0.5)]
+        (0, 0, 0.3),
+        (1, 0, 0.5),
+    ]
 
 
 def test_log_epoch_rejects_unknown_runs_repeated_layers_and_non_numbers_writing_nothing(registry: Registry) -> None:
@@ -318,7 +363,11 @@ def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
     registry.mark_running(run_id, environment={"device": "cuda:0"}, argv=["imloss", "x"])
     first = registry.get_run(run_id)
     assert (first.status, first.attempt, first.environment, first.argv) == (
-        "RUNNING", 1, {"device": "cuda:0"}, ["imloss", "x"])
+        "RUNNING",
+        1,
+        {"device": "cuda:0"},
+        ["imloss", "x"],
+    )
     assert first.started_at is not None
     with pytest.raises(RegistryError, match="only QUEUED, FAILED, KILLED or LOST runs"):
         registry.mark_running(run_id)
@@ -326,8 +375,7 @@ def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
     registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt")
     registry.mark_running(run_id, git_commit="def456")
     second = registry.get_run(run_id)
-    assert (second.status, second.attempt, second.error_type, second.ended_at) == (
-        "RUNNING", 2, None, None)
+    assert (second.status, second.attempt, second.error_type, second.ended_at) == ("RUNNING", 2, None, None)
     assert second.git_commit == "def456" and second.environment == {"device": "cuda:0"}
     registry.finish_run(run_id, "FINISHED")
     with pytest.raises(RegistryError, match="is FINISHED; only QUEUED"):
@@ -336,8 +384,8 @@ def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
 
 # ------------------------------------------------------------------------------ lookups
 
-def test_run_prefix_lookup(registry: Registry,
-                           fixed_ids: Callable[[list[str]], None]) -> None:
+
+def test_run_prefix_lookup(registry: Registry, fixed_ids: Callable[[list[str]], None]) -> None:
     fixed_ids(["ab1200000000", "ab3400000000", "cd5600000000"])
     for name in ("one", "two", "three"):
         new_run(registry, name)
@@ -347,8 +395,9 @@ def test_run_prefix_lookup(registry: Registry,
     assert registry.get_run("c").name == "three"
     with pytest.raises(RegistryError) as ambiguous:
         registry.get_run("ab")
-    assert str(ambiguous.value) == ("run prefix 'ab' is ambiguous: matches ab1200000000, "
-                                    "ab3400000000 (give more characters)")
+    assert str(ambiguous.value) == (
+        "run prefix 'ab' is ambiguous: matches ab1200000000, ab3400000000 (give more characters)"
+    )
     with pytest.raises(RegistryError, match=r"^no run matches 'xyz'$"):
         registry.get_run("xyz")
     with pytest.raises(RegistryError, match="no run matches 'ab%'"):
@@ -357,8 +406,7 @@ def test_run_prefix_lookup(registry: Registry,
         registry.get_run("  ")
 
 
-def test_group_prefix_lookup(registry: Registry,
-                             fixed_ids: Callable[[list[str]], None]) -> None:
+def test_group_prefix_lookup(registry: Registry, fixed_ids: Callable[[list[str]], None]) -> None:
     assert registry.latest_group() is None
     fixed_ids(["ee0100000000", "ee0200000000"])
     registry.create_group("first", {}, {}, [])
@@ -366,8 +414,7 @@ def test_group_prefix_lookup(registry: Registry,
     assert registry.get_group("ee01").name == "first"
     latest = registry.latest_group()
     assert latest is not None and latest.name == "second"
-    with pytest.raises(RegistryError, match="group prefix 'ee0' is ambiguous: matches "
-                                            "ee0100000000, ee0200000000"):
+    with pytest.raises(RegistryError, match="group prefix 'ee0' is ambiguous: matches ee0100000000, ee0200000000"):
         registry.get_group("ee0")
     with pytest.raises(RegistryError, match="no group matches 'ff'"):
         registry.get_group("ff")
@@ -436,6 +483,7 @@ def test_empty_registry_reads(registry: Registry) -> None:
 
 # ------------------------------------------------------------------------------ LOST runs
 
+
 def test_dead_process_on_this_host_is_lost(url_registry: Registry, url: str) -> None:
     run_id = new_run(url_registry)
     raw_update(url, run_id, pid=dead_pid())
@@ -474,30 +522,39 @@ def test_stale_heartbeat_is_lost(url_registry: Registry, url: str) -> None:
 
 # ------------------------------------------------------------------------------ layer stats
 
+
 def test_layer_stats_last_epoch_only(registry: Registry) -> None:
     short = new_run(registry, "short")
     long = new_run(registry, "long")
     metrics_only = new_run(registry, "metrics-only")
     for epoch in range(3):
-        registry.log_epoch(short, epoch, {"loss": 1.0},
-                           [(i, f"l{i}", {"firing_rate": epoch + i / 10}) for i in range(2)])
+        registry.log_epoch(
+            short, epoch, {"loss": 1.0}, [(i, f"l{i}", {"firing_rate": epoch + i / 10}) for i in range(2)]
+        )
     for epoch in (0, 1, 2, 3, 4):
-        registry.log_epoch(long, epoch, {}, [(0, "stem.lif", {"entropy": epoch * 1.5,
-                                                              "firing_rate": 0.01})])
+        registry.log_epoch(long, epoch, {}, [(0, "stem.lif", {"entropy": epoch * 1.5, "firing_rate": 0.01})])
     registry.log_epoch(long, 1, {}, [(0, "stem.lif", {"entropy": 99.0})])  # re-log an old epoch
     registry.log_epoch(metrics_only, 5, {"loss": 0.5}, [])
 
     last = registry.layer_stats([short, long, metrics_only, short], last_epoch_only=True)
-    expected = sorted([(short, 2, 0, "l0", "firing_rate", 2.0),
-                       (short, 2, 1, "l1", "firing_rate", 2.1),
-                       (long, 4, 0, "stem.lif", "entropy", 6.0),
-                       (long, 4, 0, "stem.lif", "firing_rate", 0.01)])
+    expected = sorted(
+        [
+            (short, 2, 0, "l0", "firing_rate", 2.0),
+            (short, 2, 1, "l1", "firing_rate", 2.1),
+            (long, 4, 0, "stem.lif", "entropy", 6.0),
+            (long, 4, 0, "stem.lif", "firing_rate", 0.01),
+        ]
+    )
     assert list(last.itertuples(index=False, name=None)) == expected
 
     at_one = registry.layer_stats([long, short], epoch=1)
-    assert sorted(at_one.itertuples(index=False, name=None)) == sorted([
-        (long, 1, 0, "stem.lif", "entropy", 99.0),
-        (short, 1, 0, "l0", "firing_rate", 1.0), (short, 1, 1, "l1", "firing_rate", 1.1)])
+    assert sorted(at_one.itertuples(index=False, name=None)) == sorted(
+        [
+            (long, 1, 0, "stem.lif", "entropy", 99.0),
+            (short, 1, 0, "l0", "firing_rate", 1.0),
+            (short, 1, 1, "l1", "firing_rate", 1.1),
+        ]
+    )
     assert list(at_one["run_id"]) == sorted(at_one["run_id"])
     assert len(registry.layer_stats([short, long])) == 6 + 9
     with pytest.raises(RegistryError, match="either epoch or last_epoch_only"):
@@ -507,8 +564,7 @@ def test_layer_stats_last_epoch_only(registry: Registry) -> None:
 def test_many_run_ids_in_one_query(registry: Registry) -> None:
     run_ids = [new_run(registry, f"r{i}") for i in range(40)]
     for index, run_id in enumerate(run_ids):
-        registry.log_epoch(run_id, index % 3, {"m": float(index)},
-                           [(0, "stem.lif", {"firing_rate": float(index)})])
+        registry.log_epoch(run_id, index % 3, {"m": float(index)}, [(0, "stem.lif", {"firing_rate": float(index)})])
     wanted = run_ids + [f"missing{i:05d}" for i in range(2000)]  # beyond SQLite's 999 variables
     metrics = registry.epoch_metrics(wanted)
     assert list(metrics["run_id"]) == sorted(run_ids)
@@ -517,22 +573,25 @@ def test_many_run_ids_in_one_query(registry: Registry) -> None:
     assert len(registry.layer_stats(wanted, last_epoch_only=True)) == 40
 
 
-def test_portable_read_path_matches_driver_cursor_path(registry: Registry,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_portable_read_path_matches_driver_cursor_path(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     run_ids = [new_run(registry, f"r{i}") for i in range(3)]
     for i, run_id in enumerate(run_ids):
         for epoch in range(i + 1):
-            registry.log_epoch(run_id, epoch,
-                               {"loss": 1 / (epoch + 1), "acc": 0.5, "nan": float("nan")},
-                               [(0, "stem.lif", {"firing_rate": epoch / 7, "entropy": 0.5}),
-                                (1, "l1", {"firing_rate": float("nan")})])
+            registry.log_epoch(
+                run_id,
+                epoch,
+                {"loss": 1 / (epoch + 1), "acc": 0.5, "nan": float("nan")},
+                [(0, "stem.lif", {"firing_rate": epoch / 7, "entropy": 0.5}), (1, "l1", {"firing_rate": float("nan")})],
+            )
 
     def read() -> list[pd.DataFrame]:
-        return [registry.epoch_metrics(run_ids),
-                registry.epoch_metrics(run_ids, names=["acc", "nan"]),
-                registry.layer_stats(run_ids, last_epoch_only=True),
-                registry.layer_stats(run_ids, epoch=0, stats=["firing_rate"]),
-                registry.layer_stats(run_ids, last_epoch_only=True, stats=["entropy"])]
+        return [
+            registry.epoch_metrics(run_ids),
+            registry.epoch_metrics(run_ids, names=["acc", "nan"]),
+            registry.layer_stats(run_ids, last_epoch_only=True),
+            registry.layer_stats(run_ids, epoch=0, stats=["firing_rate"]),
+            registry.layer_stats(run_ids, last_epoch_only=True, stats=["entropy"]),
+        ]
 
     plain = reads_module.driver_rows_are_plain
     answers: list[bool] = []
@@ -554,12 +613,14 @@ def test_portable_read_path_matches_driver_cursor_path(registry: Registry,
 
 # ------------------------------------------------------------------------------ filters
 
+
 def test_epoch_metrics_names_filter(registry: Registry) -> None:
     first, second = new_run(registry, "first"), new_run(registry, "second")
     for run_id, offset in ((first, 0.0), (second, 10.0)):
         for epoch in range(3):
-            registry.log_epoch(run_id, epoch, {"test_acc": offset + epoch, "k": 2.0 * epoch,
-                                               "mean_entropy": 0.5, "lr": 0.1}, [])
+            registry.log_epoch(
+                run_id, epoch, {"test_acc": offset + epoch, "k": 2.0 * epoch, "mean_entropy": 0.5, "lr": 0.1}, []
+            )
     registry.log_epoch(second, 3, {"lr": 0.01}, [])  # an epoch with none of the wanted names
 
     everything = registry.epoch_metrics([first, second])
@@ -571,11 +632,15 @@ def test_epoch_metrics_names_filter(registry: Registry) -> None:
 
     only = registry.epoch_metrics([first], names=("mean_entropy",))
     assert list(only.itertuples(index=False, name=None)) == [
-        (first, 0, "mean_entropy", 0.5), (first, 1, "mean_entropy", 0.5),
-        (first, 2, "mean_entropy", 0.5)]
-    for empty in (registry.epoch_metrics([first], names=[]),
-                  registry.epoch_metrics([first], names=["unknown"]),
-                  registry.epoch_metrics([], names=["k"])):
+        (first, 0, "mean_entropy", 0.5),
+        (first, 1, "mean_entropy", 0.5),
+        (first, 2, "mean_entropy", 0.5),
+    ]
+    for empty in (
+        registry.epoch_metrics([first], names=[]),
+        registry.epoch_metrics([first], names=["unknown"]),
+        registry.epoch_metrics([], names=["k"]),
+    ):
         assert empty.empty and list(empty.columns) == ["run_id", "epoch", "name", "value"]
         assert str(empty["epoch"].dtype) == "int64" and str(empty["value"].dtype) == "float64"
     with pytest.raises(RegistryError, match="names must be a sequence of names, not the string"):
@@ -585,9 +650,12 @@ def test_epoch_metrics_names_filter(registry: Registry) -> None:
 def test_layer_stats_stats_filter(registry: Registry) -> None:
     run_id = new_run(registry)
     for epoch in range(3):
-        registry.log_epoch(run_id, epoch, {}, [
-            (i, f"l{i}", {"entropy": epoch + i / 10, "firing_rate": 0.1, "membrane_mean": -1.0})
-            for i in range(2)])
+        registry.log_epoch(
+            run_id,
+            epoch,
+            {},
+            [(i, f"l{i}", {"entropy": epoch + i / 10, "firing_rate": 0.1, "membrane_mean": -1.0}) for i in range(2)],
+        )
     registry.log_epoch(run_id, 3, {}, [(0, "l0", {"firing_rate": 0.2})])  # no entropy logged
 
     everything = registry.layer_stats([run_id])
@@ -598,13 +666,15 @@ def test_layer_stats_stats_filter(registry: Registry) -> None:
 
     at_one = registry.layer_stats([run_id], epoch=1, stats=["membrane_mean", "entropy"])
     assert list(at_one.itertuples(index=False, name=None)) == [
-        (run_id, 1, 0, "l0", "entropy", 1.0), (run_id, 1, 0, "l0", "membrane_mean", -1.0),
-        (run_id, 1, 1, "l1", "entropy", 1.1), (run_id, 1, 1, "l1", "membrane_mean", -1.0)]
+        (run_id, 1, 0, "l0", "entropy", 1.0),
+        (run_id, 1, 0, "l0", "membrane_mean", -1.0),
+        (run_id, 1, 1, "l1", "entropy", 1.1),
+        (run_id, 1, 1, "l1", "membrane_mean", -1.0),
+    ]
     # The last epoch is the run's last of any statistic: epoch 3, which has no entropy.
     assert registry.layer_stats([run_id], last_epoch_only=True, stats=["entropy"]).empty
     last_rate = registry.layer_stats([run_id], last_epoch_only=True, stats=["firing_rate"])
-    assert list(last_rate.itertuples(index=False, name=None)) == [
-        (run_id, 3, 0, "l0", "firing_rate", 0.2)]
+    assert list(last_rate.itertuples(index=False, name=None)) == [(run_id, 3, 0, "l0", "firing_rate", 0.2)]
     assert registry.layer_stats([run_id], stats=[]).empty
     with pytest.raises(RegistryError, match="stats must be a sequence of names"):
         registry.layer_stats([run_id], stats="entropy")
@@ -612,19 +682,18 @@ def test_layer_stats_stats_filter(registry: Registry) -> None:
 
 # ------------------------------------------------------------------------------ opening
 
+
 def test_file_registry_uses_wal(file_registry: Registry, db_path: Path) -> None:
     assert db_path.is_file()
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            str(SCHEMA_VERSION),)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         kinds = dict(conn.execute("SELECT name, type FROM sqlite_master"))
     assert {"meta", "groups", "runs", "epoch_metrics", "layer_stats"} <= set(kinds)
     assert {"ix_runs_group_id", "ix_runs_status", "ix_runs_created_at"} <= set(kinds)
 
 
-def test_reopen_sees_data_and_plain_relative_path(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reopen_sees_data_and_plain_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with Registry("runs/registry.db") as first:
         run_id = new_run(first)
@@ -654,9 +723,12 @@ def test_schema_is_created_on_first_use(url: str) -> None:
 def test_newer_schema_version_is_refused(url: str) -> None:
     Registry(url).close()
     set_schema_version(url, SCHEMA_VERSION + 1)
-    with pytest.raises(RegistryError, match=rf"registry schema version {SCHEMA_VERSION + 1} is "
-                                            rf"newer than this imloss understands "
-                                            rf"\({SCHEMA_VERSION}\); upgrade imloss"):
+    with pytest.raises(
+        RegistryError,
+        match=rf"registry schema version {SCHEMA_VERSION + 1} is "
+        rf"newer than this imloss understands "
+        rf"\({SCHEMA_VERSION}\); upgrade imloss",
+    ):
         Registry(url)
 
 
@@ -667,8 +739,9 @@ def test_older_schema_version_is_migrated(url: str, monkeypatch: pytest.MonkeyPa
         Registry(url)
 
     applied: list[int] = []
-    monkeypatch.setattr(backend_module, "MIGRATIONS",
-                        {SCHEMA_VERSION - 1: lambda conn: applied.append(SCHEMA_VERSION - 1)})
+    monkeypatch.setattr(
+        backend_module, "MIGRATIONS", {SCHEMA_VERSION - 1: lambda conn: applied.append(SCHEMA_VERSION - 1)}
+    )
     Registry(url).close()
     assert applied == [SCHEMA_VERSION - 1]
     Registry(url).close()  # already migrated: nothing runs again
@@ -681,8 +754,11 @@ def test_foreign_database_is_refused(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE users (id INTEGER PRIMARY KEY)"))
     engine.dispose()
-    with pytest.raises(RegistryError, match=r"is not an imloss registry: it has tables users "
-                                            r"but no 'meta' table"):
+    with pytest.raises(
+        RegistryError,
+        match=r"is not an imloss registry: it has tables users "
+        r"but no 'meta' table",
+    ):
         Registry(url)
 
 
@@ -741,8 +817,11 @@ def test_unreachable_server_is_a_registry_error() -> None:
     pytest.importorskip("psycopg", reason="the PostgreSQL driver is the 'postgres' extra")
     # Port 1 on loopback: nothing listens there, so the connection is refused at once.
     url = "postgresql+psycopg://someone:secret@127.0.0.1:1/imloss?connect_timeout=5"
-    with pytest.raises(RegistryError, match=r"^cannot connect to registry postgresql\+psycopg://"
-                                            r"someone:\*\*\*@127\.0\.0\.1:1/imloss") as error:
+    with pytest.raises(
+        RegistryError,
+        match=r"^cannot connect to registry postgresql\+psycopg://"
+        r"someone:\*\*\*@127\.0\.0\.1:1/imloss",
+    ) as error:
         Registry(url)
     assert "secret" not in str(error.value)
 
@@ -775,6 +854,7 @@ def test_registry_imports_only_stdlib_sqlalchemy_and_pandas() -> None:
 
 # ------------------------------------------------------------------------------ processes
 
+
 def load_writer() -> ModuleType:
     spec = importlib.util.spec_from_file_location("registry_writer", WRITER)
     assert spec is not None and spec.loader is not None
@@ -786,10 +866,18 @@ def load_writer() -> ModuleType:
 def run_writers(url: str, count: int, epochs: int, layers: int) -> list[str]:
     """Start ``count`` writer processes, release them at the same moment, return their output."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, str(WRITER), url, f"writer-{i}", str(epochs),
-                               str(layers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-             for i in range(count)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WRITER), url, f"writer-{i}", str(epochs), str(layers)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        for i in range(count)
+    ]
     try:
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -825,8 +913,7 @@ def check_writers_landed(url: str, count: int, epochs: int, layers: int) -> None
     for run_id, epoch, name, value in metrics.itertuples(index=False, name=None):
         assert value == writer.expected_value(number[run_id], epoch, 999, metric_index[name])
     stat_index = {name: i for i, name in enumerate(writer.STATS)}
-    for run_id, epoch, layer, layer_name, stat, value in layers_frame.itertuples(index=False,
-                                                                                 name=None):
+    for run_id, epoch, layer, layer_name, stat, value in layers_frame.itertuples(index=False, name=None):
         assert layer_name == f"layer{layer}.lif"
         assert value == writer.expected_value(number[run_id], epoch, layer, stat_index[stat])
 
@@ -846,12 +933,16 @@ def test_values_are_stored_as_numbers(file_registry: Registry, db_path: Path) ->
     run_id = new_run(file_registry, seed=123)
     file_registry.log_epoch(run_id, 2, {"loss": 0.5}, [(3, "stem.lif", {"firing_rate": 0.25})])
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT typeof(seed), typeof(pid), typeof(created_at) FROM runs"
-                            ).fetchone() == ("integer", "integer", "real")
-        assert conn.execute("SELECT typeof(epoch), typeof(value) FROM epoch_metrics"
-                            ).fetchone() == ("integer", "real")
-        assert conn.execute("SELECT typeof(layer_index), typeof(value) FROM layer_stats"
-                            ).fetchone() == ("integer", "real")
+        assert conn.execute("SELECT typeof(seed), typeof(pid), typeof(created_at) FROM runs").fetchone() == (
+            "integer",
+            "integer",
+            "real",
+        )
+        assert conn.execute("SELECT typeof(epoch), typeof(value) FROM epoch_metrics").fetchone() == ("integer", "real")
+        assert conn.execute("SELECT typeof(layer_index), typeof(value) FROM layer_stats").fetchone() == (
+            "integer",
+            "real",
+        )
     created = file_registry.get_run(run_id).created_at
     assert abs((created - datetime.now(timezone.utc)).total_seconds()) < 60
     assert not math.isnan(file_registry.epoch_metrics([run_id])["value"].iloc[0])

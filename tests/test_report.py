@@ -42,23 +42,46 @@ def _recipe(weight: float, seed: int, **more: Any) -> Recipe:
     return load_recipe(None).with_overrides({"loss.im_weight": weight, "train.seed": seed, **more})
 
 
-def _add_run(registry: Registry, recipe: Recipe, accs: list[float], *, group_id: str | None = None,
-             status: str = "FINISHED", code_version: str = "0.1.0", git_dirty: bool = False) -> str:
+def _add_run(
+    registry: Registry,
+    recipe: Recipe,
+    accs: list[float],
+    *,
+    group_id: str | None = None,
+    status: str = "FINISHED",
+    code_version: str = "0.1.0",
+    git_dirty: bool = False,
+) -> str:
     """Create a run of ``recipe`` with one logged epoch per accuracy, ended with ``status``."""
     seed = recipe.train.seed
     assert seed is not None
     run_id = registry.create_run(
-        name=recipe.name, recipe=recipe.model_dump(mode="json"), config_hash=config_hash(recipe),
-        fingerprint=run_fingerprint(recipe, seed, code_version), seed=seed,
-        code_version=code_version, kind="ablate" if group_id else "train", group_id=group_id,
-        git_commit="abc", git_dirty=git_dirty)
+        name=recipe.name,
+        recipe=recipe.model_dump(mode="json"),
+        config_hash=config_hash(recipe),
+        fingerprint=run_fingerprint(recipe, seed, code_version),
+        seed=seed,
+        code_version=code_version,
+        kind="ablate" if group_id else "train",
+        group_id=group_id,
+        git_commit="abc",
+        git_dirty=git_dirty,
+    )
     weight = recipe.loss.im_weight
     for epoch, acc in enumerate(accs, start=1):
         entropies = [_entropy(weight, seed, epoch, i) for i, _ in LAYERS]
-        metrics = {"test_acc": acc, "test_loss": 1.0 - acc, "loss": 2.0 - acc, "k": K.get(epoch, 10.0),
-                   "mean_entropy": sum(entropies) / len(entropies), "lr": 0.1}
-        stats = [(i, name, {"entropy": e, "firing_rate": 0.1 * (i + 1), "membrane_mean": -1.0})
-                 for (i, name), e in zip(LAYERS, entropies)]
+        metrics = {
+            "test_acc": acc,
+            "test_loss": 1.0 - acc,
+            "loss": 2.0 - acc,
+            "k": K.get(epoch, 10.0),
+            "mean_entropy": sum(entropies) / len(entropies),
+            "lr": 0.1,
+        }
+        stats = [
+            (i, name, {"entropy": e, "firing_rate": 0.1 * (i + 1), "membrane_mean": -1.0})
+            for (i, name), e in zip(LAYERS, entropies)
+        ]
         registry.log_epoch(run_id, epoch, metrics, stats)
     if status != "RUNNING":
         registry.finish_run(run_id, status)
@@ -70,8 +93,12 @@ def registry() -> Registry:
     """The im_weight x seed group: 6 FINISHED runs, 3 epochs each."""
     reg = Registry("sqlite://")
     base = load_recipe(None)
-    group = reg.create_group("digits: im_weight x seed", {"recipe": base.model_dump(mode="json")},
-                             {"loss.im_weight": [0.0, 1.0, 2.0], "train.seed": [0, 1]}, ["ablate"])
+    group = reg.create_group(
+        "digits: im_weight x seed",
+        {"recipe": base.model_dump(mode="json")},
+        {"loss.im_weight": [0.0, 1.0, 2.0], "train.seed": [0, 1]},
+        ["ablate"],
+    )
     for (weight, seed), accs in ACC.items():
         _add_run(reg, _recipe(weight, seed), accs, group_id=group)
     yield reg
@@ -98,8 +125,7 @@ def test_best_selection_pools_seeds_per_configuration(registry: Registry) -> Non
     assert table["test_acc_std"].tolist() == pytest.approx([STD_2] * 3)
     assert list(table["test_acc"]) == ["89.00 ± 1.41", "94.00 ± 1.41", "79.00 ± 1.41"]
     # mean_entropy at each run's best epoch: mean over layers (+0.25) of 0.3 w + 0.01 s + 0.2 e
-    expected = [sum(0.3 * w + 0.01 * s + 0.2 * BEST_EPOCH[w, s] + 0.25 for s in (0, 1)) / 2
-                for w in (0.0, 1.0, 2.0)]
+    expected = [sum(0.3 * w + 0.01 * s + 0.2 * BEST_EPOCH[w, s] + 0.25 for s in (0, 1)) / 2 for w in (0.0, 1.0, 2.0)]
     assert table["mean_entropy"].tolist() == pytest.approx(expected)
     assert report.warnings == []
     runs = report.runs
@@ -178,16 +204,22 @@ def test_runs_without_the_metric_are_left_out_of_the_means(registry: Registry) -
     report = build_report(registry)
     assert list(report.table["n"]) == [2, 2, 2]
     assert report.table["test_acc_mean"].tolist() == pytest.approx([0.89, 0.94, 0.79])
-    assert report.warnings == [f"1 finished run has no test_acc value and is left out of the "
-                               f"means: {empty}"]
+    assert report.warnings == [f"1 finished run has no test_acc value and is left out of the means: {empty}"]
 
 
 def test_mean_entropy_as_the_metric_is_not_repeated(registry: Registry) -> None:
     report = build_report(registry, metric="mean_entropy", select="last")
-    assert list(report.table.columns) == ["loss.im_weight", "mean_entropy", "n", "mean_entropy_mean",
-                                          "mean_entropy_std", "config_hash"]
+    assert list(report.table.columns) == [
+        "loss.im_weight",
+        "mean_entropy",
+        "n",
+        "mean_entropy_mean",
+        "mean_entropy_std",
+        "config_hash",
+    ]
     assert report.table["mean_entropy_mean"].tolist() == pytest.approx(
-        [0.3 * w + 0.005 + 0.6 + 0.25 for w in (0, 1, 2)])
+        [0.3 * w + 0.005 + 0.6 + 0.25 for w in (0, 1, 2)]
+    )
     assert list(report.table["mean_entropy"]) == ["0.8550 ± 0.0071", "1.1550 ± 0.0071", "1.4550 ± 0.0071"]
     assert "| 0.0 | 0.8550 ± 0.0071 | 2 |" in render(report, "markdown")
 
@@ -220,8 +252,7 @@ def test_unfinished_runs_are_left_out_with_a_warning(registry: Registry) -> None
     report = build_report(registry)
     assert list(report.table["n"]) == [2, 2, 2]
     assert report.table["test_acc_mean"].tolist() == pytest.approx([0.89, 0.94, 0.79])
-    assert report.warnings == [f"2 runs in group {group} are not finished (1 FAILED, 1 RUNNING) "
-                               f"and are left out"]
+    assert report.warnings == [f"2 runs in group {group} are not finished (1 FAILED, 1 RUNNING) and are left out"]
 
 
 def test_no_finished_runs_is_an_error() -> None:
@@ -239,8 +270,7 @@ def test_no_finished_runs_is_an_error() -> None:
 def test_unknown_metric_and_options_are_errors(registry: Registry) -> None:
     with pytest.raises(ReportError) as info:
         build_report(registry, metric="tst_acc")
-    assert str(info.value) == ("unknown metric 'tst_acc'; known: k, loss, lr, mean_entropy, "
-                               "test_acc, test_loss")
+    assert str(info.value) == ("unknown metric 'tst_acc'; known: k, loss, lr, mean_entropy, test_acc, test_loss")
     with pytest.raises(ReportError, match="unknown selection 'worst'"):
         build_report(registry, select="worst")
     with pytest.raises(ReportError, match="unknown format 'docx'"):
@@ -272,8 +302,14 @@ def test_mixed_code_versions_and_dirty_trees_are_warned_about() -> None:
 
 def test_csv_is_the_numeric_main_table(registry: Registry) -> None:
     frame = pd.read_csv(io.StringIO(render(build_report(registry), "csv")))
-    assert list(frame.columns) == ["loss.im_weight", "test_acc_mean", "test_acc_std", "n",
-                                   "mean_entropy", "config_hash"]
+    assert list(frame.columns) == [
+        "loss.im_weight",
+        "test_acc_mean",
+        "test_acc_std",
+        "n",
+        "mean_entropy",
+        "config_hash",
+    ]
     assert len(frame) == 3 and pd.api.types.is_float_dtype(frame["test_acc_mean"])
     assert frame["test_acc_mean"].tolist() == pytest.approx([0.89, 0.94, 0.79])
     assert frame["n"].tolist() == [2, 2, 2]

@@ -39,14 +39,20 @@ def test_sigkill_in_epoch_3_then_resume_equals_the_uninterrupted_run(tiny_recipe
     (reference,) = Registry(straight).list_runs()
 
     killed = f"sqlite:///{workdir / 'killed.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "imloss_cli", *args, "--registry", killed], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imloss_cli", *args, "--registry", killed],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     seconds = None
     while seconds is None and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
         try:  # a plain read-only look, so the poll never competes with the writer
             with sqlite3.connect(f"file:{workdir / 'killed.db'}?mode=ro", uri=True) as db:
-                row = db.execute("select value from epoch_metrics where epoch = 2 and name = 'train_seconds'").fetchone()
+                row = db.execute(
+                    "select value from epoch_metrics where epoch = 2 and name = 'train_seconds'"
+                ).fetchone()
         except sqlite3.Error:
             continue
         seconds = row[0] if row else None
@@ -69,7 +75,12 @@ def test_sigkill_in_epoch_3_then_resume_equals_the_uninterrupted_run(tiny_recipe
 
 
 def test_resume_refuses_a_finished_run(tiny_recipe: Path, registry_url: str) -> None:
-    assert runner.invoke(app, ["train", str(tiny_recipe), "--seed", "0", "--set", "train.epochs=1", "--registry", registry_url]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["train", str(tiny_recipe), "--seed", "0", "--set", "train.epochs=1", "--registry", registry_url]
+        ).exit_code
+        == 0
+    )
     (run,) = Registry(registry_url).list_runs()
     result = runner.invoke(app, ["resume", run.id, "--registry", registry_url])
     assert result.exit_code == 2
@@ -99,8 +110,24 @@ def test_nan_loss_fails_the_run_with_epoch_and_step_and_keeps_the_last_good_chec
     assert state["epoch"] == 1
 
 
-def test_keep_last_prunes_epoch_checkpoints_and_keeps_best_apart(tiny_recipe: Path, registry_url: str, workdir: Path) -> None:
-    result = runner.invoke(app, ["train", str(tiny_recipe), "--seed", "0", "--set", "train.epochs=4", "--keep-last", "2", "--registry", registry_url])
+def test_keep_last_prunes_epoch_checkpoints_and_keeps_best_apart(
+    tiny_recipe: Path, registry_url: str, workdir: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_recipe),
+            "--seed",
+            "0",
+            "--set",
+            "train.epochs=4",
+            "--keep-last",
+            "2",
+            "--registry",
+            registry_url,
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run,) = Registry(registry_url).list_runs()
     files = sorted(p.name for p in Path(run.checkpoint_dir).glob("*.pt"))
@@ -108,5 +135,7 @@ def test_keep_last_prunes_epoch_checkpoints_and_keeps_best_apart(tiny_recipe: Pa
     last = load_checkpoint(Path(run.checkpoint_dir) / "last.pt")
     assert last["epoch"] == 4 and set(last["rng"]) >= {"python", "numpy", "torch"}
     accs = Registry(registry_url).epoch_metrics([run.id])
-    best_epoch = int(accs[accs.name == "test_acc"].sort_values(["value", "epoch"], ascending=[False, True]).epoch.iloc[0])
+    best_epoch = int(
+        accs[accs.name == "test_acc"].sort_values(["value", "epoch"], ascending=[False, True]).epoch.iloc[0]
+    )
     assert load_checkpoint(Path(run.checkpoint_dir) / "best.pt")["epoch"] == best_epoch

@@ -82,9 +82,7 @@ class Trial:
         return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.values.items())
 
 
-def plan_trials(
-    base: Recipe, axes: dict[str, Sequence[Any]], seeds: Sequence[int], code_version: str
-) -> list[Trial]:
+def plan_trials(base: Recipe, axes: dict[str, Sequence[Any]], seeds: Sequence[int], code_version: str) -> list[Trial]:
     """Every combination of the axis values (in the order given), seeds varying fastest.
 
     ``code_version`` goes into each trial's fingerprint (see ``recipe.run_fingerprint``).
@@ -111,5 +109,3 @@ def plan_trials(
     if problems:
         raise RecipeError(problems, "ablation")
     return trials
-
-

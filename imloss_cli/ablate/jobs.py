@@ -65,7 +65,9 @@ def run_jobs(
                 job.log.parent.mkdir(parents=True, exist_ok=True)
                 with open(job.log, "ab") as log:
                     command = [sys.executable, "-m", "imloss_cli", "resume", job.run_id, "--registry", registry_url]
-                    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_environment(started, parallel))
+                    proc = subprocess.Popen(
+                        command, stdout=log, stderr=subprocess.STDOUT, env=_environment(started, parallel)
+                    )
                 running[proc] = job
                 started += 1
             time.sleep(0.1)

@@ -21,7 +21,18 @@ from imloss_cli.bench.run import BenchOptions, BenchResult, VariantResult, memor
 from imloss_cli.bench.variants import KNOWN, BenchError, SpikingJellyLIF, build_variant
 
 __all__ = [
-    "GATE_TOL", "KNOWN", "BenchError", "BenchOptions", "BenchResult", "GateCheck", "SpikingJellyLIF",
-    "VariantResult", "build_variant", "correctness_gate", "format_table", "memory_probe",
-    "run_benchmark", "to_json",
+    "GATE_TOL",
+    "KNOWN",
+    "BenchError",
+    "BenchOptions",
+    "BenchResult",
+    "GateCheck",
+    "SpikingJellyLIF",
+    "VariantResult",
+    "build_variant",
+    "correctness_gate",
+    "format_table",
+    "memory_probe",
+    "run_benchmark",
+    "to_json",
 ]

@@ -42,8 +42,14 @@ def _max_err(a: Tensor, b: Tensor) -> float:
 
 def _naive_reference(lif: LIF, x: Tensor, k: float) -> tuple[Tensor, Tensor, Tensor]:
     x = x.clone().requires_grad_(True)
-    s, v = lif_naive(x, torch.tensor(k, device=x.device), lif.decay, lif.v_threshold,
-                     "soft" if lif.soft_reset else "hard", lif.detach_reset)
+    s, v = lif_naive(
+        x,
+        torch.tensor(k, device=x.device),
+        lif.decay,
+        lif.v_threshold,
+        "soft" if lif.soft_reset else "hard",
+        lif.detach_reset,
+    )
     return x, s, v
 
 

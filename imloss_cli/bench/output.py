@@ -26,11 +26,16 @@ def format_table(result: BenchResult) -> str:
         f"  {'check':30} {'T':>2} {'spike diffs':>11} {'v_seq err':>10} {'grad err':>10}  ok",
     ]
     for c in result.gate:
-        lines.append(f"  {c.name:30} {c.timesteps:>2} {c.spike_mismatches:>11} {c.v_err:>10.2e} {c.grad_err:>10.2e}  "
-                     f"{'yes' if c.passed else 'NO'}")
+        lines.append(
+            f"  {c.name:30} {c.timesteps:>2} {c.spike_mismatches:>11} {c.v_err:>10.2e} {c.grad_err:>10.2e}  "
+            f"{'yes' if c.passed else 'NO'}"
+        )
     if result.rows:
-        lines.append(f"{'variant':26} {'T':>2} {'s/step':>9} {'spread':>7} {'images/s':>9} {'imloss/this':>11} {'range':>11} "
-                     f"{'peak MB':>9} {'step MB':>8} {'warm-up s':>9} {'enc':>5}" + ("  MFU" if result.rows[0].mfu is not None else ""))
+        lines.append(
+            f"{'variant':26} {'T':>2} {'s/step':>9} {'spread':>7} {'images/s':>9} {'imloss/this':>11} {'range':>11} "
+            f"{'peak MB':>9} {'step MB':>8} {'warm-up s':>9} {'enc':>5}"
+            + ("  MFU" if result.rows[0].mfu is not None else "")
+        )
         for r in result.rows:
             spread = (r.s_max - r.s_min) / r.s_per_step * 100
             lines.append(
@@ -64,15 +69,19 @@ def _summary(result: BenchResult) -> list[str]:
         sj = [r for n, r in rows.items() if n.startswith("spikingjelly")]  # every backend and layout
         if sj:
             best = min(sj, key=lambda r: r.s_per_step)
-            parts.append(f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of {best.variant} (fastest SJ; "
-                         f"images/s {rows['imloss'].images_per_s / best.images_per_s:.2f}x)")
+            parts.append(
+                f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of {best.variant} (fastest SJ; "
+                f"images/s {rows['imloss'].images_per_s / best.images_per_s:.2f}x)"
+            )
             if best.step_mb and rows["imloss"].step_mb:
                 parts.append(f"{rows['imloss'].step_mb / best.step_mb:.2f}x its step memory")
         for floor, kind in (("relu", "floor"), ("relu-tb", "floor"), ("conv-only", "bound")):
             floors = [r for n, r in rows.items() if split_row_name(n, result.options)[0] == floor]
             if floors:  # the floor is the fastest layout of it
                 best = min(floors, key=lambda r: r.s_per_step)
-                parts.append(f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of the {best.variant} {kind}")
+                parts.append(
+                    f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of the {best.variant} {kind}"
+                )
         if parts:
             out.append(f"summary T={T}: imloss takes " + ", ".join(parts))
     return out

@@ -103,15 +103,22 @@ def _resolve(o: BenchOptions) -> BenchOptions:
         raise BenchError(f"dtype must be auto, fp32 or bf16, got {o.dtype!r}")
     bad = [f for f in o.memory_formats if f not in MEMORY_FORMATS]
     if bad or not o.memory_formats or len(set(o.memory_formats)) < len(o.memory_formats):
-        raise BenchError(f"memory formats must be distinct values from {', '.join(MEMORY_FORMATS)}, "
-                         f"got {','.join(o.memory_formats) or 'none'}")
+        raise BenchError(
+            f"memory formats must be distinct values from {', '.join(MEMORY_FORMATS)}, "
+            f"got {','.join(o.memory_formats) or 'none'}"
+        )
     size = o.image_size or {"resnet34": 224, "convnet3": 8}.get(o.arch, 32)
     cuda = device == "cuda"
     if o.threads is not None:
         torch.set_num_threads(o.threads)  # before anything runs: intra-op pools are sized once
     return dataclasses.replace(
-        o, device=device, dtype=dtype, image_size=size, threads=torch.get_num_threads(),
-        steps=o.steps or (20 if cuda else 3), warmup=o.warmup if o.warmup is not None else (5 if cuda else 2),
+        o,
+        device=device,
+        dtype=dtype,
+        image_size=size,
+        threads=torch.get_num_threads(),
+        steps=o.steps or (20 if cuda else 3),
+        warmup=o.warmup if o.warmup is not None else (5 if cuda else 2),
     )
 
 
@@ -206,7 +213,9 @@ def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner]
         model, neurons = build_variant(base, variant, o.compiled)
         model = model.to(memory_format=layout)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=DEFAULTS.optim.momentum)
-        runners[row] = _Runner(model=model, neurons=neurons, optimizer=opt, autocast=autocast, v_threshold=spec.v_threshold)
+        runners[row] = _Runner(
+            model=model, neurons=neurons, optimizer=opt, autocast=autocast, v_threshold=spec.v_threshold
+        )
         inputs[row] = x.contiguous(memory_format=layout)
     return runners, inputs, y
 
@@ -248,11 +257,32 @@ def memory_probe(o: BenchOptions, variant: str, T: int, steps: int = 2) -> dict[
 def _probe_in_subprocess(o: BenchOptions, row: str, T: int) -> dict[str, float]:
     variant, memory_format = split_row_name(row, o)
     argv = [
-        sys.executable, "-m", "imloss_cli.bench", "--memory-probe", variant, "--arch", o.arch,
-        "--memory-format", memory_format,
-        "--timesteps", str(T), "--batch", str(o.batch), "--device", o.device, "--dtype", o.dtype,
-        "--image-size", str(o.image_size), "--seed", str(o.seed), "--warmup", str(o.warmup),
-        "--threads", str(o.threads), *([] if o.compiled else ["--no-compile"]),
+        sys.executable,
+        "-m",
+        "imloss_cli.bench",
+        "--memory-probe",
+        variant,
+        "--arch",
+        o.arch,
+        "--memory-format",
+        memory_format,
+        "--timesteps",
+        str(T),
+        "--batch",
+        str(o.batch),
+        "--device",
+        o.device,
+        "--dtype",
+        o.dtype,
+        "--image-size",
+        str(o.image_size),
+        "--seed",
+        str(o.seed),
+        "--warmup",
+        str(o.warmup),
+        "--threads",
+        str(o.threads),
+        *([] if o.compiled else ["--no-compile"]),
     ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
@@ -415,19 +445,29 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
         ),
     ]
     layouts = " and ".join(o.memory_formats)
-    notes.append(f"layout: model and input in {layouts} (torch.memory_format); rows named variant@layout "
-                 f"ran in the layout after the @, the others in {o.memory_formats[0]}")
+    notes.append(
+        f"layout: model and input in {layouts} (torch.memory_format); rows named variant@layout "
+        f"ran in the layout after the @, the others in {o.memory_formats[0]}"
+    )
     if o.device == "cpu" and "spikingjelly" in variants and "contiguous" not in o.memory_formats:
-        notes.append("spikingjelly's CPU path is faster in contiguous (NCHW) than in channels_last: add "
-                     "--memory-format channels_last,contiguous to time it in its best layout too")
+        notes.append(
+            "spikingjelly's CPU path is faster in contiguous (NCHW) than in channels_last: add "
+            "--memory-format channels_last,contiguous to time it in its best layout too"
+        )
     if o.memory and o.device == "cpu":
-        notes.append("memory (CPU): each variant in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536; peak = "
-                     "VmHWM over 2 steps after warm-up (high-water mark reset), step = peak - RSS before them")
+        notes.append(
+            "memory (CPU): each variant in a fresh subprocess with MALLOC_MMAP_THRESHOLD_=65536; peak = "
+            "VmHWM over 2 steps after warm-up (high-water mark reset), step = peak - RSS before them"
+        )
     elif o.memory:
-        notes.append("memory (CUDA): peak = max_memory_allocated during the timed steps; step = peak - allocated before")
+        notes.append(
+            "memory (CUDA): peak = max_memory_allocated during the timed steps; step = peak - allocated before"
+        )
     if any(v.startswith("spikingjelly") for v in variants):
-        notes.append("spikingjelly: LIFNode settings via functional.lif_multi_step with an fp32 initial state; "
-                     "its v_seq is the post-reset potential, IM-Loss uses its mean")
+        notes.append(
+            "spikingjelly: LIFNode settings via functional.lif_multi_step with an fp32 initial state; "
+            "its v_seq is the post-reset potential, IM-Loss uses its mean"
+        )
     if not o.compiled:
         notes.append("imloss ran its eager kernels (--no-compile): no torch.compile anywhere")
     if "naive" in variants:

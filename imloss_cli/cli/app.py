@@ -70,8 +70,12 @@ def train(
     seed: Annotated[int | None, typer.Option(help="overrides train.seed")] = None,
     device: Annotated[str | None, typer.Option(help="overrides train.device: auto, cpu, cuda")] = None,
     name: Annotated[str | None, typer.Option(help="overrides the recipe's name")] = None,
-    deterministic: Annotated[bool | None, typer.Option("--deterministic", help="bit-exact CUDA (train.deterministic)")] = None,
-    keep_last: Annotated[int | None, typer.Option("--keep-last", help="epoch checkpoints to keep (train.keep_last)")] = None,
+    deterministic: Annotated[
+        bool | None, typer.Option("--deterministic", help="bit-exact CUDA (train.deterministic)")
+    ] = None,
+    keep_last: Annotated[
+        int | None, typer.Option("--keep-last", help="epoch checkpoints to keep (train.keep_last)")
+    ] = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (GPUs) on this machine, via torchrun")] = 1,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
@@ -94,7 +98,9 @@ def train(
         raise typer.Exit(0 if code == 0 else 1)
     env = DistEnv.from_environ()
     with TrainDisplay(console, quiet=env is not None and not env.is_main) as ui:
-        result = guarded(lambda: train_run(r, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks(), queued_run=run_id))
+        result = guarded(
+            lambda: train_run(r, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks(), queued_run=run_id)
+        )
     if result is not None and result.last is not None:
         m = result.last.metrics
         console.print(f"[bold green]done[/]  test accuracy {m['test_acc']:.4f}  run {result.run_id}")
@@ -145,7 +151,9 @@ def ablate(
     spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
     if recipe is None:
         base_run, base = guarded(lambda: latest_train_recipe(registry, parse_overrides(set_ or [])))
-        console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
+        console.print(
+            f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False
+        )
     else:
         base = load(recipe, set_)
     with AblationView(console) as view:
@@ -187,7 +195,9 @@ def runs(
     from imloss_cli.registry import Registry
     from imloss_cli.report import runs_overview
 
-    frame = guarded(lambda: runs_overview(Registry(registry), status=status and status.upper(), group=group, limit=limit))
+    frame = guarded(
+        lambda: runs_overview(Registry(registry), status=status and status.upper(), group=group, limit=limit)
+    )
     console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
 
 
@@ -211,7 +221,9 @@ def show(
 def report(
     group: Annotated[str | None, typer.Option(help="ablation group id or prefix")] = None,
     last: Annotated[bool, typer.Option("--last", help="the most recent ablation group")] = False,
-    recipe_name: Annotated[str | None, typer.Option("--recipe", help="finished runs of the recipe with this name")] = None,
+    recipe_name: Annotated[
+        str | None, typer.Option("--recipe", help="finished runs of the recipe with this name")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="markdown, csv, latex, json or html")] = "markdown",
     metric: Annotated[str, typer.Option(help="metric to compare")] = "test_acc",
     select: Annotated[str, typer.Option(help="best: each run's best epoch; last: its last epoch")] = "best",
@@ -229,7 +241,9 @@ def report(
     from imloss_cli.report import build_report, render, write_plots
 
     reg = guarded(lambda: Registry(registry))
-    rep = guarded(lambda: build_report(reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select))
+    rep = guarded(
+        lambda: build_report(reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select)
+    )
     text = guarded(lambda: render(rep, fmt))
     for warning in rep.warnings:
         warn(warning)

@@ -25,17 +25,28 @@ def bench(
     batch: Annotated[int | None, typer.Option(min=1, help="images per step (8)")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (auto)")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16")] = None,
-    compare: Annotated[str | None, typer.Option(help=f"variants beside imloss, from {', '.join(KNOWN)} (spikingjelly,naive,relu)")] = None,
+    compare: Annotated[
+        str | None, typer.Option(help=f"variants beside imloss, from {', '.join(KNOWN)} (spikingjelly,naive,relu)")
+    ] = None,
     repeats: Annotated[int | None, typer.Option(min=1, help="interleaved repeats; the median is reported (5)")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="timed steps per variant and repeat (3 on CPU, 20 on CUDA)")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="timed steps per variant and repeat (3 on CPU, 20 on CUDA)")
+    ] = None,
     warmup: Annotated[int | None, typer.Option(min=0, help="warm-up steps per variant (2 on CPU, 5 on CUDA)")] = None,
-    image_size: Annotated[int | None, typer.Option(min=4, help="input side (224 for resnet34, 8 for convnet3, else 32)")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(min=4, help="input side (224 for resnet34, 8 for convnet3, else 32)")
+    ] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="seed of the weights and the batch (0)")] = None,
     peak_tflops: Annotated[float | None, typer.Option(help="peak for MFU (989: bf16 dense, H100/H200)")] = None,
-    memory_format: Annotated[str | None, typer.Option(help="layouts, every variant runs in each (channels_last; or channels_last,contiguous)")] = None,
+    memory_format: Annotated[
+        str | None,
+        typer.Option(help="layouts, every variant runs in each (channels_last; or channels_last,contiguous)"),
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice)")] = None,
     memory: Annotated[bool | None, typer.Option("--memory/--no-memory", help="measure peak memory (on)")] = None,
-    compiled: Annotated[bool | None, typer.Option("--compile/--no-compile", help="imloss with torch.compile (on)")] = None,
+    compiled: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="imloss with torch.compile (on)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     memory_probe_variant: Annotated[str | None, typer.Option("--memory-probe", hidden=True)] = None,
 ) -> None:

@@ -144,7 +144,9 @@ class AblationView:
             self.console.print(frame_table(rows, title=f"{len(rows)} trials (dry run: nothing recorded)", floats="{}"))
             return
         counts = pd.Series([o.status for o in result.outcomes]).value_counts().to_dict()
-        self.console.print(f"group {result.group_id}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), highlight=False)
+        self.console.print(
+            f"group {result.group_id}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()), highlight=False
+        )
         self.console.print(table, markup=False, highlight=False)
 
 
@@ -158,8 +160,13 @@ def render_details(console: Console, details: RunDetails) -> None:
         f"attempt {run.attempt}  group {run.group_id or '-'}",
         highlight=False,
     )
-    console.print(f"code {run.code_version}  commit {run.git_commit or '-'}{'  (dirty)' if run.git_dirty else ''}", highlight=False)
-    console.print(f"started {run.started_at}  ended {run.ended_at}  checkpoints {run.checkpoint_dir or '-'}", highlight=False)
+    console.print(
+        f"code {run.code_version}  commit {run.git_commit or '-'}{'  (dirty)' if run.git_dirty else ''}",
+        highlight=False,
+    )
+    console.print(
+        f"started {run.started_at}  ended {run.ended_at}  checkpoints {run.checkpoint_dir or '-'}", highlight=False
+    )
     if run.error_message:
         console.print(f"[red]{run.error_type}: {run.error_message}[/]", highlight=False)
     console.print("\n[bold]recipe[/]")
@@ -168,7 +175,11 @@ def render_details(console: Console, details: RunDetails) -> None:
     for key, value in run.environment.items():
         console.print(f"  {key}: {value}", highlight=False, markup=False)
     if len(details.epochs):
-        cols = [c for c in ("loss", "ce", "im", "train_acc", "test_acc", "k", "lr", "mean_entropy", "epoch_seconds") if c in details.epochs]
+        cols = [
+            c
+            for c in ("loss", "ce", "im", "train_acc", "test_acc", "k", "lr", "mean_entropy", "epoch_seconds")
+            if c in details.epochs
+        ]
         console.print(frame_table(details.epochs[cols], title="epochs"))
     if len(details.layers):
         console.print(frame_table(details.layers, title="layers (last epoch)"))

@@ -88,8 +88,9 @@ def check_sqlite_file(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RegistryError(f"registry path {path} is not writable: cannot create its directory "
-                            f"{path.parent} ({exc.strerror or exc})") from exc
+        raise RegistryError(
+            f"registry path {path} is not writable: cannot create its directory {path.parent} ({exc.strerror or exc})"
+        ) from exc
     if path.is_dir():
         raise RegistryError(f"registry path {path} is a directory, not a registry file")
     if not path.exists():
@@ -98,8 +99,7 @@ def check_sqlite_file(path: Path) -> None:
         with path.open("rb") as handle:
             header = handle.read(len(_SQLITE_MAGIC))
     except OSError as exc:
-        raise RegistryError(
-            f"registry file {path} is not readable ({exc.strerror or exc})") from exc
+        raise RegistryError(f"registry file {path} is not readable ({exc.strerror or exc})") from exc
     if header and header != _SQLITE_MAGIC:  # an empty file is a valid empty database
         raise RegistryError(f"file is not an imloss registry (not a SQLite database): {path}")
 
@@ -115,8 +115,7 @@ def open_engine(url: URL, where: str) -> Engine:
             return create_engine(url, pool_pre_ping=True)
         if sqlite_file(url) is None:
             # One shared connection, or every session would see its own empty in-memory database.
-            engine = create_engine(url, poolclass=StaticPool,
-                                   connect_args={"check_same_thread": False})
+            engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             engine = create_engine(url)
     except (NoSuchModuleError, ImportError, ArgumentError) as exc:
@@ -153,8 +152,9 @@ def prepare_schema(conn: Connection, where: str) -> None:
     tables = set(inspect(conn).get_table_names())
     if "meta" not in tables:
         if tables:
-            raise RegistryError(f"{where} is not an imloss registry: it has tables "
-                                f"{', '.join(sorted(tables))} but no 'meta' table")
+            raise RegistryError(
+                f"{where} is not an imloss registry: it has tables {', '.join(sorted(tables))} but no 'meta' table"
+            )
         Base.metadata.create_all(conn)
         conn.execute(insert(Meta).values(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
         return
@@ -164,16 +164,21 @@ def prepare_schema(conn: Connection, where: str) -> None:
     except (ValueError, TypeError):
         version = None
     if version is None:
-        raise RegistryError(f"{where} is not an imloss registry: no valid schema_version in its "
-                            f"meta table (found {stored!r})")
+        raise RegistryError(
+            f"{where} is not an imloss registry: no valid schema_version in its meta table (found {stored!r})"
+        )
     if version > SCHEMA_VERSION:
-        raise RegistryError(f"registry schema version {version} is newer than this imloss "
-                            f"understands ({SCHEMA_VERSION}); upgrade imloss")
+        raise RegistryError(
+            f"registry schema version {version} is newer than this imloss "
+            f"understands ({SCHEMA_VERSION}); upgrade imloss"
+        )
     while version < SCHEMA_VERSION:
         step = MIGRATIONS.get(version)
         if step is None:
-            raise RegistryError(f"registry {where} has schema version {version} and this imloss "
-                                f"has no migration from it to {SCHEMA_VERSION}")
+            raise RegistryError(
+                f"registry {where} has schema version {version} and this imloss "
+                f"has no migration from it to {SCHEMA_VERSION}"
+            )
         step(conn)
         version += 1
     # Always write here: a read-only registry must fail now, before any training starts.

@@ -35,14 +35,14 @@ def db_errors(where: str, *, opening: bool = False) -> Iterator[None]:
         low = detail.lower()
         if "file is not a database" in low:
             message = f"file is not an imloss registry (not a SQLite database): {where}"
-        elif opening and any(s in low for s in ("readonly", "read-only", "unable to open",
-                                                 "permission denied")):
+        elif opening and any(s in low for s in ("readonly", "read-only", "unable to open", "permission denied")):
             message = f"registry {where} is not writable ({detail})"
         elif "database is locked" in low:
-            message = (f"registry {where} stayed locked by another process for more than "
-                       f"{BUSY_TIMEOUT_MS // 1000} s ({detail})")
-        elif (opening and isinstance(exc, OperationalError)
-              and not isinstance(exc.orig, sqlite3.Error)):
+            message = (
+                f"registry {where} stayed locked by another process for more than "
+                f"{BUSY_TIMEOUT_MS // 1000} s ({detail})"
+            )
+        elif opening and isinstance(exc, OperationalError) and not isinstance(exc.orig, sqlite3.Error):
             # Server backends: refused connection, unknown database or role, bad password.
             message = f"cannot connect to registry {where} ({' '.join(detail.split())})"
         else:

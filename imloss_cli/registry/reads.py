@@ -39,15 +39,13 @@ _PLAIN_DRIVERS = frozenset({("sqlite", "pysqlite"), ("postgresql", "psycopg")})
 def metrics_statement(names: Sequence[str] | None) -> Select[Any]:
     """One run's epoch metrics (optionally only ``names``), in (epoch, name) order."""
     t = EpochMetric.__table__.c
-    stmt = (select(t.epoch, t.name, t.value).where(t.run_id == bindparam(RUN_PARAM))
-            .order_by(t.epoch, t.name))
+    stmt = select(t.epoch, t.name, t.value).where(t.run_id == bindparam(RUN_PARAM)).order_by(t.epoch, t.name)
     if names is not None:
         stmt = stmt.where(_one_of(t.name, names))
     return stmt
 
 
-def layers_statement(*, epoch: int | None, last_epoch_only: bool,
-                     stats: Sequence[str] | None) -> Select[Any]:
+def layers_statement(*, epoch: int | None, last_epoch_only: bool, stats: Sequence[str] | None) -> Select[Any]:
     """One run's layer statistics, in (epoch, layer_index, stat) order.
 
     Args:
@@ -57,8 +55,11 @@ def layers_statement(*, epoch: int | None, last_epoch_only: bool,
     """
     t = LayerStat.__table__.c
     run: BindParameter[str] = bindparam(RUN_PARAM, type_=String())
-    stmt = (select(t.epoch, t.layer_index, t.layer, t.stat, t.value).where(t.run_id == run)
-            .order_by(t.epoch, t.layer_index, t.stat))
+    stmt = (
+        select(t.epoch, t.layer_index, t.layer, t.stat, t.value)
+        .where(t.run_id == run)
+        .order_by(t.epoch, t.layer_index, t.stat)
+    )
     if last_epoch_only:
         # max(epoch) of one run is a single primary-key seek (SQLite's min/max optimisation)
         # and its rows one key range: the run's older epochs are never read.
@@ -99,8 +100,7 @@ def empty_frame(columns: list[str]) -> pd.DataFrame:
     return per_run_frame_from(iter(()), columns)
 
 
-def per_run_frame(conn: Connection, stmt: Select[Any], run_ids: Sequence[str],
-                  columns: list[str]) -> pd.DataFrame:
+def per_run_frame(conn: Connection, stmt: Select[Any], run_ids: Sequence[str], columns: list[str]) -> pd.DataFrame:
     """Run ``stmt`` once per run id (bound as ``RUN_PARAM``) and stack the results.
 
     One query per run keeps every query a primary-key range scan, needs no IN list (so no
@@ -115,8 +115,7 @@ def per_run_frame(conn: Connection, stmt: Select[Any], run_ids: Sequence[str],
     return per_run_frame_from(rows_per_run(conn, stmt, sorted(set(run_ids))), columns)
 
 
-def per_run_frame_from(runs: Iterator[tuple[str, list[tuple[Any, ...]]]],
-                       columns: list[str]) -> pd.DataFrame:
+def per_run_frame_from(runs: Iterator[tuple[str, list[tuple[Any, ...]]]], columns: list[str]) -> pd.DataFrame:
     """Stack ``(run_id, rows)`` pairs, rows holding ``columns[1:]``, into one frame."""
     record = np.dtype([(name, _dtype(name)) for name in columns[1:]])
     blocks: list[np.ndarray[Any, Any]] = []
@@ -133,8 +132,9 @@ def per_run_frame_from(runs: Iterator[tuple[str, list[tuple[Any, ...]]]],
     return pd.DataFrame(frame)
 
 
-def rows_per_run(conn: Connection, stmt: Select[Any],
-                 run_ids: list[str]) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
+def rows_per_run(
+    conn: Connection, stmt: Select[Any], run_ids: list[str]
+) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
     """Yield ``(run_id, rows)`` with ``rows`` as plain tuples.
 
     With pysqlite and psycopg the SQLAlchemy-compiled statement runs on the driver cursor of

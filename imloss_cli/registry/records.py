@@ -82,7 +82,6 @@ class GroupInfo:
     argv: list[str]
 
 
-
 RUN_FRAME_COLUMNS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(RunInfo) if f.name not in JSON_COLUMNS | {"traceback"}
 )

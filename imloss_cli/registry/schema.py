@@ -164,9 +164,7 @@ class EpochMetric(Base):
     __tablename__ = "epoch_metrics"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    run_id: Mapped[str] = mapped_column(
-        _key(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    run_id: Mapped[str] = mapped_column(_key(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(_key(255), primary_key=True)
     value: Mapped[float | None] = mapped_column(Float)
@@ -178,9 +176,7 @@ class LayerStat(Base):
     __tablename__ = "layer_stats"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    run_id: Mapped[str] = mapped_column(
-        _key(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
-    )
+    run_id: Mapped[str] = mapped_column(_key(ID_LENGTH), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     layer_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     stat: Mapped[str] = mapped_column(_key(64), primary_key=True)

@@ -46,12 +46,10 @@ class Registry:
                 imloss registry, its schema is newer than this code, or it is not writable.
         """
         if not stale_after > 0:
-            raise RegistryError(
-                f"stale_after must be a positive number of seconds, got {stale_after!r}")
+            raise RegistryError(f"stale_after must be a positive number of seconds, got {stale_after!r}")
         self._url = backend.parse_url(url)
         self._path = backend.sqlite_file(self._url)
-        self._where = (str(self._path) if self._path
-                       else self._url.render_as_string(hide_password=True))
+        self._where = str(self._path) if self._path else self._url.render_as_string(hide_password=True)
         self._stale_after = float(stale_after)
         self._host = socket.gethostname()
         if self._path is not None:
@@ -98,8 +96,9 @@ class Registry:
 
     # ----------------------------------------------------------------------------- writes
 
-    def create_group(self, name: str, base_recipe: Mapping[str, Any], axes: Mapping[str, Any],
-                     argv: Sequence[str]) -> str:
+    def create_group(
+        self, name: str, base_recipe: Mapping[str, Any], axes: Mapping[str, Any], argv: Sequence[str]
+    ) -> str:
         """Record a new ablation group.
 
         Args:
@@ -114,19 +113,36 @@ class Registry:
         Raises:
             RegistryError: a value is not JSON-serialisable or the database write failed.
         """
-        row = Group(id=new_id(), name=str(name), created_at=now(),
-                    base_recipe=dumps(dict(base_recipe), "base_recipe"),
-                    axes=dumps(dict(axes), "axes"), argv=dumps(list(argv), "argv"))
+        row = Group(
+            id=new_id(),
+            name=str(name),
+            created_at=now(),
+            base_recipe=dumps(dict(base_recipe), "base_recipe"),
+            axes=dumps(dict(axes), "axes"),
+            argv=dumps(list(argv), "argv"),
+        )
         with self._write() as s:
             s.add(row)
             return row.id
 
-    def create_run(self, *, name: str, recipe: Mapping[str, Any], config_hash: str,
-                   fingerprint: str, seed: int, code_version: str, kind: str = "train",
-                   group_id: str | None = None, status: str = "RUNNING",
-                   argv: Sequence[str] = (), environment: Mapping[str, Any] | None = None,
-                   git_commit: str | None = None, git_dirty: bool | None = None,
-                   checkpoint_dir: str | os.PathLike[str] | None = None) -> str:
+    def create_run(
+        self,
+        *,
+        name: str,
+        recipe: Mapping[str, Any],
+        config_hash: str,
+        fingerprint: str,
+        seed: int,
+        code_version: str,
+        kind: str = "train",
+        group_id: str | None = None,
+        status: str = "RUNNING",
+        argv: Sequence[str] = (),
+        environment: Mapping[str, Any] | None = None,
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+    ) -> str:
         """Record a new run owned by this process (host and pid are taken from it).
 
         Args:
@@ -156,13 +172,27 @@ class Registry:
         check_choice(status, (QUEUED, RUNNING), "initial status")
         started = now()
         row = Run(
-            id=new_id(), name=str(name), status=status, kind=kind, group_id=group_id,
-            created_at=started, started_at=started if status == RUNNING else None, ended_at=None,
-            heartbeat_at=started, recipe=dumps(dict(recipe), "recipe"), config_hash=str(config_hash),
-            fingerprint=str(fingerprint), seed=as_int(seed, "seed"), git_commit=git_commit,
-            git_dirty=git_dirty, code_version=str(code_version), argv=dumps(list(argv), "argv"),
-            environment=dumps(dict(environment or {}), "environment"), host=self._host,
-            pid=os.getpid(), attempt=1,
+            id=new_id(),
+            name=str(name),
+            status=status,
+            kind=kind,
+            group_id=group_id,
+            created_at=started,
+            started_at=started if status == RUNNING else None,
+            ended_at=None,
+            heartbeat_at=started,
+            recipe=dumps(dict(recipe), "recipe"),
+            config_hash=str(config_hash),
+            fingerprint=str(fingerprint),
+            seed=as_int(seed, "seed"),
+            git_commit=git_commit,
+            git_dirty=git_dirty,
+            code_version=str(code_version),
+            argv=dumps(list(argv), "argv"),
+            environment=dumps(dict(environment or {}), "environment"),
+            host=self._host,
+            pid=os.getpid(),
+            attempt=1,
             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
         )
         with self._write() as s:
@@ -171,10 +201,16 @@ class Registry:
             s.add(row)
             return row.id
 
-    def mark_running(self, run_id: str, *, environment: Mapping[str, Any] | None = None,
-                     argv: Sequence[str] | None = None, git_commit: str | None = None,
-                     git_dirty: bool | None = None,
-                     checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
+    def mark_running(
+        self,
+        run_id: str,
+        *,
+        environment: Mapping[str, Any] | None = None,
+        argv: Sequence[str] | None = None,
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         """(Re)start a QUEUED, FAILED, KILLED or LOST run in this process.
 
         Sets started_at, heartbeat, host and pid, clears the end time and error, and increments
@@ -188,8 +224,10 @@ class Registry:
         with self._write() as s:
             row = self._get_run_row(s, run_id)
             if self._display_status(row, at) not in RESUMABLE:
-                raise RegistryError(f"run {row.id} is {row.status}; only "
-                                    f"{', '.join(RESUMABLE[:-1])} or {RESUMABLE[-1]} runs can be started")
+                raise RegistryError(
+                    f"run {row.id} is {row.status}; only "
+                    f"{', '.join(RESUMABLE[:-1])} or {RESUMABLE[-1]} runs can be started"
+                )
             if row.started_at is not None:
                 row.attempt += 1
             row.status, row.started_at, row.ended_at, row.heartbeat_at = RUNNING, at, None, at
@@ -206,8 +244,13 @@ class Registry:
             if checkpoint_dir is not None:
                 row.checkpoint_dir = os.fspath(checkpoint_dir)
 
-    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float],
-                  layer_stats: Sequence[tuple[int, str, Mapping[str, float]]]) -> None:
+    def log_epoch(
+        self,
+        run_id: str,
+        epoch: int,
+        metrics: Mapping[str, float],
+        layer_stats: Sequence[tuple[int, str, Mapping[str, float]]],
+    ) -> None:
         """Store one epoch's metrics and per-layer statistics, replacing any earlier log of it.
 
         Also refreshes the run's heartbeat; the run's status is not checked. NaN values are
@@ -224,21 +267,28 @@ class Registry:
                 failed write.
         """
         epoch = as_int(epoch, "epoch")
-        metric_rows = [{"run_id": run_id, "epoch": epoch, "name": str(key),
-                        "value": as_float(value, f"metric {key!r}")}
-                       for key, value in metrics.items()]
+        metric_rows = [
+            {"run_id": run_id, "epoch": epoch, "name": str(key), "value": as_float(value, f"metric {key!r}")}
+            for key, value in metrics.items()
+        ]
         stat_rows: list[dict[str, Any]] = []
         seen: set[int] = set()
         for index, layer, stats in layer_stats:
             index = as_int(index, "layer_index")
             if index in seen:
-                raise RegistryError(
-                    f"layer index {index} appears twice in epoch {epoch} of run {run_id}")
+                raise RegistryError(f"layer index {index} appears twice in epoch {epoch} of run {run_id}")
             seen.add(index)
-            stat_rows.extend({"run_id": run_id, "epoch": epoch, "layer_index": index,
-                              "layer": str(layer), "stat": str(stat),
-                              "value": as_float(value, f"{stat!r} of layer {layer!r}")}
-                             for stat, value in stats.items())
+            stat_rows.extend(
+                {
+                    "run_id": run_id,
+                    "epoch": epoch,
+                    "layer_index": index,
+                    "layer": str(layer),
+                    "stat": str(stat),
+                    "value": as_float(value, f"{stat!r} of layer {layer!r}"),
+                }
+                for stat, value in stats.items()
+            )
         with self._write() as s:
             self._update_run(s, run_id, heartbeat_at=now())
             # Delete-then-insert so a re-logged epoch (e.g. after resume) replaces the old rows,
@@ -259,8 +309,15 @@ class Registry:
         with self._write() as s:
             self._update_run(s, run_id, heartbeat_at=now())
 
-    def finish_run(self, run_id: str, status: str, *, error_type: str | None = None,
-                   error_message: str | None = None, traceback: str | None = None) -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
         """End a QUEUED or RUNNING run with a terminal status.
 
         Args:
@@ -326,8 +383,14 @@ class Registry:
         with self._read() as s:
             return [group_info(row) for row in s.scalars(stmt)]
 
-    def list_runs(self, *, status: str | None = None, group_id: str | None = None,
-                  kind: str | None = None, limit: int | None = None) -> list[RunInfo]:
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        group_id: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunInfo]:
         """Return runs, newest first.
 
         Args:
@@ -369,8 +432,7 @@ class Registry:
         runs = self.list_runs(kind=kind, limit=1)
         return runs[0] if runs else None
 
-    def find_run_by_fingerprint(self, fingerprint: str,
-                                group_id: str | None = None) -> RunInfo | None:
+    def find_run_by_fingerprint(self, fingerprint: str, group_id: str | None = None) -> RunInfo | None:
         """Return the newest run with this fingerprint (within ``group_id`` if given), or None."""
         stmt = select(Run).where(Run.fingerprint == fingerprint)
         if group_id is not None:
@@ -380,8 +442,7 @@ class Registry:
             row = s.scalars(stmt).first()
             return None if row is None else self._run_info(row, now())
 
-    def epoch_metrics(self, run_ids: Sequence[str], *,
-                      names: Sequence[str] | None = None) -> pd.DataFrame:
+    def epoch_metrics(self, run_ids: Sequence[str], *, names: Sequence[str] | None = None) -> pd.DataFrame:
         """Return the epoch metrics of these runs in long format.
 
         Args:
@@ -402,9 +463,14 @@ class Registry:
         with self._read() as s:
             return reads.per_run_frame(s.connection(), stmt, run_ids, reads.METRIC_COLUMNS)
 
-    def layer_stats(self, run_ids: Sequence[str], *, epoch: int | None = None,
-                    last_epoch_only: bool = False,
-                    stats: Sequence[str] | None = None) -> pd.DataFrame:
+    def layer_stats(
+        self,
+        run_ids: Sequence[str],
+        *,
+        epoch: int | None = None,
+        last_epoch_only: bool = False,
+        stats: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
         """Return per-layer statistics of these runs in long format.
 
         Args:
@@ -429,14 +495,20 @@ class Registry:
         if wanted == [] or not run_ids:
             return reads.empty_frame(reads.LAYER_COLUMNS)
         stmt = reads.layers_statement(
-            epoch=None if epoch is None else as_int(epoch, "epoch"),
-            last_epoch_only=last_epoch_only, stats=wanted)
+            epoch=None if epoch is None else as_int(epoch, "epoch"), last_epoch_only=last_epoch_only, stats=wanted
+        )
         with self._read() as s:
             return reads.per_run_frame(s.connection(), stmt, run_ids, reads.LAYER_COLUMNS)
 
-    def runs_frame(self, run_ids: Sequence[str] | None = None, *, status: str | None = None,
-                   group_id: str | None = None, kind: str | None = None,
-                   limit: int | None = None) -> pd.DataFrame:
+    def runs_frame(
+        self,
+        run_ids: Sequence[str] | None = None,
+        *,
+        status: str | None = None,
+        group_id: str | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
         """Return one row per run with its scalar columns (no recipe/argv/environment).
 
         Args:
@@ -447,8 +519,9 @@ class Registry:
             The scalar fields of :class:`RunInfo` (``records.RUN_FRAME_COLUMNS``), newest first;
             times as datetime64 in UTC.
         """
-        infos = self.list_runs(status=status, group_id=group_id, kind=kind,
-                               limit=None if run_ids is not None else limit)
+        infos = self.list_runs(
+            status=status, group_id=group_id, kind=kind, limit=None if run_ids is not None else limit
+        )
         if run_ids is not None:
             wanted = set(run_ids)
             infos = [info for info in infos if info.id in wanted][:limit]
@@ -473,8 +546,9 @@ class Registry:
 
     def _update_run(self, s: Session, run_id: str, **values: Any) -> None:
         """Update columns of one run, failing if the id is unknown."""
-        result = s.execute(update(Run).where(Run.id == run_id).values(**values)
-                           .execution_options(synchronize_session=False))
+        result = s.execute(
+            update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False)
+        )
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise RegistryError(f"no run with id {run_id!r}")
 
@@ -502,13 +576,11 @@ class Registry:
         if row is not None:
             return row
         if len(prefix) < ID_LENGTH:
-            stmt = (select(model).where(model.id.startswith(prefix, autoescape=True))
-                    .order_by(model.id).limit(6))
+            stmt = select(model).where(model.id.startswith(prefix, autoescape=True)).order_by(model.id).limit(6)
             rows: list[Run | Group] = list(s.scalars(stmt))
             if len(rows) == 1:
                 return rows[0]
             if rows:
                 shown = ", ".join(r.id for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-                raise RegistryError(f"{what} prefix {ref!r} is ambiguous: matches {shown} "
-                                    f"(give more characters)")
+                raise RegistryError(f"{what} prefix {ref!r} is ambiguous: matches {shown} (give more characters)")
         raise RegistryError(f"no {what} matches {ref!r}")

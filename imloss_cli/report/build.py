@@ -66,10 +66,15 @@ class Report:
     select: str
 
 
-
-def build_report(registry: Registry, *, group: str | None = None, last: bool = False,
-                 recipe_name: str | None = None, metric: str = "test_acc",
-                 select: str = "best") -> Report:
+def build_report(
+    registry: Registry,
+    *,
+    group: str | None = None,
+    last: bool = False,
+    recipe_name: str | None = None,
+    metric: str = "test_acc",
+    select: str = "best",
+) -> Report:
     """Compare the finished runs of an ablation group (or of a recipe, or all of them).
 
     Args:
@@ -96,12 +101,13 @@ def build_report(registry: Registry, *, group: str | None = None, last: bool = F
     finished = [r for r in members if r.status == "FINISHED"]
     unfinished, detail = _unfinished(members)
     if not finished:
-        raise ReportError(f"no finished runs {where}"
-                          + (f" ({unfinished} unfinished: {detail})" if unfinished else ""))
+        raise ReportError(f"no finished runs {where}" + (f" ({unfinished} unfinished: {detail})" if unfinished else ""))
     if unfinished:
-        warnings.append(f"{unfinished} run{'' if unfinished == 1 else 's'} {where} "
-                        f"{'is' if unfinished == 1 else 'are'} not finished ({detail}) and "
-                        f"{'is' if unfinished == 1 else 'are'} left out")
+        warnings.append(
+            f"{unfinished} run{'' if unfinished == 1 else 's'} {where} "
+            f"{'is' if unfinished == 1 else 'are'} not finished ({detail}) and "
+            f"{'is' if unfinished == 1 else 'are'} left out"
+        )
 
     configs, varying = _configurations(finished)
     runs = _runs_frame(finished, configs)
@@ -109,8 +115,9 @@ def build_report(registry: Registry, *, group: str | None = None, last: bool = F
     metrics = registry.epoch_metrics(runs["run_id"].tolist(), names=[metric, _ENTROPY_METRIC])
     if not (metrics["name"] == metric).any():
         known = sorted(registry.epoch_metrics(runs["run_id"].tolist())["name"].unique())
-        raise ReportError(f"unknown metric {metric!r}; known: "
-                          + (", ".join(known) or "none (the selected runs logged no epochs)"))
+        raise ReportError(
+            f"unknown metric {metric!r}; known: " + (", ".join(known) or "none (the selected runs logged no epochs)")
+        )
 
     chosen = _choose_epochs(metrics, metric, select)
     layers = _layer_entropy(registry, chosen)
@@ -122,23 +129,38 @@ def build_report(registry: Registry, *, group: str | None = None, last: bool = F
     missing = runs.loc[runs[metric].isna(), "run_id"].tolist()
     if missing:
         one = len(missing) == 1
-        warnings.append(f"{len(missing)} finished run{'' if one else 's'} ha{'s' if one else 've'} "
-                        f"no {metric} value and {'is' if one else 'are'} left out of the means: "
-                        f"{_ids(missing)}")
+        warnings.append(
+            f"{len(missing)} finished run{'' if one else 's'} ha{'s' if one else 've'} "
+            f"no {metric} value and {'is' if one else 'are'} left out of the means: "
+            f"{_ids(missing)}"
+        )
     warnings += _provenance_warnings(runs)
 
     table = _aggregate(runs, configs, varying, metric)
     valid = runs.dropna(subset=[metric])
     layer_table = _layer_table(layers, valid, list(configs["config"]))
-    runs = runs[["run_id", "config_hash", "config", "seed", "epoch", metric,
-                 *([_ENTROPY_METRIC] if metric != _ENTROPY_METRIC else []),
-                 "code_version", "git_dirty", "k_schedule"]].reset_index(drop=True)
-    return Report(title=title, table=table, layer_table=layer_table, warnings=warnings,
-                  runs=runs, metric=metric, select=select)
+    runs = runs[
+        [
+            "run_id",
+            "config_hash",
+            "config",
+            "seed",
+            "epoch",
+            metric,
+            *([_ENTROPY_METRIC] if metric != _ENTROPY_METRIC else []),
+            "code_version",
+            "git_dirty",
+            "k_schedule",
+        ]
+    ].reset_index(drop=True)
+    return Report(
+        title=title, table=table, layer_table=layer_table, warnings=warnings, runs=runs, metric=metric, select=select
+    )
 
 
-def _select_runs(registry: Registry, *, group: str | None, last: bool,
-                 recipe_name: str | None) -> tuple[str, str, list[RunInfo]]:
+def _select_runs(
+    registry: Registry, *, group: str | None, last: bool, recipe_name: str | None
+) -> tuple[str, str, list[RunInfo]]:
     """(title, "in ..." phrase for messages, member runs of any status)."""
     if group is not None and last:
         raise ReportError("give either a group or last, not both")
@@ -193,8 +215,10 @@ def _configurations(runs: Sequence[RunInfo]) -> tuple[pd.DataFrame, list[str]]:
             configs = configs.sort_values(varying, na_position="last", kind="stable")
         except TypeError:  # a field holding values of different types in different recipes
             configs = configs.sort_values(varying, key=lambda s: s.astype(str), kind="stable")
-        configs["config"] = [", ".join(f"{f}={_value_text(v)}" for f, v in zip(varying, row))
-                             for row in configs[varying].itertuples(index=False)]
+        configs["config"] = [
+            ", ".join(f"{f}={_value_text(v)}" for f, v in zip(varying, row))
+            for row in configs[varying].itertuples(index=False)
+        ]
     else:
         names = [first[h].recipe.get("name", "?") for h in configs["config_hash"]]
         configs["config"] = [f"{n} ({h})" for n, h in zip(names, configs["config_hash"])]
@@ -202,19 +226,22 @@ def _configurations(runs: Sequence[RunInfo]) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _runs_frame(runs: Sequence[RunInfo], configs: pd.DataFrame) -> pd.DataFrame:
-    frame = pd.DataFrame({
-        "run_id": [r.id for r in runs],
-        "config_hash": [r.config_hash for r in runs],
-        "seed": [r.seed for r in runs],
-        "code_version": [r.code_version for r in runs],
-        "git_dirty": pd.Series([r.git_dirty for r in runs], dtype=object),
-        "k_schedule": [_schedule_text(r.recipe) for r in runs],
-    })
+    frame = pd.DataFrame(
+        {
+            "run_id": [r.id for r in runs],
+            "config_hash": [r.config_hash for r in runs],
+            "seed": [r.seed for r in runs],
+            "code_version": [r.code_version for r in runs],
+            "git_dirty": pd.Series([r.git_dirty for r in runs], dtype=object),
+            "k_schedule": [_schedule_text(r.recipe) for r in runs],
+        }
+    )
     order = {h: i for i, h in enumerate(configs["config_hash"])}
     frame["config"] = frame["config_hash"].map(dict(zip(configs["config_hash"], configs["config"])))
     frame = frame.assign(_row=frame["config_hash"].map(order)).sort_values(["_row", "seed", "run_id"])
-    return frame.drop(columns="_row")[["run_id", "config_hash", "config", "seed", "code_version",
-                                       "git_dirty", "k_schedule"]]
+    return frame.drop(columns="_row")[
+        ["run_id", "config_hash", "config", "seed", "code_version", "git_dirty", "k_schedule"]
+    ]
 
 
 def _choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFrame:
@@ -224,9 +251,11 @@ def _choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFr
         rows = rows.sort_values(["run_id", "epoch"]).drop_duplicates("run_id", keep="last")
     else:
         # Ties go to the earliest epoch: the stable sort keeps epoch order within equal values.
-        rows = (rows.dropna(subset=["value"])
-                .sort_values(["run_id", "value", "epoch"], ascending=[True, not _higher_is_better(metric), True])
-                .drop_duplicates("run_id", keep="first"))
+        rows = (
+            rows.dropna(subset=["value"])
+            .sort_values(["run_id", "value", "epoch"], ascending=[True, not _higher_is_better(metric), True])
+            .drop_duplicates("run_id", keep="first")
+        )
     rows = rows.rename(columns={"value": metric})
     entropy = metrics.loc[metrics["name"] == _ENTROPY_METRIC, ["run_id", "epoch", "value"]]
     if metric == _ENTROPY_METRIC:
@@ -240,8 +269,10 @@ def _layer_entropy(registry: Registry, chosen: pd.DataFrame) -> pd.DataFrame:
     The registry can filter layer statistics by one epoch for many runs, so runs are batched by
     their selected epoch: at most one query per distinct epoch, never a run's other epochs.
     """
-    frames = [registry.layer_stats(list(ids), epoch=int(epoch), stats=[_LAYER_STAT])
-              for epoch, ids in chosen.groupby("epoch")["run_id"]]
+    frames = [
+        registry.layer_stats(list(ids), epoch=int(epoch), stats=[_LAYER_STAT])
+        for epoch, ids in chosen.groupby("epoch")["run_id"]
+    ]
     columns = ["run_id", "layer_index", "layer", "value"]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else object) for c in columns})
@@ -258,16 +289,18 @@ def _provenance_warnings(runs: pd.DataFrame) -> list[str]:
     dirty = runs.loc[runs["git_dirty"].eq(True), "run_id"].tolist()
     if dirty:
         one = len(dirty) == 1
-        warnings.append(f"{len(dirty)} run{'' if one else 's'} come{'s' if one else ''} from a dirty "
-                        f"working tree (uncommitted changes): {_ids(dirty)}")
+        warnings.append(
+            f"{len(dirty)} run{'' if one else 's'} come{'s' if one else ''} from a dirty "
+            f"working tree (uncommitted changes): {_ids(dirty)}"
+        )
     return warnings
 
 
 def _aggregate(runs: pd.DataFrame, configs: pd.DataFrame, varying: list[str], metric: str) -> pd.DataFrame:
     valid = runs.dropna(subset=[metric])
     stats = valid.groupby("config_hash").agg(
-        mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"),
-        entropy=(_ENTROPY_METRIC, "mean"))
+        mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"), entropy=(_ENTROPY_METRIC, "mean")
+    )
     stats = stats.reindex(configs["config_hash"])
     n = stats["n"].fillna(0).astype("int64").to_numpy()
     table = configs[varying or [_CONFIG_COLUMN]].copy()

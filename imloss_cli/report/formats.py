@@ -34,7 +34,9 @@ def render(report: Report, fmt: str) -> str:
     if fmt == "json":
         layers = report.layer_table.reset_index()
         payload = {
-            "title": report.title, "metric": report.metric, "select": report.select,
+            "title": report.title,
+            "metric": report.metric,
+            "select": report.select,
             "rows": json.loads(_machine_table(report).to_json(orient="records", double_precision=15)),
             "layers": json.loads(layers.to_json(orient="records", double_precision=15)),
             "warnings": list(report.warnings),
@@ -54,16 +56,21 @@ def render(report: Report, fmt: str) -> str:
         return "\n".join(lines) + "\n"
     parts = [f"<h3>{html.escape(report.title)}</h3>", f"<p>{html.escape(_subtitle(report))}</p>"]
     parts += [f'<p class="warning">warning: {html.escape(w)}</p>' for w in report.warnings]
-    parts += [table.to_html(index=False, border=0), f"<h4>{html.escape(caption)}</h4>",
-              layers.to_html(index=False, border=0)]
+    parts += [
+        table.to_html(index=False, border=0),
+        f"<h4>{html.escape(caption)}</h4>",
+        layers.to_html(index=False, border=0),
+    ]
     return "\n".join(parts) + "\n"
 
 
 def _subtitle(report: Report) -> str:
     which = "best epoch" if report.select == "best" else "last epoch"
     unit = " in %" if _is_accuracy(report.metric) else ""
-    return (f"{report.metric}{unit} at each run's {which}: mean ± sample std over seeds (n); "
-            f"mean_entropy in bits at the same epoch")
+    return (
+        f"{report.metric}{unit} at each run's {which}: mean ± sample std over seeds (n); "
+        f"mean_entropy in bits at the same epoch"
+    )
 
 
 def _layer_caption(report: Report) -> str:
@@ -103,15 +110,28 @@ def _markdown(frame: pd.DataFrame) -> str:
         return str(value).replace("|", "\\|")
 
     left = {"layer", _CONFIG_COLUMN}
-    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",
-             "|" + "|".join(" :--- " if c in left else " ---: " for c in frame.columns) + "|"]
+    lines = [
+        "| " + " | ".join(cell(c) for c in frame.columns) + " |",
+        "|" + "|".join(" :--- " if c in left else " ---: " for c in frame.columns) + "|",
+    ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                   "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--"}
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "–": "--",
+}
 
 
 def _latex_escape(value: Any) -> str:
@@ -120,8 +140,12 @@ def _latex_escape(value: Any) -> str:
 
 def _latex(frame: pd.DataFrame) -> str:
     spec = "".join("l" if c in ("layer", _CONFIG_COLUMN) else "r" for c in frame.columns)
-    lines = [rf"\begin{{tabular}}{{{spec}}}", r"\hline",
-             " & ".join(_latex_escape(c) for c in frame.columns) + r" \\", r"\hline"]
+    lines = [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\hline",
+        " & ".join(_latex_escape(c) for c in frame.columns) + r" \\",
+        r"\hline",
+    ]
     lines += [" & ".join(_latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
     lines += [r"\hline", r"\end{tabular}"]
     return "\n".join(lines)

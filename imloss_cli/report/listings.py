@@ -9,7 +9,12 @@ import pandas as pd
 from imloss_cli.registry import Registry, RunInfo
 
 # Recipe fields a researcher scans a run list by.
-KEY_FIELDS = {"arch": ("model", "arch"), "T": ("model", "timesteps"), "lambda": ("loss", "im_weight"), "K": ("surrogate", "schedule")}
+KEY_FIELDS = {
+    "arch": ("model", "arch"),
+    "T": ("model", "timesteps"),
+    "lambda": ("loss", "im_weight"),
+    "K": ("surrogate", "schedule"),
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,9 @@ def runs_overview(
             row[label] = r.recipe.get(section, {}).get(field)
         row |= {"seed": r.seed, "best_acc": best.get(r.id), "last_acc": last.get(r.id), "duration": _duration(r)}
         rows.append(row)
-    return pd.DataFrame(rows, columns=["id", "name", "status", "group", *KEY_FIELDS, "seed", "best_acc", "last_acc", "duration"])
+    return pd.DataFrame(
+        rows, columns=["id", "name", "status", "group", *KEY_FIELDS, "seed", "best_acc", "last_acc", "duration"]
+    )
 
 
 def run_details(registry: Registry, run: str) -> RunDetails:
@@ -53,7 +60,9 @@ def run_details(registry: Registry, run: str) -> RunDetails:
     epochs = metrics.pivot(index="epoch", columns="name", values="value") if len(metrics) else pd.DataFrame()
     stats = registry.layer_stats([info.id], last_epoch_only=True)
     layers = (
-        stats.pivot_table(index=["layer_index", "layer"], columns="stat", values="value").reset_index(level=0, drop=True)
+        stats.pivot_table(index=["layer_index", "layer"], columns="stat", values="value").reset_index(
+            level=0, drop=True
+        )
         if len(stats)
         else pd.DataFrame()
     )

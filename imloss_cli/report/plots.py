@@ -52,10 +52,11 @@ def write_plots(report: Report, registry: Registry, directory: Path | str) -> li
     curves = curves.merge(runs, on="run_id")
 
     paths = [directory / "accuracy.png", directory / "layer_entropy.png", directory / "k_schedule.png"]
-    figures = [_accuracy_figure(Figure(figsize=(7, 4.5)), curves, labels),
-               _entropy_figure(Figure(figsize=(max(7.0, 0.6 * len(report.layer_table) + 3), 4.5)),
-                               report.layer_table),
-               _k_figure(Figure(figsize=(7, 4.5)), curves)]
+    figures = [
+        _accuracy_figure(Figure(figsize=(7, 4.5)), curves, labels),
+        _entropy_figure(Figure(figsize=(max(7.0, 0.6 * len(report.layer_table) + 3), 4.5)), report.layer_table),
+        _k_figure(Figure(figsize=(7, 4.5)), curves),
+    ]
     for figure, path in zip(figures, paths):
         figure.savefig(path, dpi=120)
     return paths
@@ -69,10 +70,9 @@ def _accuracy_figure(fig: Any, curves: pd.DataFrame, labels: list[str]) -> Any:
         if label not in stats.index.get_level_values("config"):
             continue
         s = stats.loc[label]
-        line, = ax.plot(s.index, s["mean"], label=label)
+        (line,) = ax.plot(s.index, s["mean"], label=label)
         ax.fill_between(s.index, s["min"], s["max"], color=line.get_color(), alpha=0.2, linewidth=0)
-    _finish(ax, "epoch", "test accuracy (%)", "test accuracy (mean over seeds, band = min..max)",
-            empty=acc.empty)
+    _finish(ax, "epoch", "test accuracy (%)", "test accuracy (mean over seeds, band = min..max)", empty=acc.empty)
     return fig
 
 
@@ -94,8 +94,9 @@ def _entropy_figure(fig: Any, layer_table: pd.DataFrame) -> Any:
         return fig
     width = 0.8 / max(n_configs, 1)
     for i, label in enumerate(layer_table.columns):
-        ax.bar(positions + (i - (n_configs - 1) / 2) * width, layer_table[label].to_numpy(),
-               width=width, label=str(label))
+        ax.bar(
+            positions + (i - (n_configs - 1) / 2) * width, layer_table[label].to_numpy(), width=width, label=str(label)
+        )
     ax.set_xticks(positions, [str(name) for name in layer_table.index], rotation=45, ha="right")
     _finish(ax, "layer", "entropy (bits)", title, empty=layer_table.empty)
     return fig

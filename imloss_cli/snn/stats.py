@@ -62,7 +62,9 @@ class LayerStatsAccumulator:
             spikes = layer.spike_seq.detach()
             v = layer.v_seq.detach().double()
             counts = spikes.sum(dim=(0, 1), dtype=torch.float64)  # [C, H, W] or [F]
-            moments = torch.stack([v.sum(), v.square().sum(), torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device)])
+            moments = torch.stack(
+                [v.sum(), v.square().sum(), torch.tensor(float(v.numel()), dtype=torch.float64, device=v.device)]
+            )
             self.spike_counts[i] = counts if self.spike_counts[i] is None else self.spike_counts[i] + counts
             self.moments[i] = moments if self.moments[i] is None else self.moments[i] + moments
         first = self.layers[0][1].spike_seq if self.layers else None
@@ -88,6 +90,8 @@ class LayerStatsAccumulator:
             mean_p = p.mean()
             mean_u = moments[0] / moments[2]
             var_u = (moments[1] / moments[2] - mean_u.square()).clamp_min(0.0)
-            rows.append(torch.stack([mean_p, bernoulli_entropy(p).mean(), bernoulli_entropy(mean_p), mean_u, var_u.sqrt()]))
+            rows.append(
+                torch.stack([mean_p, bernoulli_entropy(p).mean(), bernoulli_entropy(mean_p), mean_u, var_u.sqrt()])
+            )
         values = torch.stack(rows).cpu().tolist()
         return [LayerStats(i, name, *vals) for i, ((name, _), vals) in enumerate(zip(self.layers, values))]

@@ -350,7 +350,9 @@ class Trainer:
                 n = y.shape[0]
                 seen += n
                 correct = (out.logits.argmax(1) == y).sum()
-                sums += torch.stack([out.total.double() * n, out.ce.double() * n, out.im.double() * n, correct.double()])
+                sums += torch.stack(
+                    [out.total.double() * n, out.ce.double() * n, out.im.double() * n, correct.double()]
+                )
                 bad = ~torch.isfinite(out.total.detach())
                 first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
             if self.on_step is not None:
@@ -379,7 +381,11 @@ class Trainer:
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss, correct]
         seen = 0
         loader = data_mod.test_loader(
-            self.data, self.recipe.data, rank=self.rank, world_size=self.world_size, pin_memory=self.device.type == "cuda"
+            self.data,
+            self.recipe.data,
+            rank=self.rank,
+            world_size=self.world_size,
+            pin_memory=self.device.type == "cuda",
         )
         for x, y in loader:
             x, y = self._to_device(x, y)

@@ -152,7 +152,9 @@ def train_run(
                 pass
             return None
         run_id = queued_run or queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
-        return _execute(registry, registry.get_run(run_id), trainer, argv, callbacks, close_on_interrupt=queued_run is None)
+        return _execute(
+            registry, registry.get_run(run_id), trainer, argv, callbacks, close_on_interrupt=queued_run is None
+        )
 
 
 def launch_distributed(recipe: Recipe, nproc: int, *, registry_url: str, argv: list[str]) -> tuple[str, int]:
@@ -191,9 +193,7 @@ def launch_distributed(recipe: Recipe, nproc: int, *, registry_url: str, argv: l
     return run_id, code
 
 
-def resume_run(
-    run: str, *, registry_url: str, argv: list[str], callbacks: Callbacks = Callbacks()
-) -> RunResult:
+def resume_run(run: str, *, registry_url: str, argv: list[str], callbacks: Callbacks = Callbacks()) -> RunResult:
     """Continue a QUEUED, KILLED, FAILED or LOST run from its last checkpoint, in the same row.
 
     Raises:
@@ -218,7 +218,9 @@ def _execute(
 ) -> RunResult:
     """Mark the run RUNNING, train (from its last checkpoint if it has one), close it with a status."""
     recipe, run_id = trainer.recipe, info.id
-    checkpoint_dir = Path(info.checkpoint_dir or Path(recipe.train.output_dir) / run_id) if recipe.train.checkpoint else None
+    checkpoint_dir = (
+        Path(info.checkpoint_dir or Path(recipe.train.output_dir) / run_id) if recipe.train.checkpoint else None
+    )
     last_checkpoint = checkpoint_dir / "last.pt" if checkpoint_dir is not None else None
     if last_checkpoint is not None and last_checkpoint.is_file():
         trainer.resume(last_checkpoint)
@@ -234,7 +236,14 @@ def _execute(
     trainer.checkpoint_dir = checkpoint_dir
     if callbacks.on_start is not None:
         callbacks.on_start(
-            RunStart(run_id, trainer.seed, str(trainer.device), recipe.train.epochs, trainer.steps_per_epoch(), trainer.start_epoch)
+            RunStart(
+                run_id,
+                trainer.seed,
+                str(trainer.device),
+                recipe.train.epochs,
+                trainer.steps_per_epoch(),
+                trainer.start_epoch,
+            )
         )
     last: EpochRecord | None = None
     with sigterm_as_interrupt():
