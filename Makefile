@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test
+.PHONY: setup demo lint test
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -13,5 +13,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/imloss train recipes/digits.toml
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q

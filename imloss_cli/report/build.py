@@ -205,8 +205,9 @@ def _configurations(runs: Sequence[RunInfo]) -> tuple[pd.DataFrame, list[str]]:
     hashes = list(first)
     flat = pd.json_normalize([first[h].recipe for h in hashes], sep=".")
     flat = flat.drop(columns=[c for c in NON_SEMANTIC_FIELDS if c in flat.columns])
-    for column in flat.select_dtypes(include="object").columns:
-        flat[column] = flat[column].map(lambda v: tuple(v) if isinstance(v, list) else v)
+    for column in flat.columns:  # lists (data.mean, data.std) become hashable tuples
+        if flat[column].map(lambda v: isinstance(v, list)).any():
+            flat[column] = flat[column].map(lambda v: tuple(v) if isinstance(v, list) else v)
     varying = [c for c in flat.columns if flat[c].nunique(dropna=False) > 1]
     configs = flat[varying].copy()
     configs.insert(0, "config_hash", hashes)
