@@ -90,9 +90,16 @@ def test_report_formats_parse_and_plots_are_written(ablation: tuple[Path, str], 
         "report", "--format", "html", "--output", "r.html", "--plots", "figs", "--registry", registry_url
     )
     assert code == 0, out
-    assert "<table" in (workdir / "r.html").read_text()
+    page = (workdir / "r.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 4 and page.count("<img") == 5
     pngs = sorted((workdir / "figs").glob("*.png"))
-    assert [p.name for p in pngs] == ["accuracy.png", "k_schedule.png", "layer_entropy.png"]
+    assert [p.name for p in pngs] == [
+        "accuracy.png",
+        "entropy_over_epochs.png",
+        "firing_rates.png",
+        "k_schedule.png",
+        "layer_entropy.png",
+    ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000 for p in pngs)
 
 

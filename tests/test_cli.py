@@ -166,3 +166,10 @@ def test_train_reads_generated_data_through_the_real_loaders(kind: str, workdir:
     m = reg.epoch_metrics([run.id])
     assert 0.0 <= m[m.name == "test_acc"].value.item() <= 1.0
     assert len(reg.layer_stats([run.id], last_epoch_only=True)) == 3 * 5
+
+
+def test_report_names_an_unknown_format_before_opening_the_registry(workdir: Path) -> None:
+    code, out = run_cli("report", "--format", "pdf", "--registry", str(workdir / "no" / "such.db"))
+    assert code == 2
+    assert "unknown format 'pdf'; use one of: markdown, csv, latex, json, html" in out
+    assert not (workdir / "no").exists()

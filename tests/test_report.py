@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -338,23 +339,47 @@ def test_markdown_prints_both_tables(registry: Registry) -> None:
     assert "| stem.lif | 0.505 | 0.705 | 1.105 |" in lines
 
 
-def test_latex_and_html_hold_tables(registry: Registry) -> None:
+def test_latex_is_booktabs_with_the_best_mean_in_bold(registry: Registry) -> None:
     report = build_report(registry)
     latex = render(report, "latex")
     assert latex.count("\\begin{tabular}") == 2 and latex.count("\\end{tabular}") == 2
+    assert latex.count("\\toprule") == latex.count("\\midrule") == latex.count("\\bottomrule") == 2
+    assert "\\hline" not in latex
     assert r"loss.im\_weight & test\_acc (\%) & n & mean\_entropy \\" in latex
-    assert r"94.00 $\pm$ 1.41" in latex
-    page = render(report, "html")
-    assert page.count("<table") == 2 and "94.00 ± 1.41" in page and "stem.lif" in page
+    # lambda=1 has the best mean (94.00, seeds at 95 and 93): bold, the others not
+    assert r"1.0 & \textbf{94.00 $\pm$ 1.41} & 2" in latex and latex.count("\\textbf") == 1
+
+
+def test_html_is_one_page_with_every_table_and_no_network(registry: Registry) -> None:
+    report = build_report(registry)
+    page = render(report, "html", registry)
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    # comparison, layer entropy, layer firing rate, runs
+    assert page.count("<table") == 4 and "94.00 ± 1.41" in page and "stem.lif" in page
+    assert page.count('<img alt="') == 5 and page.count('src="data:image/svg+xml;base64,') == 5
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
+    assert page.count('<td class="best"') == 1 and re.search(
+        r'<td class="best" data-sort="0\.9[34]\d*">94\.00 ± 1\.41</td>', page
+    )
+    assert "optimistic" in page  # the selection rule says what the best test epoch means
+    for run_id in report.runs["run_id"]:
+        assert run_id in page
+    assert render(report, "html").count("<img") == 0  # without a registry: the tables alone
 
 
 # ----------------------------------------------------------------------------- plots
 
 
-def test_write_plots_writes_three_pngs(registry: Registry, tmp_path: Path) -> None:
+def test_write_plots_writes_five_pngs(registry: Registry, tmp_path: Path) -> None:
     report: Report = build_report(registry)
     paths = write_plots(report, registry, tmp_path / "plots" / "here")
-    assert [p.name for p in paths] == ["accuracy.png", "layer_entropy.png", "k_schedule.png"]
+    assert [p.name for p in paths] == [
+        "accuracy.png",
+        "layer_entropy.png",
+        "entropy_over_epochs.png",
+        "firing_rates.png",
+        "k_schedule.png",
+    ]
     for path in paths:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000

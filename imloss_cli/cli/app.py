@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from imloss_cli.cli.bench import bench
-from imloss_cli.cli.errors import guarded, warn
+from imloss_cli.cli.errors import fail, guarded, warn
 from imloss_cli.recipe import Recipe, load_recipe, parse_overrides, to_toml
 
 app = typer.Typer(
@@ -228,23 +228,26 @@ def report(
     metric: Annotated[str, typer.Option(help="metric to compare")] = "test_acc",
     select: Annotated[str, typer.Option(help="best: each run's best epoch; last: its last epoch")] = "best",
     output: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
-    plots: Annotated[Path | None, typer.Option(help="also write PNG plots into this directory")] = None,
+    plots: Annotated[Path | None, typer.Option(help="also write the PNG figures into this directory")] = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Compare runs: one row per configuration (seeds pooled), mean ± std, per-layer entropy.
 
-    Default: the latest ablation group (or all finished runs), as markdown on stdout.
+    Default: the latest ablation group (or all finished runs), as markdown on stdout. The html
+    format is one self-contained page (tables, figures, runs) to open in a browser or mail.
 
-    Example: imloss report --format markdown --plots figures/
+    Example: imloss report --format html --output report.html
     """
     from imloss_cli.registry import Registry
-    from imloss_cli.report import build_report, render, write_plots
+    from imloss_cli.report import FORMATS, build_report, render, write_plots
 
+    if fmt not in FORMATS:  # before the registry: a typo in the format is the first thing to fix
+        fail(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     reg = guarded(lambda: Registry(registry))
     rep = guarded(
         lambda: build_report(reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select)
     )
-    text = guarded(lambda: render(rep, fmt))
+    text = guarded(lambda: render(rep, fmt, reg))
     for warning in rep.warnings:
         warn(warning)
     if output is None:

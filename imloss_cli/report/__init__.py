@@ -12,8 +12,9 @@ job.
 
 Modules:
     build     :class:`Report` and :func:`build_report`.
-    formats   :func:`render`: markdown, CSV, LaTeX, JSON, HTML.
-    plots     :func:`write_plots` (matplotlib is loaded only there).
+    formats   :func:`render`: markdown, CSV, LaTeX (booktabs), JSON, HTML.
+    html      the HTML page: one self-contained file, figures embedded, sortable tables.
+    plots     :func:`figures` and :func:`write_plots` (matplotlib is loaded only there).
     text      how values and numbers are written.
     listings  what ``imloss runs`` and ``imloss show`` list (:func:`runs_overview`, :func:`run_details`).
 Nothing here imports torch.
@@ -22,15 +23,17 @@ Nothing here imports torch.
 from .build import FORMATS, SELECTIONS, Report, ReportError, build_report
 from .formats import render
 from .listings import RunDetails, run_details, runs_overview
-from .plots import write_plots
+from .plots import PLOTS, figures, write_plots
 
 __all__ = [
     "FORMATS",
+    "PLOTS",
     "SELECTIONS",
     "Report",
     "ReportError",
     "RunDetails",
     "build_report",
+    "figures",
     "render",
     "run_details",
     "runs_overview",

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from imloss_cli.recipe import NON_SEMANTIC_FIELDS
-from imloss_cli.registry import Registry, RegistryError, RunInfo
+from imloss_cli.registry import FINISHED, Registry, RegistryError, RunInfo
 
 from .text import _mean_std_text, _value_text
 
@@ -25,7 +25,7 @@ FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
 SELECTIONS: tuple[str, ...] = ("best", "last")
 
 _ENTROPY_METRIC = "mean_entropy"  # logged per epoch by the engine: mean over hidden layers
-_LAYER_STAT = "entropy"
+_LAYER_STATS = ("entropy", "firing_rate")  # the layer tables: entropy (bits), firing rate
 _CONFIG_COLUMN = "config"  # label column used when no recipe field varies between rows
 _SHOWN_IDS = 5  # run ids listed in one warning before "..."
 
@@ -48,11 +48,14 @@ class Report:
         layer_table: index = layer names in layer_index order, one column per configuration
             (labelled like "loss.im_weight=2.0"); mean over seeds of each layer's entropy (bits)
             at each run's selected epoch.
+        rate_table: the same for each layer's firing rate.
         warnings: things a reader of the numbers must know (left-out runs, mixed code versions,
             dirty working trees).
         runs: one row per finished run: run_id, config_hash, config (row label), seed, epoch
-            (the selected one), ``<metric>``, mean_entropy, code_version, git_dirty, k_schedule;
-            in table row order.
+            (the selected one), ``<metric>``, mean_entropy, code_version, git_dirty, k_schedule,
+            host, duration_s; in table row order.
+        left_out: the selected runs that are not finished: run_id, seed, status (as displayed),
+            host; newest first.
         metric: the compared metric.
         select: "best" or "last".
     """
@@ -60,10 +63,34 @@ class Report:
     title: str
     table: pd.DataFrame
     layer_table: pd.DataFrame
+    rate_table: pd.DataFrame
     warnings: list[str]
     runs: pd.DataFrame
+    left_out: pd.DataFrame
     metric: str
     select: str
+
+    @property
+    def selection_rule(self) -> str:
+        """Which epoch of each run the numbers come from, in words a reader can judge."""
+        if self.select == "last":
+            return f"each run's last epoch ({self.metric} there)"
+        return (
+            f"each run's best epoch by {self.metric} on the test set: what papers usually print, and optimistic, "
+            "since the test set both picks the epoch and scores it"
+        )
+
+    @property
+    def higher_is_better(self) -> bool:
+        return _higher_is_better(self.metric)
+
+    @property
+    def best_row(self) -> int | None:
+        """Position in ``table`` of the configuration with the best mean (None if none has one)."""
+        means = self.table[f"{self.metric}_mean"]
+        if not means.notna().any():
+            return None
+        return int(means.to_numpy().argmax() if self.higher_is_better else means.to_numpy().argmin())
 
 
 def build_report(
@@ -98,7 +125,7 @@ def build_report(
         raise ReportError(f"unknown selection {select!r}; use one of: {', '.join(SELECTIONS)}")
     title, where, members = _select_runs(registry, group=group, last=last, recipe_name=recipe_name)
     warnings: list[str] = []
-    finished = [r for r in members if r.status == "FINISHED"]
+    finished = [r for r in members if r.status == FINISHED]
     unfinished, detail = _unfinished(members)
     if not finished:
         raise ReportError(f"no finished runs {where}" + (f" ({unfinished} unfinished: {detail})" if unfinished else ""))
@@ -120,7 +147,8 @@ def build_report(
         )
 
     chosen = _choose_epochs(metrics, metric, select)
-    layers = _layer_entropy(registry, chosen)
+    layer_values = _layer_values(registry, chosen)
+    layers = layer_values[layer_values["stat"] == "entropy"]
     runs = runs.merge(chosen, on="run_id", how="left")
     runs["epoch"] = runs["epoch"].astype("Int64")  # missing where a run never logged the metric
     # Runs logged before mean_entropy existed: the same quantity from the layer statistics.
@@ -139,6 +167,7 @@ def build_report(
     table = _aggregate(runs, configs, varying, metric)
     valid = runs.dropna(subset=[metric])
     layer_table = _layer_table(layers, valid, list(configs["config"]))
+    rate_table = _layer_table(layer_values[layer_values["stat"] == "firing_rate"], valid, list(configs["config"]))
     runs = runs[
         [
             "run_id",
@@ -151,10 +180,24 @@ def build_report(
             "code_version",
             "git_dirty",
             "k_schedule",
+            "host",
+            "duration_s",
         ]
     ].reset_index(drop=True)
+    left_out = pd.DataFrame(
+        [(r.id, r.seed, r.display_status, r.host) for r in members if r.status != FINISHED],
+        columns=["run_id", "seed", "status", "host"],
+    )
     return Report(
-        title=title, table=table, layer_table=layer_table, warnings=warnings, runs=runs, metric=metric, select=select
+        title=title,
+        table=table,
+        layer_table=layer_table,
+        rate_table=rate_table,
+        warnings=warnings,
+        runs=runs,
+        left_out=left_out,
+        metric=metric,
+        select=select,
     )
 
 
@@ -190,7 +233,7 @@ def _select_runs(
 
 def _unfinished(members: Sequence[RunInfo]) -> tuple[int, str]:
     """How many runs are not FINISHED, and "1 FAILED, 1 RUNNING" (display status, so LOST shows)."""
-    counts = Counter(r.display_status for r in members if r.status != "FINISHED")
+    counts = Counter(r.display_status for r in members if r.status != FINISHED)
     return sum(counts.values()), ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
@@ -235,13 +278,15 @@ def _runs_frame(runs: Sequence[RunInfo], configs: pd.DataFrame) -> pd.DataFrame:
             "code_version": [r.code_version for r in runs],
             "git_dirty": pd.Series([r.git_dirty for r in runs], dtype=object),
             "k_schedule": [_schedule_text(r.recipe) for r in runs],
+            "host": [r.host for r in runs],
+            "duration_s": [r.duration.total_seconds() if r.duration is not None else float("nan") for r in runs],
         }
     )
     order = {h: i for i, h in enumerate(configs["config_hash"])}
     frame["config"] = frame["config_hash"].map(dict(zip(configs["config_hash"], configs["config"])))
     frame = frame.assign(_row=frame["config_hash"].map(order)).sort_values(["_row", "seed", "run_id"])
     return frame.drop(columns="_row")[
-        ["run_id", "config_hash", "config", "seed", "code_version", "git_dirty", "k_schedule"]
+        ["run_id", "config_hash", "config", "seed", "code_version", "git_dirty", "k_schedule", "host", "duration_s"]
     ]
 
 
@@ -264,17 +309,17 @@ def _choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFr
     return rows.merge(entropy.rename(columns={"value": _ENTROPY_METRIC}), on=["run_id", "epoch"], how="left")
 
 
-def _layer_entropy(registry: Registry, chosen: pd.DataFrame) -> pd.DataFrame:
-    """run_id, layer_index, layer, value: each run's per-layer entropy at its selected epoch.
+def _layer_values(registry: Registry, chosen: pd.DataFrame) -> pd.DataFrame:
+    """run_id, layer_index, layer, stat, value: each run's layer entropy and firing rate at its selected epoch.
 
     The registry can filter layer statistics by one epoch for many runs, so runs are batched by
     their selected epoch: at most one query per distinct epoch, never a run's other epochs.
     """
     frames = [
-        registry.layer_stats(list(ids), epoch=int(epoch), stats=[_LAYER_STAT])
+        registry.layer_stats(list(ids), epoch=int(epoch), stats=list(_LAYER_STATS))
         for epoch, ids in chosen.groupby("epoch")["run_id"]
     ]
-    columns = ["run_id", "layer_index", "layer", "value"]
+    columns = ["run_id", "layer_index", "layer", "stat", "value"]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else object) for c in columns})
     stats = pd.concat(frames, ignore_index=True)

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
 import pandas as pd
 
+from imloss_cli.registry import Registry
+
 from .build import _CONFIG_COLUMN, _ENTROPY_METRIC, FORMATS, Report, ReportError
 from .text import _is_accuracy, _number_text, _value_text
 
 
-def render(report: Report, fmt: str) -> str:
+def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
     """Render a report as text.
 
     Args:
         report: from :func:`build_report`.
         fmt: "markdown" (title, "> warning:" lines, both tables), "csv" (the main table, numeric
-            columns, no warnings), "latex" (``tabular`` environments, warnings as comments),
-            "json" (title, metric, select, rows, layers, warnings) or "html" (``<table>``s).
+            columns, no warnings), "latex" (booktabs ``tabular`` environments, the best mean in
+            bold, warnings as comments), "json" (title, metric, select, rows, layers, warnings)
+            or "html" (one self-contained page, :func:`.html.html_page`).
+        registry: the registry the report was built from; the HTML page draws its figures from
+            it (without it the page has the tables only).
 
     Returns:
         The rendered text.
@@ -52,16 +56,13 @@ def render(report: Report, fmt: str) -> str:
     if fmt == "latex":
         lines = [f"% {report.title}", f"% {_subtitle(report)}"]
         lines += [f"% warning: {w}" for w in report.warnings]
-        lines += [_latex(table), "", f"% {caption}", _latex(layers)]
+        best = report.best_row
+        bold = None if best is None else (best, len(_varying(report)))  # the metric's column
+        lines += [_latex(table, bold), "", f"% {caption}", _latex(layers)]
         return "\n".join(lines) + "\n"
-    parts = [f"<h3>{html.escape(report.title)}</h3>", f"<p>{html.escape(_subtitle(report))}</p>"]
-    parts += [f'<p class="warning">warning: {html.escape(w)}</p>' for w in report.warnings]
-    parts += [
-        table.to_html(index=False, border=0),
-        f"<h4>{html.escape(caption)}</h4>",
-        layers.to_html(index=False, border=0),
-    ]
-    return "\n".join(parts) + "\n"
+    from .html import html_page
+
+    return html_page(report, registry)
 
 
 def _subtitle(report: Report) -> str:
@@ -138,14 +139,19 @@ def _latex_escape(value: Any) -> str:
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(value))
 
 
-def _latex(frame: pd.DataFrame) -> str:
+def _latex(frame: pd.DataFrame, bold: tuple[int, int] | None = None) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``), the cell at ``bold`` (row, column) in bold."""
     spec = "".join("l" if c in ("layer", _CONFIG_COLUMN) else "r" for c in frame.columns)
     lines = [
         rf"\begin{{tabular}}{{{spec}}}",
-        r"\hline",
+        r"\toprule",
         " & ".join(_latex_escape(c) for c in frame.columns) + r" \\",
-        r"\hline",
+        r"\midrule",
     ]
-    lines += [" & ".join(_latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
-    lines += [r"\hline", r"\end{tabular}"]
+    for r, row in enumerate(frame.itertuples(index=False)):
+        cells = [_latex_escape(v) for v in row]
+        if bold is not None and r == bold[0]:
+            cells[bold[1]] = rf"\textbf{{{cells[bold[1]]}}}"
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)

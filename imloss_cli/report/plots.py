@@ -1,6 +1,7 @@
-"""The report's figures: accuracy curves, per-layer entropy and the K schedule, as PNG files.
+"""The report's figures: accuracy curves, per-layer entropy and firing rates, the entropy of every
+layer over the epochs, and the K schedule; as PNG files or embedded in the HTML page.
 
-matplotlib is imported inside :func:`write_plots` only, so building or rendering a report never
+matplotlib is imported inside :func:`figures` only, so building or rendering a text report never
 loads it.
 """
 
@@ -18,47 +19,66 @@ from .build import Report, ReportError
 _MAX_LEGEND = 12  # more series than this get no legend
 
 
-def write_plots(report: Report, registry: Registry, directory: Path | str) -> list[Path]:
-    """Draw the report's figures as PNG files.
+PLOTS: tuple[str, ...] = ("accuracy", "layer_entropy", "entropy_over_epochs", "firing_rates", "k_schedule")
+"""The report's figures, in the order they are drawn and written."""
 
-    ``accuracy.png``: test accuracy per epoch, per configuration the mean over seeds with a
-    min..max band; ``layer_entropy.png``: per-layer entropy (the layer table) as grouped bars,
-    one colour per configuration (a layer x configuration heat map beyond 12 configurations);
-    ``k_schedule.png``: the surrogate temperature K per epoch, one line per distinct schedule.
-    Legends are drawn for up to 12 series.
+
+def figures(report: Report, registry: Registry) -> dict[str, Any]:
+    """The report's figures as matplotlib ``Figure`` objects, by the names in :data:`PLOTS`.
+
+    ``accuracy``: test accuracy per epoch, per configuration the mean over seeds with a min..max
+    band; ``layer_entropy`` and ``firing_rates``: the layer tables (entropy, firing rate) as
+    grouped bars, one colour per configuration (a layer x configuration heat map beyond 12);
+    ``entropy_over_epochs``: one layer x epoch heat map of the entropy per configuration (mean
+    over seeds; the paper's figure); ``k_schedule``: K per epoch, one line per distinct schedule.
 
     Args:
         report: from :func:`build_report`.
         registry: the registry it was built from (the per-epoch curves are read again).
-        directory: where to write; created if missing.
-
-    Returns:
-        The paths written, in the order above.
-
-    Raises:
-        ReportError: the directory cannot be created.
     """
     # Figure without pyplot: no global backend switch, no figure registry to leak into.
     from matplotlib.figure import Figure
 
+    runs = report.runs[["run_id", "config", "k_schedule"]]
+    labels = list(dict.fromkeys(runs["config"]))
+    ids = runs["run_id"].tolist()
+    curves = registry.epoch_metrics(ids, names=["test_acc", "k"]).merge(runs, on="run_id")
+    entropy = registry.layer_stats(ids, stats=["entropy"]).merge(runs, on="run_id")
+    wide = max(7.0, 0.6 * len(report.layer_table) + 3)
+    shown = labels[:_MAX_LEGEND]
+    return {
+        "accuracy": _accuracy_figure(Figure(figsize=(7, 4.5)), curves, labels),
+        "layer_entropy": _layer_figure(
+            Figure(figsize=(wide, 4.5)), report.layer_table, "entropy (bits)", "per-layer entropy (mean over seeds)"
+        ),
+        "entropy_over_epochs": _entropy_epochs_figure(
+            Figure(figsize=(7, 1.0 + 2.6 * max(len(shown), 1))), entropy, shown, len(labels)
+        ),
+        "firing_rates": _layer_figure(
+            Figure(figsize=(wide, 4.5)), report.rate_table, "firing rate", "per-layer firing rate (mean over seeds)"
+        ),
+        "k_schedule": _k_figure(Figure(figsize=(7, 4.5)), curves),
+    }
+
+
+def write_plots(report: Report, registry: Registry, directory: Path | str) -> list[Path]:
+    """Draw the report's figures (:func:`figures`) as ``NAME.png`` files in ``directory``.
+
+    Returns:
+        The paths written, in the order of :data:`PLOTS`.
+
+    Raises:
+        ReportError: the directory cannot be created.
+    """
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot create plot directory {directory}: {exc.strerror or exc}") from exc
-    runs = report.runs[["run_id", "config", "k_schedule"]]
-    labels = list(dict.fromkeys(runs["config"]))
-    curves = registry.epoch_metrics(runs["run_id"].tolist(), names=["test_acc", "k"])
-    curves = curves.merge(runs, on="run_id")
-
-    paths = [directory / "accuracy.png", directory / "layer_entropy.png", directory / "k_schedule.png"]
-    figures = [
-        _accuracy_figure(Figure(figsize=(7, 4.5)), curves, labels),
-        _entropy_figure(Figure(figsize=(max(7.0, 0.6 * len(report.layer_table) + 3), 4.5)), report.layer_table),
-        _k_figure(Figure(figsize=(7, 4.5)), curves),
-    ]
-    for figure, path in zip(figures, paths):
-        figure.savefig(path, dpi=120)
+    paths = []
+    for name, figure in figures(report, registry).items():
+        paths.append(directory / f"{name}.png")
+        figure.savefig(paths[-1], dpi=120)
     return paths
 
 
@@ -76,16 +96,15 @@ def _accuracy_figure(fig: Any, curves: pd.DataFrame, labels: list[str]) -> Any:
     return fig
 
 
-def _entropy_figure(fig: Any, layer_table: pd.DataFrame) -> Any:
+def _layer_figure(fig: Any, layer_table: pd.DataFrame, ylabel: str, title: str) -> Any:
     ax = fig.add_subplot()
     n_layers, n_configs = layer_table.shape
     positions = pd.RangeIndex(n_layers).to_numpy()
-    title = "per-layer entropy (mean over seeds)"
     if n_configs > _MAX_LEGEND:
         # Hundreds of thin bars are neither readable nor quick to draw: a layer x configuration
         # heat map shows the same numbers.
         image = ax.imshow(layer_table.to_numpy().T, aspect="auto", interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="entropy (bits)")
+        fig.colorbar(image, ax=ax, label=ylabel)
         ax.set_xticks(positions, [str(name) for name in layer_table.index], rotation=45, ha="right")
         ax.set_xlabel("layer")
         ax.set_ylabel(f"configuration (table row, {n_configs})")
@@ -98,7 +117,32 @@ def _entropy_figure(fig: Any, layer_table: pd.DataFrame) -> Any:
             positions + (i - (n_configs - 1) / 2) * width, layer_table[label].to_numpy(), width=width, label=str(label)
         )
     ax.set_xticks(positions, [str(name) for name in layer_table.index], rotation=45, ha="right")
-    _finish(ax, "layer", "entropy (bits)", title, empty=layer_table.empty)
+    _finish(ax, "layer", ylabel, title, empty=layer_table.empty)
+    return fig
+
+
+def _entropy_epochs_figure(fig: Any, entropy: pd.DataFrame, labels: list[str], total: int) -> Any:
+    """One heat map per configuration: rows are layers (in network order), columns epochs."""
+    if entropy.empty or not labels:
+        ax = fig.add_subplot()
+        _finish(ax, "epoch", "layer", "per-layer entropy over the epochs", empty=True)
+        return fig
+    axes = fig.subplots(len(labels), 1, squeeze=False)[:, 0]
+    for ax, label in zip(axes, labels):
+        rows = entropy[entropy["config"] == label]
+        grid = rows.groupby(["layer_index", "layer", "epoch"])["value"].mean().unstack("epoch")
+        image = ax.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", vmin=0.0, vmax=1.0, cmap="viridis")
+        epochs = grid.columns.to_numpy()
+        ticks = range(0, len(epochs), max(1, len(epochs) // 10))
+        ax.set_xticks(list(ticks), [str(epochs[i]) for i in ticks])
+        layer_names = grid.index.get_level_values("layer")
+        ax.set_yticks(range(len(layer_names)), [str(n) for n in layer_names], fontsize="x-small")
+        ax.set_title(label, fontsize="small")
+        fig.colorbar(image, ax=ax, label="bits")
+    axes[-1].set_xlabel("epoch")
+    more = f" (first {len(labels)} of {total} configurations)" if total > len(labels) else ""
+    fig.suptitle(f"per-layer entropy over the epochs, mean over seeds{more}", fontsize="medium")
+    fig.tight_layout()
     return fig
 
 
