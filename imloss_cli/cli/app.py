@@ -35,6 +35,7 @@ RecipeArg = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override a field: --set loss.im_weight=0 (repeatable)")
 ]
+RunArg = Annotated[str, typer.Argument(help="run id or unique prefix")]
 RegistryOpt = Annotated[
     str, typer.Option("--registry", envvar="IMLOSS_REGISTRY", help="SQLAlchemy URL or SQLite path of the run registry")
 ]
@@ -108,7 +109,7 @@ def train(
 
 @app.command()
 def resume(
-    run: Annotated[str, typer.Argument(help="run id or unique prefix")],
+    run: RunArg,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Continue a KILLED, FAILED or LOST run from its last checkpoint, in the same registry row.
@@ -203,7 +204,7 @@ def runs(
 
 @app.command()
 def show(
-    run: Annotated[str, typer.Argument(help="run id or unique prefix")],
+    run: RunArg,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Print a run's resolved recipe, environment, per-epoch table and last layer statistics.
