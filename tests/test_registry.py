@@ -732,21 +732,39 @@ def test_newer_schema_version_is_refused(url: str) -> None:
         Registry(url)
 
 
-def test_older_schema_version_is_migrated(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_version_without_migration_is_refused_and_each_step_runs_once(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     Registry(url).close()
-    set_schema_version(url, SCHEMA_VERSION - 1)
+    set_schema_version(url, 0)
     with pytest.raises(RegistryError, match=f"has no migration from it to {SCHEMA_VERSION}"):
         Registry(url)
 
     applied: list[int] = []
-    monkeypatch.setattr(
-        backend_module, "MIGRATIONS", {SCHEMA_VERSION - 1: lambda conn: applied.append(SCHEMA_VERSION - 1)}
-    )
+    steps = {v: (lambda conn, v=v: applied.append(v)) for v in range(SCHEMA_VERSION)}
+    monkeypatch.setattr(backend_module, "MIGRATIONS", steps)
     Registry(url).close()
-    assert applied == [SCHEMA_VERSION - 1]
+    assert applied == list(range(SCHEMA_VERSION))
     Registry(url).close()  # already migrated: nothing runs again
-    assert applied == [SCHEMA_VERSION - 1]
+    assert applied == list(range(SCHEMA_VERSION))
     assert stored_schema_version(url) == str(SCHEMA_VERSION)
+
+
+def test_a_version_1_registry_is_migrated_keeping_its_runs(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with Registry(str(path)) as reg:
+        group = reg.create_group("g", {}, {"loss.im_weight": [0, 1]}, ["ablate"])
+        run_id = new_run(reg, group_id=group)
+    with sqlite3.connect(path) as db:  # take the tables back to version 1
+        db.execute("DROP INDEX ux_groups_key")
+        for table, column in (("groups", "key"), ("runs", "heartbeat_s"), ("runs", "attempts")):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with Registry(str(path)) as reg:
+        run = reg.get_run(run_id)
+        assert (run.group_id, run.attempts, run.heartbeat_s) == (group, [], None)
+        assert reg.claim_group("k", "g2", {}, {}, []) == reg.claim_group("k", "other", {}, {}, [])
+    assert stored_schema_version(f"sqlite:///{path}") == "2"
 
 
 def test_foreign_database_is_refused(url: str) -> None:

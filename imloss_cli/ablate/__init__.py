@@ -2,8 +2,8 @@
 
 Modules:
     grid   the ablate command's axes (:class:`GridSpec`) and the trials they expand to (pure recipes).
-    group  :func:`run_ablation`: find or create the group, queue every trial, train the unfinished.
-    jobs   trials in parallel processes on one machine (``--jobs N``), GPUs round-robin.
+    group  :func:`run_ablation`: claim the group, queue every trial, work on it as one of any number of workers.
+    jobs   more workers on this machine (``--jobs N``), GPUs round-robin.
 """
 
 from imloss_cli.ablate.grid import NAMED_AXES, GridSpec, Trial, plan_trials, split_values

@@ -1,23 +1,45 @@
-"""An ablation as one registry group: plan the grid, queue every trial, train the unfinished ones.
+"""An ablation as one registry group that any number of workers share.
 
-Every trial is queued before any trains, so the group's plan is in the registry from the start.
-A trial whose fingerprint (configuration + seed + code version) already FINISHED is skipped, and an
-unfinished one is resumed, so rerunning the same command picks the group up where it stopped.
+The first worker plans the grid, claims the group (its unique key) and queues every trial in one
+transaction; a worker that starts at the same moment, or later on another machine, finds the same
+group and the same rows. Then every worker takes the next claimable trial (QUEUED, LOST, or
+FAILED/KILLED before this worker started), claims it with the registry's compare-and-set and
+trains it; a trial another live worker holds is left to it. When nothing is left to claim, a worker
+waits for the trials running elsewhere, so it can report the complete group. Rerunning the command
+therefore trains nothing twice: finished trials are skipped, unfinished ones resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from imloss_cli.ablate.grid import SEED_KEY, GridSpec, Trial, plan_trials
-from imloss_cli.ablate.jobs import Job, run_jobs
+from imloss_cli.ablate.jobs import run_workers
 from imloss_cli.recipe import Recipe, config_hash, validate_recipe
-from imloss_cli.registry import FAILED, FINISHED, KILLED, PLANNED, QUEUED, SKIPPED, Registry, RegistryError, RunInfo
+from imloss_cli.registry import (
+    FAILED,
+    FINISHED,
+    KILLED,
+    LOST,
+    PLANNED,
+    QUEUED,
+    RUNNING,
+    SKIPPED,
+    GroupInfo,
+    Registry,
+    RegistryError,
+    RunClaimedError,
+    RunInfo,
+)
 from imloss_cli.train.environment import code_version, git_state
-from imloss_cli.train.run import Callbacks, queue_run, resume_run
+from imloss_cli.train.run import HEARTBEAT_S, Callbacks, resume_run, run_fields
 
 
 def latest_train_recipe(registry_url: str, overrides: dict[str, Any]) -> tuple[str, Recipe]:
@@ -36,9 +58,10 @@ def latest_train_recipe(registry_url: str, overrides: dict[str, Any]) -> tuple[s
 class TrialOutcome:
     trial: Trial
     run_id: str | None
-    status: str  # FINISHED, FAILED, KILLED, SKIPPED (finished before) or PLANNED (dry run)
+    status: str  # FINISHED, FAILED, KILLED, LOST, RUNNING (elsewhere), SKIPPED or PLANNED (dry run)
     test_acc: float | None = None
     error: str | None = None
+    elsewhere: str | None = None  # "HOST (pid PID)" of the worker that holds or trained it, if not this one
 
 
 @dataclass(frozen=True)
@@ -48,150 +71,204 @@ class AblationResult:
 
     @property
     def failed(self) -> list[TrialOutcome]:
-        return [o for o in self.outcomes if o.status in (FAILED, KILLED)]
+        return [o for o in self.outcomes if o.status in (FAILED, KILLED, LOST)]
+
+    @property
+    def complete(self) -> bool:
+        """Every trial has ended (so the group's report is final)."""
+        return self.group_id is not None and all(o.status not in (RUNNING, QUEUED) for o in self.outcomes)
 
 
-@dataclass(frozen=True)
-class _Queued:
-    trial: Trial
-    run_id: str
-    finished_before: bool
+def group_key(base: Recipe, axes_record: dict[str, list[Any]]) -> str:
+    """What makes two ablate commands the same ablation: the base configuration, the axes and seeds."""
+    blob = json.dumps({"config_hash": config_hash(base), "axes": axes_record}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def find_or_create_group(
+def claim_group(
     registry: Registry, base: Recipe, axes: dict[str, Sequence[Any]], seeds: Sequence[int], argv: list[str]
 ) -> str:
-    """The group of an identical earlier command (same base configuration, axes and seeds), or a new one."""
+    """The group of this base recipe, axes and seeds: found by its unique key, or created now."""
     axes_record = {**{k: list(v) for k, v in axes.items()}, SEED_KEY: list(seeds)}
     base_record = {"config_hash": config_hash(base), "recipe": base.model_dump(mode="json")}
-    for group in registry.list_groups():
-        if group.axes == axes_record and group.base_recipe.get("config_hash") == base_record["config_hash"]:
-            return group.id
     name = f"{base.name}: " + " x ".join(k.rsplit(".", 1)[-1] for k in axes_record)
-    return registry.create_group(name, base_record, axes_record, argv)
-
-
-def _members_by_fingerprint(registry: Registry, group_id: str) -> dict[str, RunInfo]:
-    """The group's newest run of each fingerprint (one read of the group for all trials)."""
-    members: dict[str, RunInfo] = {}
-    for run in registry.list_runs(group_id=group_id):  # newest first
-        members.setdefault(run.fingerprint, run)
-    return members
+    return registry.claim_group(group_key(base, axes_record), name, base_record, axes_record, argv)
 
 
 def run_ablation(
-    base: Recipe,
-    spec: GridSpec,
+    base: Recipe | None,
+    spec: GridSpec | None,
     *,
     registry_url: str,
     argv: list[str],
+    group: str | None = None,
     fail_fast: bool = False,
     dry_run: bool = False,
     jobs: int = 1,
+    wait: bool = True,
+    heartbeat_s: float = HEARTBEAT_S,
     on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None,
     on_outcome: Callable[[TrialOutcome], None] | None = None,
+    on_wait: Callable[[list[TrialOutcome]], None] | None = None,
 ) -> AblationResult:
-    """Plan, queue and train the grid.
+    """Plan and queue the grid (or join ``group``), then work on it as one worker among any number.
 
     Args:
-        base: the recipe every trial starts from.
+        base: the recipe every trial starts from (None with ``group``).
         spec: the axes (dotted field -> values) and seeds; no seeds: the base recipe's seed, or 0.
         registry_url: where the group and its runs are recorded.
         argv: the command line, recorded with the group and each run.
-        fail_fast: stop at the first failed trial (otherwise report it and go on).
+        group: join this existing group (id or prefix) instead of planning one.
+        fail_fast: claim no further trial after one failed here.
         dry_run: only plan; nothing is written.
-        jobs: trials trained at once, each in its own process (1: one after another in this process).
-        on_trial: called as (number, total, trial, run_id) before a trial trains; returns its callbacks.
+        jobs: worker processes on this machine (1: this process trains).
+        wait: when nothing is left to claim, wait for the trials running elsewhere.
+        heartbeat_s: seconds between the heartbeats of a trial this worker trains.
+        on_trial: called as (number, total, trial, run_id) before a trial trains here; returns its callbacks.
         on_outcome: called with each trial's outcome as soon as it is known.
+        on_wait: called with the trials running elsewhere whenever that set changes while waiting.
 
     Raises:
         RecipeError: the grid is empty or has invalid combinations (nothing written).
-        KeyboardInterrupt: the current trial was recorded as KILLED; the rest stay QUEUED.
+        RegistryError: no such group.
+        KeyboardInterrupt: the current trial was recorded as KILLED; the rest stay as they are.
     """
-    seeds = spec.seeds if spec.seeds is not None else [base.train.seed or 0]
-    version = code_version(git_state())
-    trials = plan_trials(base, spec.axes, seeds, version)
-    if dry_run:
-        return AblationResult(None, [TrialOutcome(t, None, PLANNED) for t in trials])
-    registry = Registry(registry_url)
-    group_id = find_or_create_group(registry, base, spec.axes, seeds, argv)
-    members = _members_by_fingerprint(registry, group_id)
-    queue = []
-    for trial in trials:
-        run = members.get(trial.fingerprint)
-        if run is None:
-            run_id = queue_run(registry, trial.recipe, argv=argv, kind="ablate", group_id=group_id, version=version)
-            queue.append(_Queued(trial, run_id, False))
-        else:
-            queue.append(_Queued(trial, run.id, run.status == FINISHED))
+    started_at = datetime.now(timezone.utc)
+    if group is None:
+        if base is None or spec is None:
+            raise ValueError("run_ablation needs a base recipe and a grid, or a group to join")
+        seeds = spec.seeds if spec.seeds is not None else [base.train.seed or 0]
+        version = code_version(git_state())
+        trials = plan_trials(base, spec.axes, seeds, version)
+        if dry_run:
+            return AblationResult(None, [TrialOutcome(t, None, PLANNED) for t in trials])
+        registry = Registry(registry_url)
+        group_id = claim_group(registry, base, spec.axes, seeds, argv)
+        # One transaction for the whole grid: workers queueing it at once end with one row per trial.
+        registry.queue_runs(group_id, [run_fields(t.recipe, argv=argv, kind="ablate", version=version) for t in trials])
+    else:
+        registry = Registry(registry_url)
+        group_id = registry.get_group(group).id
+    info = registry.get_group(group_id)
+    worker = _Worker(registry, info, started_at, registry_url, argv, heartbeat_s, on_trial, on_outcome)
     if jobs > 1:
-        return AblationResult(group_id, _run_parallel(registry, queue, jobs, registry_url, fail_fast, on_outcome))
-    outcomes = []
-    for number, item in enumerate(queue, start=1):
-        if item.finished_before:
-            outcome = TrialOutcome(item.trial, item.run_id, SKIPPED)
+        options = ["--heartbeat", str(heartbeat_s), *(["--fail-fast"] if fail_fast else [])]
+        log_dir = Path(validate_recipe(info.base_recipe["recipe"]).train.output_dir) / f"group-{group_id}"
+        run_workers(
+            group_id, jobs, registry_url=registry_url, options=options, log_dir=log_dir,
+            poll_s=worker.poll_s, on_poll=worker.report_new,
+        )  # fmt: skip
+    worker.work(fail_fast=fail_fast, wait=wait, on_wait=on_wait)
+    return AblationResult(group_id, worker.outcomes())
+
+
+class _Worker:
+    """One worker's view of a group: what it trained, and the outcome of every trial."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        group: GroupInfo,
+        started_at: datetime,
+        registry_url: str,
+        argv: list[str],
+        heartbeat_s: float,
+        on_trial: Callable[[int, int, Trial, str], Callbacks] | None,
+        on_outcome: Callable[[TrialOutcome], None] | None,
+    ) -> None:
+        self.registry, self.group, self.started_at = registry, group, started_at
+        self.registry_url, self.argv, self.heartbeat_s = registry_url, argv, heartbeat_s
+        self.on_trial, self.on_outcome = on_trial, on_outcome
+        self.poll_s = min(5.0, heartbeat_s)
+        self.here: dict[str, TrialOutcome] = {}  # trials this worker trained
+        self.reported: set[str] = set()
+
+    def runs(self) -> list[RunInfo]:
+        return list(reversed(self.registry.list_runs(group_id=self.group.id)))  # plan order
+
+    def work(self, *, fail_fast: bool, wait: bool, on_wait: Callable[[list[TrialOutcome]], None] | None) -> None:
+        """Claim and train until nothing is left; then, if ``wait``, until nothing runs elsewhere."""
+        shown: set[str] = set()
+        while True:
+            runs = self.runs()
+            failed_here = any(o.status == FAILED for o in self.here.values())
+            todo = [r for r in runs if self._claimable(r)] if not (fail_fast and failed_here) else []
+            if todo:
+                self._train(todo[0], runs)
+                continue
+            self.report_new(runs)
+            elsewhere = [r for r in runs if r.display_status == RUNNING and r.id not in self.here]
+            if not elsewhere or not wait:
+                return
+            if on_wait is not None and {r.id for r in elsewhere} != shown:
+                shown = {r.id for r in elsewhere}
+                on_wait([self._outcome(r) for r in elsewhere])
+            time.sleep(self.poll_s)
+
+    def _claimable(self, run: RunInfo) -> bool:
+        if run.display_status in (QUEUED, LOST):
+            return True
+        # Failed or killed before this command began: rerunning the ablation retries it.
+        ended_before = run.ended_at is not None and run.ended_at < self.started_at
+        return run.status in (FAILED, KILLED) and ended_before and run.id not in self.here
+
+    def _train(self, run: RunInfo, runs: list[RunInfo]) -> None:
+        trial = self._trial(run)
+        number = [r.id for r in runs].index(run.id) + 1
+        callbacks = self.on_trial(number, len(runs), trial, run.id) if self.on_trial else Callbacks()
+        try:
+            result = resume_run(
+                run.id, registry_url=self.registry_url, argv=self.argv, callbacks=callbacks,
+                heartbeat_s=self.heartbeat_s,
+            )  # fmt: skip
+        except RunClaimedError:  # another worker claimed it between our read and our claim
+            return
+        except Exception as e:  # the group goes on; a trial that failed before its claim is closed here
+            if self.registry.get_run(run.id).status == QUEUED:
+                self.registry.finish_run(run.id, FAILED, error_type=type(e).__name__, error_message=str(e))
+            outcome = TrialOutcome(trial, run.id, FAILED, error=f"{type(e).__name__}: {e}")
         else:
-            callbacks = on_trial(number, len(queue), item.trial, item.run_id) if on_trial else Callbacks()
-            outcome = _train_trial(registry, item, registry_url, argv, callbacks)
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-        if fail_fast and outcome.status == FAILED:
-            break
-    return AblationResult(group_id, outcomes)
+            acc = result.last.metrics["test_acc"] if result.last is not None else None
+            outcome = TrialOutcome(trial, run.id, FINISHED, test_acc=acc)
+        self.here[run.id] = outcome
+        self._report(outcome)
+
+    def report_new(self, runs: list[RunInfo] | None = None) -> bool:
+        """Report the trials that ended (anywhere) since the last call; True (keep going) always."""
+        for run in runs if runs is not None else self.runs():
+            if run.is_terminal and run.id not in self.reported:
+                self._report(self._outcome(run))
+        return True
+
+    def _report(self, outcome: TrialOutcome) -> None:
+        if outcome.run_id is not None:
+            self.reported.add(outcome.run_id)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+
+    def outcomes(self) -> list[TrialOutcome]:
+        return [self._outcome(r) for r in self.runs()]
+
+    def _outcome(self, run: RunInfo) -> TrialOutcome:
+        if run.id in self.here:
+            return self.here[run.id]
+        trial = self._trial(run)
+        status = run.display_status
+        if status == FINISHED and run.ended_at is not None and run.ended_at < self.started_at:
+            return TrialOutcome(trial, run.id, SKIPPED)
+        acc = None
+        if status == FINISHED:
+            values = self.registry.epoch_metrics([run.id], names=["test_acc"]).sort_values("epoch").value
+            acc = float(values.iloc[-1]) if len(values) else None
+        where = f"{run.host} (pid {run.pid})"
+        return TrialOutcome(trial, run.id, status, test_acc=acc, error=run.error_message, elsewhere=where)
+
+    def _trial(self, run: RunInfo) -> Trial:
+        values = {axis: _dotted(run.recipe, axis) for axis in self.group.axes}
+        return Trial(values, validate_recipe(run.recipe, f"run {run.id}"), run.fingerprint)
 
 
-def _train_trial(
-    registry: Registry, item: _Queued, registry_url: str, argv: list[str], callbacks: Callbacks
-) -> TrialOutcome:
-    try:
-        result = resume_run(item.run_id, registry_url=registry_url, argv=argv, callbacks=callbacks)
-    except Exception as e:  # the group goes on; a trial that failed before it started is closed here
-        if registry.get_run(item.run_id).status == QUEUED:
-            registry.finish_run(item.run_id, FAILED, error_type=type(e).__name__, error_message=str(e))
-        return TrialOutcome(item.trial, item.run_id, FAILED, error=f"{type(e).__name__}: {e}")
-    acc = result.last.metrics["test_acc"] if result.last is not None else None
-    return TrialOutcome(item.trial, item.run_id, FINISHED, test_acc=acc)
-
-
-def _recorded_outcome(registry: Registry, item: _Queued, exit_code: int, log: Path) -> TrialOutcome:
-    """The outcome of a trial trained in another process, as the registry recorded it."""
-    run = registry.get_run(item.run_id)
-    if run.status == FINISHED:
-        metrics = registry.epoch_metrics([run.id], names=["test_acc"])
-        acc = metrics.sort_values("epoch").value
-        return TrialOutcome(item.trial, run.id, FINISHED, test_acc=float(acc.iloc[-1]) if len(acc) else None)
-    status = FAILED if run.status == QUEUED else run.display_status
-    error = run.error_message or (f"exit code {exit_code}; see {log}" if status == FAILED else None)
-    return TrialOutcome(item.trial, run.id, status, error=error)
-
-
-def _run_parallel(
-    registry: Registry,
-    queue: list[_Queued],
-    jobs: int,
-    registry_url: str,
-    fail_fast: bool,
-    on_outcome: Callable[[TrialOutcome], None] | None,
-) -> list[TrialOutcome]:
-    outcomes: dict[int, TrialOutcome] = {}
-    todo: list[Job] = []
-    index_of: dict[str, int] = {}
-    for i, item in enumerate(queue):
-        if item.finished_before:
-            outcomes[i] = TrialOutcome(item.trial, item.run_id, SKIPPED)
-            if on_outcome is not None:
-                on_outcome(outcomes[i])
-        else:
-            index_of[item.run_id] = i
-            todo.append(Job(item.run_id, Path(item.trial.recipe.train.output_dir) / item.run_id / "train.log"))
-
-    def done(job: Job, code: int) -> bool:
-        i = index_of[job.run_id]
-        outcomes[i] = _recorded_outcome(registry, queue[i], code, job.log)
-        if on_outcome is not None:
-            on_outcome(outcomes[i])
-        return not (fail_fast and outcomes[i].status == FAILED)
-
-    run_jobs(todo, jobs, registry_url, done)
-    return [outcomes[i] for i in sorted(outcomes)]
+def _dotted(data: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return None if data == {} else data

@@ -1,9 +1,10 @@
-"""Queued runs trained in parallel processes on one machine: ``imloss ablate --jobs N``.
+"""Workers in parallel processes on one machine: ``imloss ablate --jobs N``.
 
-Each queued run is trained by its own ``imloss resume RUN`` process (a QUEUED run resumes from
-nothing), so parallel trials are exactly sequential ones run elsewhere. GPUs are handed out
-round-robin through CUDA_VISIBLE_DEVICES; on CPU the cores are split between the processes
-(unless OMP_NUM_THREADS is set), which changes floating-point summation order but not the method.
+Each job is one more worker of the group, ``imloss ablate --group GROUP --no-wait``: it claims
+trials through the registry exactly like a worker started by hand on another machine, so parallel
+trials are sequential ones run elsewhere. GPUs are handed out round-robin through
+CUDA_VISIBLE_DEVICES; on CPU the cores are split between the processes (unless OMP_NUM_THREADS is
+set), which changes floating-point summation order but not the method.
 """
 
 from __future__ import annotations
@@ -13,17 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-
-@dataclass(frozen=True)
-class Job:
-    run_id: str
-    log: Path
 
 
 def _environment(slot: int, jobs: int) -> dict[str, str]:
@@ -36,55 +30,72 @@ def _environment(slot: int, jobs: int) -> dict[str, str]:
     return env
 
 
-def run_jobs(
-    jobs: Sequence[Job],
-    parallel: int,
+def run_workers(
+    group_id: str,
+    jobs: int,
+    *,
     registry_url: str,
-    on_done: Callable[[Job, int], bool],
-) -> None:
-    """Run ``imloss resume`` for every job, at most ``parallel`` at once.
+    options: list[str],
+    log_dir: Path,
+    poll_s: float,
+    on_poll: Callable[[], bool],
+) -> list[int]:
+    """Start ``jobs`` worker processes on the group and wait for them.
 
     Args:
-        jobs: queued runs, in the order to start them; each process's output goes to its log.
-        parallel: processes at once.
-        registry_url: the registry the runs live in.
-        on_done: called with (job, exit code) as each process ends; returning False stops
-            starting new ones (--fail-fast) and terminates the running ones.
+        group_id: the group every worker joins.
+        jobs: processes at once.
+        registry_url: the registry of the group.
+        options: further ``imloss ablate`` options for each worker (``--heartbeat``, ``--fail-fast``).
+        log_dir: worker k writes its output to ``log_dir/worker-k.log``.
+        poll_s: seconds between calls of ``on_poll``.
+        on_poll: called while the workers run (to report finished trials); returning False
+            stops them (SIGTERM: each records its trial as KILLED).
+
+    Returns:
+        The workers' exit codes.
 
     Raises:
-        KeyboardInterrupt: after every running process was sent SIGTERM (each records KILLED).
+        KeyboardInterrupt: after every worker was sent SIGTERM.
     """
-    pending = list(jobs)
-    running: dict[subprocess.Popen[bytes], Job] = {}
-    started = 0
-    keep_going = True
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "imloss_cli",
+        "ablate",
+        "--group",
+        group_id,
+        "--no-wait",
+        "--registry",
+        registry_url,
+    ]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        while running or (pending and keep_going):
-            while keep_going and pending and len(running) < parallel:
-                job = pending.pop(0)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                with open(job.log, "ab") as log:
-                    command = [sys.executable, "-m", "imloss_cli", "resume", job.run_id, "--registry", registry_url]
-                    proc = subprocess.Popen(
-                        command, stdout=log, stderr=subprocess.STDOUT, env=_environment(started, parallel)
+        for slot in range(jobs):
+            with open(log_dir / f"worker-{slot}.log", "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [*command, *options], stdout=log, stderr=subprocess.STDOUT, env=_environment(slot, jobs)
                     )
-                running[proc] = job
-                started += 1
-            time.sleep(0.1)
-            for proc in [p for p in running if p.poll() is not None]:
-                job = running.pop(proc)
-                if not on_done(job, proc.returncode) and keep_going:
-                    keep_going = False
-                    _terminate(running)
+                )
+        while any(p.poll() is None for p in procs):
+            time.sleep(poll_s)
+            if not on_poll():
+                _terminate(procs)
+                break
     except KeyboardInterrupt:
-        _terminate(running)
+        _terminate(procs)
         raise
+    on_poll()
+    return [p.wait() for p in procs]
 
 
-def _terminate(running: dict[subprocess.Popen[bytes], Job]) -> None:
-    for proc in running:
-        proc.send_signal(signal.SIGTERM)
-    for proc in running:
+def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

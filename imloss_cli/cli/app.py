@@ -36,6 +36,9 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="override a field: --set loss.im_weight=0 (repeatable)")
 ]
 RunArg = Annotated[str, typer.Argument(help="run id or unique prefix")]
+HeartbeatOpt = Annotated[
+    float | None, typer.Option(min=0.01, help="seconds between a training run's heartbeats (30)", show_default=False)
+]
 RegistryOpt = Annotated[
     str, typer.Option("--registry", envvar="IMLOSS_REGISTRY", help="SQLAlchemy URL or SQLite path of the run registry")
 ]
@@ -79,6 +82,7 @@ def train(
     ] = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (GPUs) on this machine, via torchrun")] = 1,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    heartbeat: HeartbeatOpt = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Train one spiking network and record it in the registry.
@@ -100,7 +104,14 @@ def train(
     env = DistEnv.from_environ()
     with TrainDisplay(console, quiet=env is not None and not env.is_main) as ui:
         result = guarded(
-            lambda: train_run(r, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks(), queued_run=run_id)
+            lambda: train_run(
+                r,
+                registry_url=registry,
+                argv=sys.argv,
+                callbacks=ui.callbacks(),
+                queued_run=run_id,
+                **_given(heartbeat_s=heartbeat),
+            )
         )
     if result is not None and result.last is not None:
         m = result.last.metrics
@@ -110,6 +121,7 @@ def train(
 @app.command()
 def resume(
     run: RunArg,
+    heartbeat: HeartbeatOpt = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Continue a KILLED, FAILED or LOST run from its last checkpoint, in the same registry row.
@@ -120,7 +132,11 @@ def resume(
     from imloss_cli.train.run import resume_run
 
     with TrainDisplay(console) as ui:
-        result = guarded(lambda: resume_run(run, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks()))
+        result = guarded(
+            lambda: resume_run(
+                run, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks(), **_given(heartbeat_s=heartbeat)
+            )
+        )
     acc = f"test accuracy {result.last.metrics['test_acc']:.4f}  " if result.last else ""
     console.print(f"[bold green]done[/]  {acc}run {result.run_id}")
 
@@ -135,37 +151,57 @@ def ablate(
     seeds: Annotated[int | None, typer.Option("--seeds", help="seeds 0..N-1")] = None,
     seed: Annotated[str | None, typer.Option("--seed", help="explicit seeds, e.g. 0,1,2")] = None,
     set_: SetOpt = None,
+    group: Annotated[str | None, typer.Option(help="join this existing group (id or prefix) as a worker")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="stop at the first failed trial")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the trials, run nothing")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="trials at once, each in its own process")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="worker processes on this machine")] = 1,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for trials running elsewhere")] = True,
+    heartbeat: HeartbeatOpt = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Run a grid of trials (cartesian product x seeds) as one ablation group; rerun to resume it.
 
-    Without RECIPE, the recipe of the most recent `imloss train` run is ablated.
+    Without RECIPE, the recipe of the most recent `imloss train` run is ablated. The same command
+    on several machines (one registry URL) splits the grid: each worker claims the next trial.
 
     Example: imloss ablate recipes/digits.toml --im-weight 0,1,2 --seeds 2
     """
-    from imloss_cli.ablate import GridSpec, latest_train_recipe, run_ablation
+    from imloss_cli.ablate import run_ablation
     from imloss_cli.cli.views import AblationView
 
-    spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
-    if recipe is None:
-        base_run, base = guarded(lambda: latest_train_recipe(registry, parse_overrides(set_ or [])))
-        console.print(
-            f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False
-        )
-    else:
-        base = load(recipe, set_)
+    base, spec = (
+        (None, None)
+        if group is not None
+        else _ablation_plan(recipe, set_, registry, im_weight, surrogate, timesteps, grid, seeds, seed)
+    )
     with AblationView(console) as view:
         result = guarded(
             lambda: run_ablation(
-                base, spec, registry_url=registry, argv=sys.argv, fail_fast=fail_fast, dry_run=dry_run,
-                jobs=jobs, on_trial=view.trial, on_outcome=view.outcome,
+                base, spec, registry_url=registry, argv=sys.argv, group=group, fail_fast=fail_fast,
+                dry_run=dry_run, jobs=jobs, wait=wait, on_trial=view.trial, on_outcome=view.outcome,
+                on_wait=view.waiting, **_given(heartbeat_s=heartbeat),
             )
         )  # fmt: skip
-    view.summary(result, _group_table(registry, result.group_id))
+    view.summary(result, _group_table(registry, result.group_id) if result.complete else "")
     raise typer.Exit(1 if result.failed else 0)
+
+
+def _ablation_plan(recipe: Path | None, sets: list[str] | None, registry: str, *axes: Any) -> tuple[Recipe, Any]:
+    """The base recipe (the file, or the latest train run's) and the grid of the ablate options."""
+    from imloss_cli.ablate import GridSpec, latest_train_recipe
+
+    im_weight, surrogate, timesteps, grid, seeds, seed = axes
+    spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
+    if recipe is not None:
+        return load(recipe, sets), spec
+    base_run, base = guarded(lambda: latest_train_recipe(registry, parse_overrides(sets or [])))
+    console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
+    return base, spec
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options that were given: an unset one leaves the library's default in place."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _group_table(registry: str, group_id: str | None) -> str:
@@ -197,7 +233,9 @@ def runs(
     from imloss_cli.report import runs_overview
 
     frame = guarded(
-        lambda: runs_overview(Registry(registry), status=status and status.upper(), group=group, limit=limit)
+        lambda: runs_overview(
+            Registry(registry, create=False), status=status and status.upper(), group=group, limit=limit
+        )
     )
     console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
 
@@ -215,7 +253,7 @@ def show(
     from imloss_cli.registry import Registry
     from imloss_cli.report import run_details
 
-    render_details(console, guarded(lambda: run_details(Registry(registry), run)))
+    render_details(console, guarded(lambda: run_details(Registry(registry, create=False), run)))
 
 
 @app.command()
@@ -244,7 +282,7 @@ def report(
 
     if fmt not in FORMATS:  # before the registry: a typo in the format is the first thing to fix
         fail(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    reg = guarded(lambda: Registry(registry))
+    reg = guarded(lambda: Registry(registry, create=False))
     rep = guarded(
         lambda: build_report(reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select)
     )

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from imloss_cli.registry import FAILED, FINISHED, SKIPPED
+from imloss_cli.registry import FAILED, FINISHED, KILLED, LOST, SKIPPED
 
 if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
     from imloss_cli.ablate import AblationResult, Trial, TrialOutcome
@@ -129,12 +129,24 @@ class AblationView:
 
     def outcome(self, outcome: TrialOutcome) -> None:
         label = outcome.trial.label
-        if outcome.status == FAILED:
-            self.console.print(f"[bold red]FAILED[/]  {label}  run {outcome.run_id}: {outcome.error}", highlight=False)
+        where = f" on {outcome.elsewhere}" if outcome.elsewhere else ""
+        if outcome.status in (FAILED, KILLED, LOST):
+            self.console.print(
+                f"[bold red]{outcome.status}[/]{where}  {label}  run {outcome.run_id}: {outcome.error}", highlight=False
+            )
         elif outcome.status == SKIPPED:
             self.console.print(f"[dim]skipped (finished before)[/]  {label}  run {outcome.run_id}", highlight=False)
-        elif outcome.status == FINISHED and outcome.test_acc is not None:
-            self.console.print(f"[green]finished[/]  {label}  test accuracy {outcome.test_acc:.4f}", highlight=False)
+        elif outcome.status == FINISHED:
+            acc = f"  test accuracy {outcome.test_acc:.4f}" if outcome.test_acc is not None else ""
+            self.console.print(f"[green]finished[/]{where}  {label}{acc}", highlight=False)
+
+    def waiting(self, running: list[TrialOutcome]) -> None:
+        """Nothing left to claim: the trials this worker waits for, and who holds them."""
+        self.console.print(
+            f"waiting for {len(running)} trial{'s' if len(running) != 1 else ''} running elsewhere:", highlight=False
+        )
+        for o in running:
+            self.console.print(f"  {o.trial.label}  run {o.run_id}  running on {o.elsewhere}", highlight=False)
 
     def summary(self, result: AblationResult, table: str) -> None:
         """The outcome counts and ``table`` (the group's report), or the planned trials of a dry run."""
@@ -169,6 +181,12 @@ def render_details(console: Console, details: RunDetails) -> None:
     )
     if run.error_message:
         console.print(f"[red]{run.error_type}: {run.error_message}[/]", highlight=False)
+    for a in run.attempts:
+        console.print(
+            f"attempt {a['attempt']}: {a['started_at']} on {a['host']} (pid {a['pid']}), {a['how']}",
+            highlight=False,
+            markup=False,
+        )
     console.print("\n[bold]recipe[/]")
     console.print(to_toml(validate_recipe(run.recipe)), markup=False, highlight=False)
     console.print("[bold]environment[/]")

@@ -15,7 +15,7 @@ Modules:
     errors   :class:`RegistryError` and the translation of driver errors into it.
 """
 
-from .errors import RegistryError
+from .errors import RegistryError, RunClaimedError
 from .records import GroupInfo, RunInfo
 from .schema import KINDS, SCHEMA_VERSION
 from .status import (
@@ -31,7 +31,7 @@ from .status import (
     STATUSES,
     TERMINAL,
 )
-from .store import Registry
+from .store import LOST_AFTER_BEATS, Registry
 
 __all__ = [
     "FAILED",
@@ -39,6 +39,7 @@ __all__ = [
     "KILLED",
     "KINDS",
     "LOST",
+    "LOST_AFTER_BEATS",
     "PLANNED",
     "QUEUED",
     "RESUMABLE",
@@ -50,5 +51,6 @@ __all__ = [
     "GroupInfo",
     "Registry",
     "RegistryError",
+    "RunClaimedError",
     "RunInfo",
 ]

@@ -16,6 +16,10 @@ class RegistryError(Exception):
     """Any failure of the registry: bad arguments, unknown ids, unusable database."""
 
 
+class RunClaimedError(RegistryError):
+    """The run is RUNNING in a live process, here or on another host: another worker holds it."""
+
+
 @contextmanager
 def db_errors(where: str, *, opening: bool = False) -> Iterator[None]:
     """Turn database driver errors into RegistryError with a message naming the registry.

@@ -16,7 +16,7 @@ from typing import Any
 from .schema import Group, Run
 from .status import TERMINAL
 
-JSON_COLUMNS = frozenset({"recipe", "argv", "environment", "axes", "base_recipe"})
+JSON_COLUMNS = frozenset({"recipe", "argv", "environment", "axes", "base_recipe", "attempts"})
 """Columns stored as JSON text and handed out decoded."""
 
 
@@ -55,6 +55,8 @@ class RunInfo:
     error_message: str | None
     traceback: str | None
     checkpoint_dir: str | None
+    heartbeat_s: float | None  # the trainer's heartbeat interval (None: runs of older imloss)
+    attempts: list[dict[str, Any]]  # one entry per start: attempt, host, pid, started_at, how it started
 
     @property
     def is_terminal(self) -> bool:
@@ -75,6 +77,7 @@ class GroupInfo:
     """A snapshot of one ablation group."""
 
     id: str
+    key: str | None
     name: str
     created_at: datetime
     base_recipe: dict[str, Any]

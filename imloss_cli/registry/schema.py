@@ -40,7 +40,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .status import STATUSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the schema defined here; stored in ``meta`` under the key ``schema_version``."""
 
 KINDS: tuple[str, ...] = ("train", "ablate")
@@ -48,9 +48,19 @@ KINDS: tuple[str, ...] = ("train", "ablate")
 Migration = Callable[[Connection], None]
 """Upgrades a registry by one schema version, inside the caller's write transaction."""
 
-MIGRATIONS: Mapping[int, Migration] = MappingProxyType({})
+
+def _v1_to_v2(conn: Connection) -> None:
+    """Version 2: groups are found by a unique key (workers claim a group by inserting it), and runs
+    record their heartbeat interval and the history of their attempts."""
+    conn.exec_driver_sql("ALTER TABLE groups ADD COLUMN key VARCHAR(64)")
+    conn.exec_driver_sql("CREATE UNIQUE INDEX ux_groups_key ON groups (key)")
+    conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN heartbeat_s FLOAT")
+    conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]'")
+
+
+MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _v1_to_v2})
 """``{from_version: step}``: ``step`` upgrades a registry from ``from_version`` to
-``from_version + 1``. Empty while only version 1 exists."""
+``from_version + 1``."""
 
 ID_LENGTH = 12
 
@@ -106,9 +116,12 @@ class Group(Base):
     """An ablation group: one base recipe swept over ``axes``."""
 
     __tablename__ = "groups"
-    __table_args__ = (Index("ix_groups_created_at", "created_at"),)
+    __table_args__ = (Index("ix_groups_created_at", "created_at"), Index("ux_groups_key", "key", unique=True))
 
     id: Mapped[str] = mapped_column(_key(ID_LENGTH), primary_key=True)
+    # What identifies the same ablation (base configuration, axes, seeds): unique, so two workers
+    # that start together insert one group and the second finds the first's.
+    key: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCTimestamp())
     base_recipe: Mapped[str] = mapped_column(Text)
@@ -156,6 +169,8 @@ class Run(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
     checkpoint_dir: Mapped[str | None] = mapped_column(Text)
+    heartbeat_s: Mapped[float | None] = mapped_column(Float)  # how often the trainer beats; None: unknown
+    attempts: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")  # JSON list, one per start
 
 
 class EpochMetric(Base):

@@ -12,38 +12,46 @@ opens its transaction through :meth:`Registry._read` or :meth:`Registry._write`;
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pandas as pd
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import backend, reads
-from .errors import RegistryError, db_errors
+from .errors import RegistryError, RunClaimedError, db_errors
 from .records import RUN_FRAME_COLUMNS, GroupInfo, RunInfo, group_info, run_info
 from .schema import ID_LENGTH, KINDS, EpochMetric, Group, LayerStat, Run
 from .status import LOST, QUEUED, RESUMABLE, RUNNING, STATUSES, TERMINAL
 from .values import as_float, as_int, check_choice, dumps, new_id, now, pid_alive
 
+LOST_AFTER_BEATS = 4
+"""A RUNNING run whose heartbeat is older than this many of its own intervals is LOST."""
+
 
 class Registry:
     """Store of runs, ablation groups and per-epoch metrics behind one SQLAlchemy URL."""
 
-    def __init__(self, url: str | os.PathLike[str], *, stale_after: float = 3600.0) -> None:
+    def __init__(self, url: str | os.PathLike[str], *, stale_after: float = 3600.0, create: bool = True) -> None:
         """Open (creating or upgrading if needed) the registry at ``url``.
 
         Args:
             url: any SQLAlchemy URL, or a plain filesystem path meaning ``sqlite:///PATH``.
                 ``sqlite://`` is a private in-memory registry.
-            stale_after: seconds without a heartbeat after which a RUNNING run shows as LOST.
+            stale_after: seconds without a heartbeat after which a RUNNING run shows as LOST
+                (runs that record their heartbeat interval use ``LOST_AFTER_BEATS`` of it).
+            create: create a SQLite file that does not exist; False (reading commands): refuse it,
+                so a mistyped path is not answered with an empty new registry.
 
         Raises:
-            RegistryError: the URL is invalid, the file is not a SQLite database or not an
-                imloss registry, its schema is newer than this code, or it is not writable.
+            RegistryError: the URL is invalid, the file is missing (``create=False``), not a
+                SQLite database or not an imloss registry, its schema is newer than this code, or it is not writable.
         """
         if not stale_after > 0:
             raise RegistryError(f"stale_after must be a positive number of seconds, got {stale_after!r}")
@@ -53,6 +61,8 @@ class Registry:
         self._stale_after = float(stale_after)
         self._host = socket.gethostname()
         if self._path is not None:
+            if not create and not self._path.exists():
+                raise RegistryError(f"no registry at {self._path}")
             backend.check_sqlite_file(self._path)
         self._engine = backend.open_engine(self._url, self._where)
         self._read_engine = backend.for_reads(self._engine)
@@ -97,7 +107,13 @@ class Registry:
     # ----------------------------------------------------------------------------- writes
 
     def create_group(
-        self, name: str, base_recipe: Mapping[str, Any], axes: Mapping[str, Any], argv: Sequence[str]
+        self,
+        name: str,
+        base_recipe: Mapping[str, Any],
+        axes: Mapping[str, Any],
+        argv: Sequence[str],
+        *,
+        key: str | None = None,
     ) -> str:
         """Record a new ablation group.
 
@@ -106,15 +122,17 @@ class Registry:
             base_recipe: the recipe every member starts from (JSON-serialisable).
             axes: ``{"dotted.key": [values, ...]}`` swept by the group.
             argv: the command line that created it.
+            key: what identifies the same ablation; unique among groups (None: no key).
 
         Returns:
             The new group id (12 hex characters).
 
         Raises:
-            RegistryError: a value is not JSON-serialisable or the database write failed.
+            RegistryError: a value is not JSON-serialisable, the key is taken, or the write failed.
         """
         row = Group(
             id=new_id(),
+            key=key,
             name=str(name),
             created_at=now(),
             base_recipe=dumps(dict(base_recipe), "base_recipe"),
@@ -124,6 +142,59 @@ class Registry:
         with self._write() as s:
             s.add(row)
             return row.id
+
+    def claim_group(
+        self, key: str, name: str, base_recipe: Mapping[str, Any], axes: Mapping[str, Any], argv: Sequence[str]
+    ) -> str:
+        """The id of the group with this key, created now if there is none.
+
+        The unique key makes this safe when several workers start the same ablation at once: one
+        insert wins, the others find its row.
+
+        Raises:
+            RegistryError: a value is not JSON-serialisable or the database failed.
+        """
+        found = self._group_id_by_key(key)
+        if found is not None:
+            return found
+        try:
+            return self.create_group(name, base_recipe, axes, argv, key=key)
+        except RegistryError as exc:
+            found = self._group_id_by_key(key) if isinstance(exc.__cause__, IntegrityError) else None
+            if found is None:
+                raise
+            return found
+
+    def queue_runs(self, group_id: str, runs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The group's run for each entry, queued now where the group has none of its fingerprint.
+
+        One transaction that holds the group's row lock, so workers queueing the same grid at once
+        end with one run row per trial.
+
+        Args:
+            group_id: exact group id.
+            runs: keyword arguments of :meth:`create_run` (``fingerprint`` identifies the trial).
+
+        Returns:
+            Run ids in the order of ``runs``: the group's newest run of that fingerprint, else new.
+        """
+        ids: list[str] = []
+        with self._write() as s:
+            if s.get(Group, group_id, with_for_update=True) is None:
+                raise RegistryError(f"no group with id {group_id!r}")
+            stmt = select(Run.fingerprint, Run.id).where(Run.group_id == group_id).order_by(Run.created_at, Run.id)
+            known = {fingerprint: run_id for fingerprint, run_id in s.execute(stmt)}  # later (newer) rows win
+            start = now()
+            for i, fields in enumerate(runs):
+                fingerprint = str(fields["fingerprint"])
+                if fingerprint not in known:
+                    # Creation times a microsecond apart keep the rows in plan order.
+                    at = start + timedelta(microseconds=i)
+                    row = self._new_run_row(**{**fields, "group_id": group_id, "status": QUEUED, "created_at": at})
+                    s.add(row)
+                    known[fingerprint] = row.id
+                ids.append(known[fingerprint])
+        return ids
 
     def create_run(
         self,
@@ -168,33 +239,11 @@ class Registry:
             RegistryError: invalid kind/status/seed, unknown group, non-JSON values, or a
                 failed write.
         """
-        check_choice(kind, KINDS, "kind")
-        check_choice(status, (QUEUED, RUNNING), "initial status")
-        started = now()
-        row = Run(
-            id=new_id(),
-            name=str(name),
-            status=status,
-            kind=kind,
-            group_id=group_id,
-            created_at=started,
-            started_at=started if status == RUNNING else None,
-            ended_at=None,
-            heartbeat_at=started,
-            recipe=dumps(dict(recipe), "recipe"),
-            config_hash=str(config_hash),
-            fingerprint=str(fingerprint),
-            seed=as_int(seed, "seed"),
-            git_commit=git_commit,
-            git_dirty=git_dirty,
-            code_version=str(code_version),
-            argv=dumps(list(argv), "argv"),
-            environment=dumps(dict(environment or {}), "environment"),
-            host=self._host,
-            pid=os.getpid(),
-            attempt=1,
-            checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
-        )
+        row = self._new_run_row(
+            name=name, recipe=recipe, config_hash=config_hash, fingerprint=fingerprint, seed=seed,
+            code_version=code_version, kind=kind, group_id=group_id, status=status, argv=argv,
+            environment=environment, git_commit=git_commit, git_dirty=git_dirty, checkpoint_dir=checkpoint_dir,
+        )  # fmt: skip
         with self._write() as s:
             if group_id is not None and s.get(Group, group_id) is None:
                 raise RegistryError(f"no group with id {group_id!r}")
@@ -210,28 +259,44 @@ class Registry:
         git_commit: str | None = None,
         git_dirty: bool | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        heartbeat_s: float | None = None,
+        how: str = "fresh",
     ) -> None:
-        """(Re)start a QUEUED, FAILED, KILLED or LOST run in this process.
+        """(Re)start a QUEUED, FAILED, KILLED or LOST run in this process: the claim of a worker.
 
-        Sets started_at, heartbeat, host and pid, clears the end time and error, and increments
-        ``attempt`` when the run had been started before. Arguments left as None keep the stored
-        value.
+        Sets started_at, heartbeat, host and pid, clears the end time and error, increments
+        ``attempt`` when the run had been started before, and appends to ``attempts`` one entry
+        (attempt, host, pid, started_at, ``how``). Arguments left as None keep the stored value.
+        The check and the update are one transaction holding the row's lock: of several workers
+        claiming one run, one wins and the others get :class:`RunClaimedError`.
+
+        Args:
+            heartbeat_s: how often this process will refresh the heartbeat; the run is LOST after
+                ``LOST_AFTER_BEATS`` such intervals without one.
+            how: how this attempt starts ("fresh", "resumed from ...", "restarted: ...").
 
         Raises:
-            RegistryError: unknown id, or the run is FINISHED or RUNNING in a live process.
+            RunClaimedError: the run is RUNNING in a live process (another worker holds it).
+            RegistryError: unknown id, or the run is FINISHED.
         """
         at = now()
         with self._write() as s:
             row = self._get_run_row(s, run_id)
-            if self._display_status(row, at) not in RESUMABLE:
-                raise RegistryError(
-                    f"run {row.id} is {row.status}; only "
+            shown = self._display_status(row, at)
+            if shown not in RESUMABLE:
+                where = f" on {row.host} (pid {row.pid})" if shown == RUNNING else ""
+                error = RunClaimedError if shown == RUNNING else RegistryError
+                raise error(
+                    f"run {row.id} is {row.status}{where}; only "
                     f"{', '.join(RESUMABLE[:-1])} or {RESUMABLE[-1]} runs can be started"
                 )
             if row.started_at is not None:
                 row.attempt += 1
             row.status, row.started_at, row.ended_at, row.heartbeat_at = RUNNING, at, None, at
             row.host, row.pid = self._host, os.getpid()
+            row.heartbeat_s = heartbeat_s
+            entry = {"attempt": row.attempt, "host": row.host, "pid": row.pid, "started_at": at.isoformat(), "how": how}
+            row.attempts = dumps([*json.loads(row.attempts or "[]"), entry], "attempts")
             row.error_type = row.error_message = row.traceback = None
             if environment is not None:
                 row.environment = dumps(dict(environment), "environment")
@@ -533,6 +598,55 @@ class Registry:
 
     # ----------------------------------------------------------------------------- helpers
 
+    def _new_run_row(
+        self,
+        *,
+        name: str,
+        recipe: Mapping[str, Any],
+        config_hash: str,
+        fingerprint: str,
+        seed: int,
+        code_version: str,
+        kind: str = "train",
+        group_id: str | None = None,
+        status: str = RUNNING,
+        argv: Sequence[str] = (),
+        environment: Mapping[str, Any] | None = None,
+        git_commit: str | None = None,
+        git_dirty: bool | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        created_at: datetime | None = None,
+    ) -> Run:
+        """A new run row owned by this process, its values checked (not yet added to a session)."""
+        check_choice(kind, KINDS, "kind")
+        check_choice(status, (QUEUED, RUNNING), "initial status")
+        started = created_at or now()
+        row = Run(
+            id=new_id(),
+            name=str(name),
+            status=status,
+            kind=kind,
+            group_id=group_id,
+            created_at=started,
+            started_at=started if status == RUNNING else None,
+            ended_at=None,
+            heartbeat_at=started,
+            recipe=dumps(dict(recipe), "recipe"),
+            config_hash=str(config_hash),
+            fingerprint=str(fingerprint),
+            seed=as_int(seed, "seed"),
+            git_commit=git_commit,
+            git_dirty=git_dirty,
+            code_version=str(code_version),
+            argv=dumps(list(argv), "argv"),
+            environment=dumps(dict(environment or {}), "environment"),
+            host=self._host,
+            pid=os.getpid(),
+            attempt=1,
+            checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+        )
+        return row
+
     def _get_run_row(self, s: Session, run_id: str) -> Run:
         """The run with exactly this id, locked until commit (writers take full ids only).
 
@@ -552,11 +666,17 @@ class Registry:
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise RegistryError(f"no run with id {run_id!r}")
 
+    def _group_id_by_key(self, key: str) -> str | None:
+        with self._read() as s:
+            return s.scalars(select(Group.id).where(Group.key == key)).first()
+
     def _display_status(self, row: Run, at: datetime) -> str:
         if row.status != RUNNING:
             return row.status
         heartbeat = row.heartbeat_at
-        if heartbeat is not None and (at - heartbeat).total_seconds() > self._stale_after:
+        # A run says how often it beats; runs of older imloss fall back to stale_after.
+        limit = LOST_AFTER_BEATS * row.heartbeat_s if row.heartbeat_s else self._stale_after
+        if heartbeat is not None and (at - heartbeat).total_seconds() > limit:
             return LOST
         # A pid only means something on the host that recorded it.
         if row.host == self._host and not pid_alive(row.pid):
