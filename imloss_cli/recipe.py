@@ -20,7 +20,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ARCHITECTURES = ("convnet3", "resnet19", "resnet20", "vgg16", "resnet34")
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
 
 # Fields that name, place or schedule a run without changing what it computes: two runs that
 # differ only here are the same configuration (their seeds are pooled in reports).
@@ -36,6 +36,7 @@ NON_SEMANTIC_FIELDS = (
     "data.eval_batch_size",
     "data.root",
     "data.download",
+    "data.cache_dir",
 )
 
 
@@ -103,23 +104,41 @@ class LossConfig(_Section):
 
 class DataConfig(_Section):
     dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
-    root: str = Field("data", description="data directory (imagefolder: holds train/ and test/)")
+    root: str = Field(
+        "data",
+        description="data directory (imagefolder: holds train/ and test/; cifar10dvs: one folder of "
+        ".aedat files per class)",
+    )
     download: bool = Field(False, description="let torchvision download CIFAR into root")
     batch_size: int = Field(64, ge=1, le=65536)
     eval_batch_size: int = Field(256, ge=1, le=65536)
     num_workers: int = Field(0, ge=0, le=128)
-    augment: Literal["none", "crop_flip", "resized_crop_flip"] = Field(
+    augment: Literal["none", "crop_flip", "resized_crop_flip", "flip_roll"] = Field(
         "none",
         description="crop_flip: random crop (pad 4) + horizontal flip (CIFAR); "
-        "resized_crop_flip: random resized crop + flip (ImageNet)",
+        "resized_crop_flip: random resized crop + flip (ImageNet); "
+        "flip_roll: horizontal flip + random roll of up to 5 pixels, the same at every step (cifar10dvs)",
     )
-    image_size: int = Field(32, ge=4, le=1024, description="input side (imagefolder)")
+    image_size: int = Field(32, ge=4, le=1024, description="input side (imagefolder, cifar10dvs)")
     # strict=False: TOML and JSON hand these over as lists.
     mean: tuple[float, float, float] | None = Field(
         None, strict=False, description="normalisation mean; None: the dataset's known statistics"
     )
     std: tuple[float, float, float] | None = Field(None, strict=False, description="normalisation std")
-    test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="digits: held-out share")
+    test_fraction: float = Field(
+        0.25, gt=0.0, lt=1.0, description="digits, cifar10dvs: held-out share of each class (no official split)"
+    )
+    split_seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="digits, cifar10dvs: seed of the train/test split (not the run's seed)"
+    )
+    frames_split: Literal["number", "time"] = Field(
+        "number",
+        description="cifar10dvs: cut each recording into model.timesteps frames of equal event counts "
+        "(number) or equal durations (time)",
+    )
+    cache_dir: str | None = Field(
+        None, description="cifar10dvs: where the integrated frames are cached; None: ROOT/imloss-frames"
+    )
 
     @field_validator("std")
     @classmethod

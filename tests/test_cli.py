@@ -1,4 +1,5 @@
-"""End to end through the CLI: train on digits and generated data, validate, malformed recipes."""
+"""End to end through the CLI: train on digits and generated data (images and event recordings),
+validate, malformed recipes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from imloss_cli.cli.app import app
 from imloss_cli.registry import Registry
 
 from .conftest import REPO
+from .test_dvs import write_cifar10dvs
 
 runner = CliRunner()
 
@@ -166,6 +168,59 @@ def test_train_reads_generated_data_through_the_real_loaders(kind: str, workdir:
     m = reg.epoch_metrics([run.id])
     assert 0.0 <= m[m.name == "test_acc"].value.item() <= 1.0
     assert len(reg.layer_stats([run.id], last_epoch_only=True)) == 3 * 5
+
+
+@pytest.mark.slow
+def test_train_cifar10dvs_from_generated_recordings_records_the_split_and_layer_statistics(
+    workdir: Path, registry_url: str
+) -> None:
+    root = workdir / "dvs"
+    write_cifar10dvs(root, per_class=4, events=(300, 500))
+    code, out = run_cli(
+        "train", str(REPO / "recipes" / "cifar10dvs.toml"), "--registry", registry_url, "--seed", "0",
+        "--set", f"data.root={root}", "--set", "data.image_size=16", "--set", "data.batch_size=8",
+        "--set", "data.test_fraction=0.25", "--set", "data.num_workers=0", "--set", "model.arch=convnet3",
+        "--set", "model.timesteps=3", "--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=2",
+    )  # fmt: skip
+    assert code == 0, out
+    reg = Registry(registry_url)
+    (run,) = reg.list_runs()
+    data = run.recipe["data"]
+    assert run.status == "FINISHED"
+    assert (data["dataset"], data["test_fraction"], data["split_seed"], data["frames_split"]) == (
+        "cifar10dvs",
+        0.25,
+        0,
+        "number",
+    )
+    m = reg.epoch_metrics([run.id])
+    assert sorted(m[m.name == "test_acc"].epoch.tolist()) == [1, 2]
+    layers = reg.layer_stats([run.id], last_epoch_only=True)
+    assert sorted(layers.layer.unique()) == ["body.1", "body.3", "encoder.lif"] and len(layers) == 3 * 5
+    assert len(list((root / "imloss-frames").glob("cifar10dvs-T3-number-16px-*.npy"))) == 1
+
+
+@pytest.mark.parametrize("damage", ["class-folder-missing", "truncated-file"])
+def test_cifar10dvs_data_problem_exits_2_naming_it_and_writes_nothing(
+    damage: str, workdir: Path, registry_url: str
+) -> None:
+    root = workdir / "dvs"
+    write_cifar10dvs(root, per_class=2)
+    if damage == "class-folder-missing":
+        (root / "horse").rename(workdir / "horse-elsewhere")
+        expected = "class folder horse missing; it must hold one folder per class"
+    else:
+        bad = root / "ship" / "cifar10_ship_1.aedat"
+        bad.write_bytes(bad.read_bytes()[:-3])
+        expected = f"{bad}: truncated"
+    code, out = run_cli(
+        "train", str(REPO / "recipes" / "cifar10dvs.toml"), "--registry", registry_url, "--set", f"data.root={root}"
+    )
+    assert code == 2, out
+    assert expected in " ".join(out.split())
+    assert "Traceback" not in out
+    assert Registry(registry_url).list_runs() == []
+    assert not (workdir / "runs").exists() and not list(root.glob("imloss-frames/*"))
 
 
 def test_report_names_an_unknown_format_before_opening_the_registry(workdir: Path) -> None:

@@ -1,4 +1,5 @@
-"""Model registry: every architecture builds, runs and back-propagates; the static encoder is exact."""
+"""Model registry: every architecture builds, runs and back-propagates on images and on frame
+sequences; the encoder's run-once shortcut for images is exact."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch.testing import assert_close
 
 from imloss_cli import recipe as recipe_mod
 from imloss_cli.recipe import Recipe, load_recipe
-from imloss_cli.snn.models import MODELS, Folded, NetSpec, StaticEncoder, build_model, create_model
+from imloss_cli.snn.models import MODELS, Encoder, Folded, NetSpec, build_model, create_model
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.train.loop import im_layers
 
@@ -54,6 +55,51 @@ def test_every_model_outputs_logits_and_trains_every_parameter(arch: str) -> Non
     assert first.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_every_model_takes_frame_sequences_batch_first_and_trains_every_parameter(arch: str) -> None:
+    torch.manual_seed(0)
+    _, side, batch = INPUTS[arch]
+    model = create_model(arch, _spec(arch, in_channels=2))
+    x = torch.rand(batch, 2, 2, side, side)  # [B, T, C, H, W], as the event loaders collate it
+    logits = model(x)
+    assert logits.shape == (batch, 7) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert next(model.encoder.layers.parameters()).grad.abs().sum() > 0
+
+
+def _eval_convnet(T: int, in_channels: int) -> nn.Module:
+    model = create_model("convnet3", NetSpec.from_recipe(Recipe(), 5, in_channels, 8, timesteps=T))
+    for m in model.modules():  # non-trivial running statistics for BatchNorm
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_encoder_runs_the_stem_on_every_frame_of_a_sequence() -> None:
+    torch.manual_seed(3)
+    T = 3
+    model = _eval_convnet(T, 2)
+    enc: Encoder = model.encoder
+    seen: list[tuple[int, ...]] = []
+    hook = enc.layers[0].register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape)))
+    x = 4 * torch.rand(4, T, 2, 8, 8)  # frames that change over time (large enough to make spikes)
+    with torch.no_grad():
+        logits = model(x)
+        per_step = torch.stack([enc.layers(x[:, t]) for t in range(T)])  # [T, B, C, H, W]
+        reference = model.readout(model.body(enc.lif(per_step)))
+        static = model(x[:, 0])  # the first frame as if it were repeated
+        repeated = model(x[:, :1].expand(4, T, 2, 8, 8))
+    hook.remove()
+    assert seen[0] == (T * 4, 2, 8, 8)  # one call on the folded batch, not on [B, ...]
+    assert_close(logits, reference, rtol=0, atol=1e-6)
+    assert not torch.allclose(logits, static)
+    assert_close(repeated, static, rtol=0, atol=1e-6)  # constant frames: the image path, exactly
+    with pytest.raises(ValueError, match="a sequence of 2 frames for a network of T = 3"):
+        model(x[:, :2])
+
+
 def test_create_model_rejects_unknown_name() -> None:
     with pytest.raises(KeyError, match="resnet99"):
         create_model("resnet99", _spec("convnet3"))
@@ -66,7 +112,7 @@ def test_recipe_architectures_equal_model_registry() -> None:
 
 def _folded_path(model: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
     """The plain path: repeat the image T times and run the first conv on the folded [T*B] batch."""
-    enc: StaticEncoder = model.encoder
+    enc: Encoder = model.encoder
     x_seq = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
     s = enc.lif(Folded(*enc.layers)(x_seq))
     return model.readout(model.body(s))

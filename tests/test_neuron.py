@@ -282,7 +282,7 @@ def test_channels_last_steps_give_the_contiguous_results_in_the_input_layout() -
 
 def test_broadcast_input_is_read_in_place_and_matches_the_materialised_copy() -> None:
     y = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(2)) * 1.2
-    x_broadcast = y.unsqueeze(0).expand(4, *y.shape)  # what StaticEncoder feeds its LIF
+    x_broadcast = y.unsqueeze(0).expand(4, *y.shape)  # what Encoder feeds its LIF for an image
     rows = StepLayout.of(x_broadcast).flat(x_broadcast)
     assert rows.stride() == (0, 1) and rows.data_ptr() == y.data_ptr()
 

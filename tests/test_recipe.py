@@ -264,6 +264,7 @@ def test_config_hash_ignores_seed_name_notes_and_placement() -> None:
             "train.device": "cpu",
             "data.num_workers": 3,
             "data.root": "/data",
+            "data.cache_dir": "/fast/disk",
         }
     )
     assert config_hash(same) == h
@@ -278,6 +279,8 @@ def test_config_hash_ignores_seed_name_notes_and_placement() -> None:
         {"model.timesteps": 2},
         {"surrogate.schedule": "fixed"},
         {"optim.lr": 0.05},
+        {"data.split_seed": 1},
+        {"data.frames_split": "time"},
     ],
 )
 def test_config_hash_changes_with_what_the_run_computes(override: dict) -> None:
@@ -339,4 +342,4 @@ def test_to_toml_round_trips_every_optional_field() -> None:
     assert back == r
     assert back.data.mean == (0.1, 0.2, 0.3)
     # None fields are left out (TOML has no null) and come back as None
-    assert "seed" not in to_toml(load_recipe(None))
+    assert "seed" not in tomllib.loads(to_toml(load_recipe(None)))["train"]

@@ -440,7 +440,7 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
             "spread = (slowest - fastest repeat) / median"
         ),
         (
-            "enc 'once': stem conv+BN run once on [B] and broadcast over T (StaticEncoder, exact for static "
+            "enc 'once': stem conv+BN run once on [B] and broadcast over T (Encoder, exact for static "
             "images); 'T*B': stem on the folded batch, as a plain network would"
         ),
     ]

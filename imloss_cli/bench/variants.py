@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from imloss_cli.snn.models import StaticEncoder
+from imloss_cli.snn.models import Encoder
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.reference import lif_naive
 
@@ -118,8 +118,8 @@ class SpikingJellyLIF(nn.Module):
         return spike_seq
 
 
-class FoldedEncoder(StaticEncoder):
-    """StaticEncoder without the broadcast trick: the stem runs on the folded batch [T*B, ...]."""
+class FoldedEncoder(Encoder):
+    """Encoder without the broadcast trick for images: the stem runs on the folded batch [T*B, ...]."""
 
     def forward(self, x: Tensor) -> Tensor:
         T, B = self.timesteps, x.shape[0]
@@ -162,7 +162,7 @@ def build_variant(base: nn.Module, variant: str, compiled: bool = True) -> tuple
             model.set_submodule(name, nn.Identity())
     if kind == "relu-tb":
         enc = model.encoder
-        if not isinstance(enc, StaticEncoder):
-            raise BenchError("relu-tb needs a model whose encoder is a StaticEncoder")
+        if not isinstance(enc, Encoder):
+            raise BenchError("relu-tb needs a model whose encoder is an Encoder")
         model.encoder = FoldedEncoder(enc.layers, enc.lif, enc.timesteps)
     return model, neurons

@@ -1,5 +1,6 @@
 """What the engine receives from the data package: a DataBundle of train and test sets, the
-in-memory TensorPairs that digits uses, and DataError for data that cannot be loaded."""
+in-memory TensorPairs that digits uses, SeededSet for datasets that augment from a given seed, and
+DataError for data that cannot be loaded."""
 
 from __future__ import annotations
 
@@ -34,3 +35,11 @@ class TensorPairs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.x[index], self.y[index]
+
+
+class SeededSet(Dataset):
+    """A dataset that augments from a seed it is handed: ``ds[(index, sample_seed)]`` is deterministic.
+
+    The train loader asks for (index, sample_seed) pairs; ``ds[index]`` draws the seed from torch's
+    global RNG instead, as torchvision transforms do.
+    """

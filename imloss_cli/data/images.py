@@ -16,11 +16,11 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from imloss_cli.data.bundle import DataBundle
+from imloss_cli.data.bundle import DataBundle, SeededSet
 from imloss_cli.recipe import DataConfig
 
 
-class ImageSet(Dataset):
+class ImageSet(SeededSet):
     """PIL images from a torchvision dataset -> (normalised float tensor, label).
 
     ``ds[i]`` draws its augmentation from torch's global RNG, as torchvision transforms do;

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from imloss_cli.data.bundle import DataBundle, TensorPairs
-from imloss_cli.data.images import ImageSet
+from imloss_cli.data.bundle import DataBundle, SeededSet, TensorPairs
 from imloss_cli.recipe import DataConfig
 
 _MASK64 = (1 << 64) - 1
@@ -66,7 +65,7 @@ class _TensorBatches:
 
 
 class _SeededSampler:
-    """Yields (index, sample_seed) for ImageSet, whose augmentation then draws from sample_seed."""
+    """Yields (index, sample_seed) for a SeededSet, whose augmentation then draws from sample_seed."""
 
     def __init__(self, order: Tensor, key: int) -> None:
         self.order, self.key = order.tolist(), key
@@ -115,8 +114,9 @@ def train_loader(bundle: DataBundle, cfg: DataConfig, *, seed: int, epoch: int, 
         pin_memory: pin batches for faster host-to-GPU copies.
 
     Returns:
-        An iterable of (inputs float32 [B,C,H,W], labels int64 [B]) with a len(); last batch may
-        be short.
+        An iterable of (inputs, labels int64 [B]) with a len(); last batch may be short. Inputs
+        are float32 images [B, C, H, W], or for event data frame sequences [B, T, C, H, W]
+        (batch-first, as collated; the model turns them time-first).
 
     Raises:
         ValueError: rank outside 0..world_size-1.
@@ -125,7 +125,7 @@ def train_loader(bundle: DataBundle, cfg: DataConfig, *, seed: int, epoch: int, 
     if isinstance(bundle.train, TensorPairs):
         return _TensorBatches(bundle.train, order, cfg.batch_size, pin_memory)
     key = _mix(seed, epoch, rank)
-    sampler: Iterable = (_SeededSampler(order, _mix(seed, epoch)) if isinstance(bundle.train, ImageSet)
+    sampler: Iterable = (_SeededSampler(order, _mix(seed, epoch)) if isinstance(bundle.train, SeededSet)
                          else order.tolist())
     return _loader(bundle.train, sampler, cfg.batch_size, cfg, key, pin_memory)
 

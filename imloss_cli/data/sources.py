@@ -1,5 +1,6 @@
-"""Where the datasets come from: digits (bundled with scikit-learn), CIFAR-10/100 and ImageFolder
-trees, checked on load so that a problem fails early with a DataError that says what to do."""
+"""Where the datasets come from: digits (bundled with scikit-learn), CIFAR-10/100, ImageFolder
+trees and CIFAR10-DVS recordings, checked on load so that a problem fails early with a DataError
+that says what to do."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torchvision.datasets import ImageFolder
 
 from imloss_cli.data.bundle import DataBundle, DataError, TensorPairs
 from imloss_cli.data.cifar import _cifar
+from imloss_cli.data.dvs import _cifar10dvs
 from imloss_cli.data.images import _image_bundle
 from imloss_cli.recipe import DataConfig
 
@@ -19,21 +21,30 @@ from imloss_cli.recipe import DataConfig
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def build_datasets(cfg: DataConfig) -> DataBundle:
+def build_datasets(cfg: DataConfig, *, timesteps: int | None = None) -> DataBundle:
     """Load the train and test sets that ``cfg`` describes.
 
     Args:
         cfg: the recipe's data section.
+        timesteps: the model's T; event datasets (cifar10dvs) cut each recording into T frames and
+            need it, image datasets ignore it.
 
     Returns:
-        The two datasets with their class names, channel count and input side.
+        The two datasets with their class names, channel count and input side. Image samples are
+        [C, H, W]; event samples are frame sequences [T, C, H, W].
 
     Raises:
         DataError: data missing or in the wrong format, a failed download, or settings that do not
             fit the dataset (e.g. augmentation on digits).
+        ValueError: cifar10dvs without timesteps.
     """
     if cfg.dataset == "digits":
         return _digits(cfg)
+    if cfg.dataset == "cifar10dvs":
+        return _cifar10dvs(cfg, timesteps)
+    if cfg.augment == "flip_roll":
+        raise DataError(f"data.augment = 'flip_roll' is for event frames (cifar10dvs); {cfg.dataset} takes "
+                        "'none', 'crop_flip' or 'resized_crop_flip'")  # fmt: skip
     if cfg.dataset in ("cifar10", "cifar100"):
         return _cifar(cfg)
     return _imagefolder(cfg)
@@ -49,10 +60,10 @@ def _digits(cfg: DataConfig) -> DataBundle:
     digits = load_digits()
     x = digits.images.astype(np.float32)[:, None] / 16.0  # [N,1,8,8], pixels 0..16 -> [0,1]
     y = digits.target.astype(np.int64)
-    # A constant split seed: every run of every seed is scored on the same test set.
+    # The split's own seed, not the run's: every run of every seed is scored on the same test set.
     try:
         x_tr, x_te, y_tr, y_te = train_test_split(
-            x, y, test_size=cfg.test_fraction, stratify=y, random_state=0)
+            x, y, test_size=cfg.test_fraction, stratify=y, random_state=cfg.split_seed)
     except ValueError as e:
         raise DataError(f"data.test_fraction = {cfg.test_fraction} cannot split digits "
                         f"stratified over its 10 classes ({e})") from None

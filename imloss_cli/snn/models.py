@@ -1,9 +1,11 @@
 """Spiking networks, built from a few blocks and looked up by name (timm's create_model idea).
 
-Every model takes a static image batch [B, C, H, W] and returns logits [B, classes] averaged over
-T time steps (direct encoding). Inside, activations are time-first [T, B, ...]; stateless layers
-(conv, norm, pool, linear) run on the folded batch [T*B, ...] via ``Folded``. Hidden spiking layers
-are ``LIF`` modules; the readout is a plain linear layer, so it is never part of IM-Loss.
+Every model takes a static image batch [B, C, H, W] (direct encoding: the image is the input at
+each of T time steps) or a batch of T-frame sequences [B, T, C, H, W] (event data, batch-first as
+the loaders collate it), and returns logits [B, classes] averaged over T. Inside, activations are
+time-first [T, B, ...]; stateless layers (conv, norm, pool, linear) run on the folded batch
+[T*B, ...] via ``Folded``. Hidden spiking layers are ``LIF`` modules; the readout is a plain linear
+layer, so it is never part of IM-Loss.
 """
 
 from __future__ import annotations
@@ -80,12 +82,13 @@ class Folded(nn.Sequential):
         return super().forward(x_seq.flatten(0, 1)).unflatten(0, (T, B))
 
 
-class StaticEncoder(nn.Module):
-    """First conv + norm + LIF for an image repeated over T.
+class Encoder(nn.Module):
+    """First conv + norm + LIF: a static image [B, C, H, W] or a time-first sequence [T, B, C, H, W].
 
-    The input is the same at every step, so the conv and norm run once on [B, ...] and the result is
-    broadcast over T: exact for the forward (BatchNorm's batch statistics of T identical copies equal
-    those of one), T times less work.
+    A static image is the same at every step, so the conv and norm run once on [B, ...] and the
+    result is broadcast over T: exact for the forward (BatchNorm's batch statistics of T identical
+    copies equal those of one), T times less work. A sequence changes over time, so they run on the
+    folded batch [T*B, ...] like every later layer.
     """
 
     def __init__(self, layers: nn.Module, lif: LIF, timesteps: int) -> None:
@@ -93,6 +96,11 @@ class StaticEncoder(nn.Module):
         self.layers, self.lif, self.timesteps = layers, lif, timesteps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 5:
+            if x.shape[0] != self.timesteps:
+                raise ValueError(f"a sequence of {x.shape[0]} frames for a network of T = {self.timesteps}")
+            T, B = x.shape[:2]
+            return self.lif(self.layers(x.flatten(0, 1)).unflatten(0, (T, B)))  # [T, B, C, H, W]
         y = self.layers(x)  # [B, C, H, W]
         return self.lif(y.unsqueeze(0).expand(self.timesteps, *y.shape))  # [T, B, C, H, W]
 
@@ -114,11 +122,14 @@ class Readout(nn.Module):
 class SpikingNet(nn.Module):
     """encoder -> body -> readout; the common shape of every model here."""
 
-    def __init__(self, encoder: StaticEncoder, body: nn.Module, readout: Readout) -> None:
+    def __init__(self, encoder: Encoder, body: nn.Module, readout: Readout) -> None:
         super().__init__()
         self.encoder, self.body, self.readout = encoder, body, readout
 
     def forward(self, x: Tensor) -> Tensor:
+        """x: images [B, C, H, W] or frame sequences [B, T, C, H, W]; returns logits [B, classes]."""
+        if x.ndim == 5:
+            x = x.transpose(0, 1)  # [T, B, C, H, W]: time-first from here on
         return self.readout(self.body(self.encoder(x)))
 
 
@@ -151,7 +162,7 @@ def _resnet(spec: NetSpec, blocks: list[int], widths: list[int], imagenet_stem: 
     else:
         stem = spec.conv_norm(spec.in_channels, widths[0], 3)
         first = widths[0]
-    encoder = StaticEncoder(stem, spec.lif(), spec.timesteps)
+    encoder = Encoder(stem, spec.lif(), spec.timesteps)
     layers: list[nn.Module] = [Folded(nn.MaxPool2d(3, 2, 1))] if imagenet_stem else []
     cin = first
     for stage, (n, width) in enumerate(zip(blocks, widths)):
@@ -182,7 +193,7 @@ VGG16_LAYOUT = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "
 
 def vgg16(spec: NetSpec) -> SpikingNet:
     """VGG-16 with normalisation and average pooling (CIFAR sizes), one linear readout."""
-    encoder = StaticEncoder(spec.conv_norm(spec.in_channels, 64, 3), spec.lif(), spec.timesteps)
+    encoder = Encoder(spec.conv_norm(spec.in_channels, 64, 3), spec.lif(), spec.timesteps)
     layers: list[nn.Module] = []
     cin = 64
     for item in VGG16_LAYOUT[1:]:
@@ -203,7 +214,7 @@ def convnet3(spec: NetSpec) -> SpikingNet:
         Folded(nn.Flatten(), nn.Linear(64 * side * side, 128)),
         spec.lif(),
     )
-    encoder = StaticEncoder(spec.conv_norm(spec.in_channels, 32, 3), spec.lif(), spec.timesteps)
+    encoder = Encoder(spec.conv_norm(spec.in_channels, 32, 3), spec.lif(), spec.timesteps)
     return SpikingNet(encoder, body, Readout(128, spec.num_classes, pool=False))
 
 

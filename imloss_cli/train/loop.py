@@ -151,7 +151,7 @@ class Trainer:
     # --- setup ---------------------------------------------------------------------------------
 
     def _setup_data(self) -> None:
-        self.data = data_mod.build_datasets(self.recipe.data)
+        self.data = data_mod.build_datasets(self.recipe.data, timesteps=self.recipe.model.timesteps)
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.seed)

@@ -208,7 +208,8 @@ def launch_distributed(recipe: Recipe, nproc: int, *, registry_url: str, argv: l
     """
     registry = Registry(registry_url)
     recipe = resolve_seed(recipe)
-    data_mod.build_datasets(recipe.data)  # a data problem fails here, before any row or process
+    # A data problem fails here, before any row or process (and an event cache is built once, not per rank).
+    data_mod.build_datasets(recipe.data, timesteps=recipe.model.timesteps)
     run_id = queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
     run_dir = Path(recipe.train.output_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
