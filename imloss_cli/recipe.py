@@ -37,6 +37,7 @@ NON_SEMANTIC_FIELDS = (
     "data.root",
     "data.download",
     "data.cache_dir",
+    "paper",
 )
 
 
@@ -129,7 +130,17 @@ class DataConfig(_Section):
         0.25, gt=0.0, lt=1.0, description="digits, cifar10dvs: held-out share of each class (no official split)"
     )
     split_seed: int = Field(
-        0, ge=0, le=2**32 - 1, description="digits, cifar10dvs: seed of the train/test split (not the run's seed)"
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="seed of the train/test split (digits, cifar10dvs) and of the validation split (not the run's seed)",
+    )
+    val_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="share of each class of the training set held out for model selection (val_acc, "
+        "val_loss each epoch); 0: none, the whole training set trains",
     )
     frames_split: Literal["number", "time"] = Field(
         "number",
@@ -176,6 +187,17 @@ class TrainConfig(_Section):
     output_dir: str = Field("runs", description="checkpoints go to OUTPUT_DIR/<run id>/")
 
 
+PAPER_TABLES = ("main", "ablation")
+
+
+class PaperConfig(_Section):
+    """The figure a row of Guo et al.'s tables reports for this recipe (recipes/paper/): not a setting."""
+
+    table: Literal[PAPER_TABLES]  # type: ignore[valid-type]
+    row: str = Field(min_length=1, max_length=200, description="the row's label, e.g. 'CIFAR-10 ResNet-19 T=4'")
+    top1: float = Field(gt=0.0, le=100.0, description="top-1 accuracy in %, as printed")
+
+
 class Recipe(_Section):
     name: str = Field("digits", min_length=1, max_length=200)
     notes: str = ""
@@ -186,6 +208,7 @@ class Recipe(_Section):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    paper: PaperConfig | None = Field(None, description="the paper's figure for this recipe (outside the config hash)")
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """A validated copy with dotted-path values replaced (``{"loss.im_weight": 0}``)."""
@@ -257,6 +280,14 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
     if problems:
         raise RecipeError(problems, source)
     return validate_recipe(data, source)
+
+
+def sets_nothing(path: str | Path) -> bool:
+    """Whether a readable recipe file sets no field at all (it would train the embedded default)."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8")) == {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False  # load_recipe reports those
 
 
 def validate_recipe(data: dict[str, Any], source: str | None = None) -> Recipe:

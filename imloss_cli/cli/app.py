@@ -15,7 +15,7 @@ from rich.console import Console
 
 from imloss_cli.cli.bench import bench
 from imloss_cli.cli.errors import fail, guarded, warn
-from imloss_cli.recipe import Recipe, load_recipe, parse_overrides, to_toml
+from imloss_cli.recipe import Recipe, load_recipe, parse_overrides, sets_nothing, to_toml
 
 app = typer.Typer(
     help="Train spiking neural networks with IM-Loss and ESG, run ablations, compare runs.",
@@ -55,7 +55,12 @@ def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:
     """Load and validate a recipe; CLI options given as ``fields`` override it when not None."""
     overrides = parse_overrides(sets or [])
     overrides.update({k: v for k, v in fields.items() if v is not None})
-    return guarded(lambda: load_recipe(recipe, overrides))
+    loaded = guarded(lambda: load_recipe(recipe, overrides))
+    if recipe is not None and sets_nothing(recipe):
+        warn(
+            f"{recipe} sets nothing: this is the embedded digits default" + (" with the overrides" if overrides else "")
+        )
+    return loaded
 
 
 @app.command()

@@ -13,7 +13,7 @@ from imloss_cli.data.bundle import DataBundle, DataError, SeededSet, TensorPairs
 from imloss_cli.data.cifar import CIFAR10_STATS, CIFAR100_STATS, CIFAR_HOME
 from imloss_cli.data.dvs import CIFAR10DVS_CLASSES, EventFrames
 from imloss_cli.data.images import ImageSet
-from imloss_cli.data.loaders import test_loader, train_loader
+from imloss_cli.data.loaders import eval_loader, test_loader, train_loader
 from imloss_cli.data.sources import IMAGENET_STATS, build_datasets
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "SeededSet",
     "TensorPairs",
     "build_datasets",
+    "eval_loader",
     "test_loader",
     "train_loader",
 ]

@@ -22,6 +22,7 @@ class DataBundle:
     in_channels: int
     image_size: int  # side of the (square) input
     classes: tuple[str, ...]
+    val: Dataset | None = None  # held out of the training set for model selection (data.val_fraction)
 
 
 class TensorPairs(Dataset):

@@ -148,13 +148,19 @@ def test_loader(bundle: DataBundle, cfg: DataConfig, *, rank: int = 0, world_siz
     Raises:
         ValueError: rank outside 0..world_size-1.
     """
+    return eval_loader(bundle.test, cfg, rank=rank, world_size=world_size, pin_memory=pin_memory)
+
+
+def eval_loader(dataset: Dataset, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
+                pin_memory: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+    """Batches of any evaluation set (test or validation) in dataset order: see :func:`test_loader`."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-    n = len(bundle.test)  # type: ignore[arg-type]
-    if isinstance(bundle.test, TensorPairs):
+    n = len(dataset)  # type: ignore[arg-type]
+    if isinstance(dataset, TensorPairs):
         shard = torch.arange(rank, n, world_size)
-        return _TensorBatches(bundle.test, shard, cfg.eval_batch_size, pin_memory)
-    return _loader(bundle.test, range(rank, n, world_size), cfg.eval_batch_size, cfg, 0, pin_memory)
+        return _TensorBatches(dataset, shard, cfg.eval_batch_size, pin_memory)
+    return _loader(dataset, range(rank, n, world_size), cfg.eval_batch_size, cfg, 0, pin_memory)
 
 
 # Test modules import this function by name; without the flag pytest would collect it as a test.

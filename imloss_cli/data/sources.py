@@ -15,6 +15,7 @@ from imloss_cli.data.bundle import DataBundle, DataError, TensorPairs
 from imloss_cli.data.cifar import _cifar
 from imloss_cli.data.dvs import _cifar10dvs
 from imloss_cli.data.images import _image_bundle
+from imloss_cli.data.validation import split_validation
 from imloss_cli.recipe import DataConfig
 
 # Channel statistics of ImageNet's training set (dataset facts, used when data.mean/std are None).
@@ -30,7 +31,8 @@ def build_datasets(cfg: DataConfig, *, timesteps: int | None = None) -> DataBund
             need it, image datasets ignore it.
 
     Returns:
-        The two datasets with their class names, channel count and input side. Image samples are
+        The two datasets (and, with ``data.val_fraction``, a validation set held out of the
+        training set) with their class names, channel count and input side. Image samples are
         [C, H, W]; event samples are frame sequences [T, C, H, W].
 
     Raises:
@@ -38,6 +40,10 @@ def build_datasets(cfg: DataConfig, *, timesteps: int | None = None) -> DataBund
             fit the dataset (e.g. augmentation on digits).
         ValueError: cifar10dvs without timesteps.
     """
+    return split_validation(_load(cfg, timesteps), cfg)
+
+
+def _load(cfg: DataConfig, timesteps: int | None) -> DataBundle:
     if cfg.dataset == "digits":
         return _digits(cfg)
     if cfg.dataset == "cifar10dvs":
