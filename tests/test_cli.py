@@ -46,7 +46,7 @@ def test_train_digits_records_what_it_prints(tiny_recipe: Path, registry_url: st
     assert k == pytest.approx([1 + 9 * (10**0.5 - 1) / 9, 10.0])  # ESG K(i) at i = 1, 2 of I = 2
     layers = reg.layer_stats([run_id], last_epoch_only=True)
     assert sorted(layers.layer.unique()) == ["body.1", "body.3", "encoder.lif"]
-    assert len(layers) == 3 * 5
+    assert len(layers) == 3 * 7  # STAT_NAMES per layer
     assert (workdir / "runs" / run_id / "last.pt").is_file()
 
 
