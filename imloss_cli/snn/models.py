@@ -91,7 +91,7 @@ class Folded(nn.Sequential):
 
 
 class StaticEncoder(nn.Module):
-    """First conv + norm + LIF for an image repeated over T.
+    """First conv + norm + neuron (LIF, or ReLU in the ANN twin) for an image repeated over T.
 
     The input is the same at every step, so the conv and norm run once on [B, ...] and the result is
     broadcast over T: exact for the forward (BatchNorm's batch statistics of T identical copies equal

@@ -32,8 +32,9 @@ one image with a forward hook on every leaf module, following tensors by their s
 - a weight layer whose input is none of these reads real values: its MACs are counted as
   computed, from the shapes (the stem on pixels: once per image behind ``StaticEncoder``, T
   times if it ran on [T*B] frames; a pooled readout, whose input is the spatial mean of the
-  spikes: T * C * classes; every layer of the ANN twin). A copy the probe cannot follow makes a
-  read count as dense MACs, never as fewer operations.
+  spikes: T * C * classes, so the last LIF before it has no SOPs of its own; every layer of the
+  ANN twin). A copy the probe cannot follow makes a read count as dense MACs, never as fewer
+  operations.
 """
 
 from __future__ import annotations
