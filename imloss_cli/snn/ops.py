@@ -93,9 +93,6 @@ class OpsPlan:
     def macs_per_image(self) -> float:
         return sum(self.dense.values())
 
-    def map_of(self, module: str) -> SpikeMap | None:
-        return next((m for m in self.maps if m.module == module), None)
-
     def derived(self) -> tuple[SpikeMap, ...]:
         """The maps made from a LIF's spikes by a max-pool: counted while a pass runs."""
         return tuple(m for m in self.maps if m.module != m.owner)
