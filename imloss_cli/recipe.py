@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ARCHITECTURES = ("convnet3", "resnet19", "resnet20", "vgg16", "resnet34")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
+NEURONS = ("lif", "relu")
 
 # Fields that name, place or schedule a run without changing what it computes: two runs that
 # differ only here are the same configuration (their seeds are pooled in reports).
@@ -59,6 +60,12 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     arch: Literal[ARCHITECTURES] = Field(  # type: ignore[valid-type]
         "convnet3", description="network, looked up by name in imloss_cli.snn.models"
+    )
+    neuron: Literal[NEURONS] = Field(  # type: ignore[valid-type]
+        "lif",
+        description="lif: the spiking network; relu: its ANN twin, the same architecture with ReLU in "
+        "place of every LIF, which runs at T = 1 without IM-Loss (timesteps and loss.im_weight are set "
+        "to 1 and 0; the neuron and surrogate sections have no effect)",
     )
     timesteps: int = Field(4, ge=1, le=1000, description="T: the input is presented T times")
     norm: Literal["bn", "tdbn", "none"] = Field(
@@ -210,12 +217,66 @@ class Recipe(_Section):
     train: TrainConfig = TrainConfig()
     paper: PaperConfig | None = Field(None, description="the paper's figure for this recipe (outside the config hash)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _ann_twin(cls, data: Any) -> Any:
+        """``model.neuron = "relu"`` sets ``model.timesteps = 1`` and ``loss.im_weight = 0``.
+
+        Set, not required: the twin is one axis of an ablation (``--grid model.neuron=lif,relu``)
+        over a spiking recipe, and what is recorded is what the ANN computes, so twins of recipes
+        that differ only in T or lambda share one configuration.
+        """
+        if not isinstance(data, dict):
+            return data
+        model, loss = data.get("model"), data.get("loss")
+        if (model.get("neuron") if isinstance(model, dict) else getattr(model, "neuron", None)) != "relu":
+            return data
+        return {**data, "model": _with(model, timesteps=1), "loss": _with(loss, im_weight=0.0)}
+
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """A validated copy with dotted-path values replaced (``{"loss.im_weight": 0}``)."""
         data = self.model_dump(mode="json")
         for path, value in overrides.items():
             _set_path(data, path, value)
         return validate_recipe(data)
+
+
+def _with(section: Any, **values: Any) -> Any:
+    """A recipe section (dict, model or absent) with ``values`` set; anything else is left to validation."""
+    if section is None:
+        return values
+    if isinstance(section, dict):
+        return {**section, **values}
+    if isinstance(section, _Section):
+        return section.model_copy(update=values)
+    return section
+
+
+class EnergyConfig(_Section):
+    """Energy per operation of the estimate E = MACs * e_mac_pj + SOPs * e_ac_pj (``snn.energy``).
+
+    A setting of the report, not of a run: a run logs ``energy_uj`` at these defaults, and
+    ``imloss report --e-mac/--e-ac`` recomputes it from the logged ``macs`` and ``sops``.
+    """
+
+    e_mac_pj: float = Field(
+        4.6, gt=0.0, le=1e6, description="multiply-accumulate (32-bit float, 45 nm: 3.7 + 0.9 pJ; Horowitz 2014)"
+    )
+    e_ac_pj: float = Field(
+        0.9, gt=0.0, le=1e6, description="synaptic operation, an accumulate (32-bit float, 45 nm; Horowitz 2014)"
+    )
+
+
+def load_energy(values: dict[str, Any]) -> EnergyConfig:
+    """Energy constants with the given fields set (None: the default).
+
+    Raises:
+        RecipeError: a value out of range, with its field name.
+    """
+    try:
+        return EnergyConfig.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as e:
+        raise RecipeError([_describe(err) for err in e.errors()], "energy constants") from None
 
 
 # --- loading -------------------------------------------------------------------------------------

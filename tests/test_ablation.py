@@ -91,7 +91,8 @@ def test_report_formats_parse_and_plots_are_written(ablation: tuple[Path, str], 
     )
     assert code == 0, out
     page = (workdir / "r.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 4 and page.count("<img") == 5
+    # comparison, layer entropy, firing rate and SOPs (the trained runs counted them), runs
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table") == 5 and page.count("<img") == 6
     pngs = sorted((workdir / "figs").glob("*.png"))
     assert [p.name for p in pngs] == [
         "accuracy.png",
@@ -99,6 +100,7 @@ def test_report_formats_parse_and_plots_are_written(ablation: tuple[Path, str], 
         "firing_rates.png",
         "k_schedule.png",
         "layer_entropy.png",
+        "layer_sops.png",
     ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000 for p in pngs)
 
@@ -174,3 +176,28 @@ def test_sigterm_also_marks_the_run_killed(tiny_recipe: Path, registry_url: str)
     os.kill(proc.pid, signal.SIGTERM)
     proc.communicate(timeout=60)
     assert Registry(registry_url).get_run(run_id).status == "KILLED"
+
+
+def test_ablating_the_neuron_gives_the_snn_and_ann_rows_with_their_energy(tiny_recipe: Path, registry_url: str) -> None:
+    code, out = invoke(
+        "ablate", str(tiny_recipe), "--grid", "model.neuron=lif,relu", "--im-weight", "0,2",
+        "--set", "train.epochs=1", "--registry", registry_url,
+    )  # fmt: skip
+    assert code == 0, out
+    reg = Registry(registry_url)
+    runs = reg.list_runs()
+    assert len(runs) == 3 and {r.status for r in runs} == {"FINISHED"}  # the twin once: it sets lambda = 0
+    code, out = invoke("report", "--format", "csv", "--e-mac", "3.1", "--e-ac", "0.1", "--registry", registry_url)
+    assert code == 0, out
+    table = pd.read_csv(io.StringIO(out))
+    assert table[["loss.im_weight", "model.neuron", "model.timesteps"]].values.tolist() == [
+        [0.0, "lif", 2],
+        [0.0, "relu", 1],
+        [2.0, "lif", 2],
+    ]
+    twin = next(r.id for r in runs if r.recipe["model"]["neuron"] == "relu")
+    macs = reg.epoch_metrics([twin], names=["macs"]).value.item()
+    assert table["sops_mean"].tolist()[1] == 0.0 and min(table["sops_mean"][[0, 2]]) > 0
+    assert table["energy_uj_mean"].tolist()[1] == pytest.approx(macs * 3.1e-6)
+    code, out = invoke("report", "--e-mac", "3.1", "--e-ac", "0.1", "--registry", registry_url)
+    assert code == 0 and "E = MACs × 3.1 pJ + SOPs × 0.1 pJ" in out

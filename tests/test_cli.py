@@ -48,7 +48,7 @@ def test_train_digits_records_what_it_prints(tiny_recipe: Path, registry_url: st
     assert k == pytest.approx([1 + 9 * (10**0.5 - 1) / 9, 10.0])  # ESG K(i) at i = 1, 2 of I = 2
     layers = reg.layer_stats([run_id], last_epoch_only=True)
     assert sorted(layers.layer.unique()) == ["body.1", "body.3", "encoder.lif"]
-    assert len(layers) == 3 * 5
+    assert len(layers) == 3 * 7  # STAT_NAMES per layer
     assert (workdir / "runs" / run_id / "last.pt").is_file()
 
 
@@ -228,3 +228,36 @@ def test_report_names_an_unknown_format_before_opening_the_registry(workdir: Pat
     assert code == 2
     assert "unknown format 'pdf'; use one of: markdown, csv, latex, json, html" in out
     assert not (workdir / "no").exists()
+
+
+@pytest.mark.slow
+def test_show_prints_the_spikes_and_operations_of_a_run(tiny_recipe: Path, registry_url: str) -> None:
+    code, out = run_cli("train", str(tiny_recipe), "--seed", "0", "--set", "train.epochs=1", "--registry", registry_url)
+    assert code == 0, out
+    assert re.search(r"H \d\.\d{3} bit  E \d+(\.\d+)? µJ", out), out
+    run_id = Registry(registry_url).list_runs()[0].id
+    code, shown = run_cli("show", run_id, "--registry", registry_url)
+    assert code == 0, shown
+    for column in ("sops", "macs", "energy_uj", "spikes_per_image", "sops_per_image"):
+        assert re.search(rf"\b{column}\b", shown), column
+    assert "energy_uj = macs × 4.6 pJ + sops × 0.9 pJ" in shown
+
+
+@pytest.mark.slow
+def test_the_ann_twin_trains_and_is_recorded_like_any_run(tiny_recipe: Path, registry_url: str) -> None:
+    code, out = run_cli(
+        "train", str(tiny_recipe), "--seed", "0", "--set", "model.neuron=relu", "--registry", registry_url
+    )
+    assert code == 0, out
+    # no IM term, K or entropy to print
+    assert re.search(r"^epoch\s+2/2  loss \S+  ce \S+  train \S+  test \S+  E \S+ µJ  \S+s$", out, flags=re.M), out
+    reg = Registry(registry_url)
+    run = reg.list_runs()[0]
+    assert (run.status, run.recipe["model"]["neuron"], run.recipe["model"]["timesteps"]) == ("FINISHED", "relu", 1)
+    assert run.recipe["loss"]["im_weight"] == 0.0
+    metrics = reg.epoch_metrics([run.id])
+    assert {"sops", "macs", "energy_uj", "test_acc"} <= set(metrics.name) and "k" not in set(metrics.name)
+    assert metrics[metrics.name == "sops"].value.tolist() == [0.0, 0.0]
+    assert reg.layer_stats([run.id]).empty
+    code, shown = run_cli("show", run.id, "--registry", registry_url)
+    assert code == 0 and "energy_uj" in shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from imloss_cli.recipe import Recipe, load_recipe
 from imloss_cli.train.loop import EpochRecord, Trainer, surrogate_k
@@ -66,6 +67,37 @@ EXPECTED_LOSSES = [
     (1.64415743, 1.29607067, 0.17404339),
     (1.04008555, 0.73109826, 0.15449364),
 ]
+
+
+@pytest.mark.slow
+def test_every_epoch_logs_the_sops_macs_and_energy_of_its_evaluation() -> None:
+    recipe = load_recipe(
+        None, {"train.epochs": 1, "train.device": "cpu", "model.timesteps": 2, "train.max_steps_per_epoch": 3}
+    )
+    record = last_epoch(recipe, seed=0)
+    m = record.metrics
+    assert m["sops"] > 0 and m["sops"] == pytest.approx(sum(s.sops_per_image for s in record.layers), rel=1e-12)
+    assert m["macs"] == 8 * 8 * 32 * 9  # the stem on 8x8 digits, once per image; every other layer reads spikes
+    assert m["energy_uj"] == pytest.approx((m["macs"] * 4.6 + m["sops"] * 0.9) * 1e-6)
+    assert all(s.spikes_per_image >= 0 and s.sops_per_image >= 0 for s in record.layers)
+
+
+@pytest.mark.slow
+def test_the_ann_twin_trains_on_digits_and_its_macs_are_the_flop_count_over_two() -> None:
+    recipe = load_recipe(
+        None, {"model.neuron": "relu", "train.epochs": 2, "train.device": "cpu", "train.max_steps_per_epoch": 5}
+    )
+    trainer = Trainer(recipe, seed=0)
+    records = list(trainer.fit())
+    m = records[-1].metrics
+    assert m["test_acc"] > 0.5  # chance is 0.1
+    assert records[-1].layers == [] and not {"im", "k", "mean_entropy"} & set(m)
+    x = torch.stack([trainer.data.test[i][0] for i in range(16)]).contiguous(memory_format=torch.channels_last)
+    trainer.model.eval()
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        trainer.model(x)
+    assert m["macs"] == pytest.approx(flops.get_total_flops() / 2 / 16, rel=1e-2)
+    assert (m["sops"], m["energy_uj"]) == (0.0, pytest.approx(m["macs"] * 4.6e-6))
 
 
 @pytest.mark.parametrize(

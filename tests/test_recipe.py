@@ -10,10 +10,12 @@ import tomllib
 
 from imloss_cli.recipe import (
     NON_SEMANTIC_FIELDS,
+    EnergyConfig,
     Recipe,
     RecipeError,
     canonical_json,
     config_hash,
+    load_energy,
     load_recipe,
     parse_overrides,
     run_fingerprint,
@@ -248,6 +250,33 @@ def test_with_overrides_returns_validated_copy() -> None:
         r.with_overrides({"surrogate.k_min": 50.0})  # above k_max = 10
 
 
+def test_the_ann_twin_runs_at_one_time_step_without_im_loss(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[model]\nneuron = "relu"\ntimesteps = 6\n[loss]\nim_weight = 2.0\n')
+    twin = load_recipe(path)
+    assert (twin.model.neuron, twin.model.timesteps, twin.loss.im_weight) == ("relu", 1, 0.0)
+    # an ablation axis over any spiking recipe: the twins of recipes that differ in T or lambda are one
+    spiking = [load_recipe(None, {"model.timesteps": t, "loss.im_weight": w}) for t, w in ((2, 0.0), (4, 2.0))]
+    twins = [r.with_overrides({"model.neuron": "relu"}) for r in spiking]
+    assert config_hash(twins[0]) == config_hash(twins[1]) == config_hash(twin)
+    assert all(r.model.neuron == "lif" for r in spiking) and spiking[1].model.timesteps == 4
+    assert Recipe(model={"neuron": "relu"}).model.timesteps == 1
+    assert validate_recipe(twin.model_dump(mode="json")) == twin
+
+
+def test_an_unknown_neuron_names_the_field() -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(None, {"model.neuron": "lfi"})
+    assert info.value.problems == ["model.neuron: 'lfi' is not one of: 'lif' or 'relu'"]
+
+
+def test_energy_constants_default_to_horowitz_45nm_and_name_a_bad_one() -> None:
+    assert (EnergyConfig().e_mac_pj, EnergyConfig().e_ac_pj) == (4.6, 0.9)
+    assert load_energy({"e_mac_pj": None, "e_ac_pj": 0.5}) == EnergyConfig(e_ac_pj=0.5)
+    with pytest.raises(RecipeError) as info:
+        load_energy({"e_mac_pj": -1.0})
+    assert info.value.problems == ["e_mac_pj: Input should be greater than 0 (got -1.0)"]
+
+
 # --- identity ----------------------------------------------------------------------------------
 
 
@@ -277,6 +306,7 @@ def test_config_hash_ignores_seed_name_notes_and_placement() -> None:
         {"loss.im_weight": 0},
         {"loss.im_weight": 1},
         {"model.timesteps": 2},
+        {"model.neuron": "relu"},
         {"surrogate.schedule": "fixed"},
         {"optim.lr": 0.05},
         {"data.split_seed": 1},

@@ -18,7 +18,7 @@ import pytest
 
 from imloss_cli.recipe import Recipe, config_hash, load_recipe, run_fingerprint
 from imloss_cli.registry import Registry
-from imloss_cli.report import Report, ReportError, build_report, render, write_plots
+from imloss_cli.report import Report, ReportError, build_report, energy_constants, render, write_plots
 
 LAYERS = [(0, "stem.lif"), (1, "block.lif")]  # index order differs from name order on purpose
 K = {1: 1.0, 2: 5.5, 3: 10.0}
@@ -356,7 +356,7 @@ def test_html_is_one_page_with_every_table_and_no_network(registry: Registry) ->
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     # comparison, layer entropy, layer firing rate, runs
     assert page.count("<table") == 4 and "94.00 ± 1.41" in page and "stem.lif" in page
-    assert page.count('<img alt="') == 5 and page.count('src="data:image/svg+xml;base64,') == 5
+    assert page.count('<img alt="') == 6 and page.count('src="data:image/svg+xml;base64,') == 6
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
     assert page.count('<td class="best"') == 1 and re.search(
         r'<td class="best" data-sort="0\.9[34]\d*">94\.00 ± 1\.41</td>', page
@@ -370,7 +370,7 @@ def test_html_is_one_page_with_every_table_and_no_network(registry: Registry) ->
 # ----------------------------------------------------------------------------- plots
 
 
-def test_write_plots_writes_five_pngs(registry: Registry, tmp_path: Path) -> None:
+def test_write_plots_writes_six_pngs(registry: Registry, tmp_path: Path) -> None:
     report: Report = build_report(registry)
     paths = write_plots(report, registry, tmp_path / "plots" / "here")
     assert [p.name for p in paths] == [
@@ -378,6 +378,7 @@ def test_write_plots_writes_five_pngs(registry: Registry, tmp_path: Path) -> Non
         "layer_entropy.png",
         "entropy_over_epochs.png",
         "firing_rates.png",
+        "layer_sops.png",
         "k_schedule.png",
     ]
     for path in paths:
@@ -393,3 +394,103 @@ def test_many_configurations_plot_as_a_heat_map(tmp_path: Path) -> None:
         assert len(report.table) == 14 and report.layer_table.shape == (2, 14)
         for path in write_plots(report, reg, tmp_path):
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- operation counts
+
+# (neuron, seed) -> per epoch (test_acc, sops per image); MACs per image are fixed by the network.
+COUNTED = {
+    ("lif", 0): [(0.80, 3.0e6), (0.90, 2.0e6)],  # best epoch 2
+    ("lif", 1): [(0.92, 2.2e6), (0.85, 1.0e6)],  # best epoch 1
+    ("relu", 0): [(0.95, 0.0), (0.97, 0.0)],
+    ("relu", 1): [(0.96, 0.0), (0.94, 0.0)],
+}
+MACS = {"lif": 1.0e6, "relu": 5.0e6}  # the SNN's stem on pixels; every layer of the ANN twin
+
+
+@pytest.fixture
+def counted() -> Registry:
+    """A spiking network and its ANN twin, 2 seeds each, with operation counts as the trainer logs them."""
+    reg = Registry("sqlite://")
+    for (neuron, seed), epochs in COUNTED.items():
+        recipe = _recipe(2.0, seed, **{"model.neuron": neuron})
+        run_id = reg.create_run(
+            name=recipe.name,
+            recipe=recipe.model_dump(mode="json"),
+            config_hash=config_hash(recipe),
+            fingerprint=run_fingerprint(recipe, seed, "0.1.0"),
+            seed=seed,
+            code_version="0.1.0",
+        )
+        for epoch, (acc, sops) in enumerate(epochs, start=1):
+            macs = MACS[neuron]
+            metrics = {"test_acc": acc, "sops": sops, "macs": macs, "energy_uj": (macs * 4.6 + sops * 0.9) * 1e-6}
+            layers = [] if neuron == "relu" else [(0, "stem.lif", {"sops_per_image": sops / 4, "entropy": 0.5}),
+                                                  (1, "block.lif", {"sops_per_image": 3 * sops / 4, "entropy": 0.7})]  # fmt: skip
+            reg.log_epoch(run_id, epoch, metrics, layers)
+        reg.finish_run(run_id, "FINISHED")
+    yield reg
+    reg.close()
+
+
+def test_sops_and_energy_are_columns_of_mean_and_std_at_the_selected_epoch(counted: Registry) -> None:
+    report = build_report(counted)
+    table = report.table
+    assert list(table.columns[:8]) == [  # the varying fields in the registry's (sorted) order
+        "loss.im_weight",
+        "model.neuron",
+        "model.timesteps",
+        "test_acc",
+        "n",
+        "mean_entropy",
+        "sops",
+        "energy_uj",
+    ]
+    # the twin was recorded with the lambda = 0 and T = 1 it ran with, so it sorts first
+    assert list(table["model.neuron"]) == ["relu", "lif"] and list(table["model.timesteps"]) == [1, 4]
+    # lif: seed 0 at epoch 2 (2.0 M), seed 1 at epoch 1 (2.2 M); in millions per image
+    assert table["sops_mean"].tolist() == pytest.approx([0.0, 2.1e6])
+    assert list(table["sops"]) == ["0.0000 ± 0.0000", "2.1000 ± 0.1414"]
+    # E = MACs * 4.6 pJ + SOPs * 0.9 pJ: relu 5e6 * 4.6 pJ = 23 µJ; lif 4.6 + 1.8 and 4.6 + 1.98 µJ
+    assert table["energy_uj_mean"].tolist() == pytest.approx([23.0, 6.49])
+    assert list(table["energy_uj"]) == ["23.0000 ± 0.0000", "6.4900 ± 0.1273"]
+    assert report.efficiency == ["sops", "energy_uj"]
+    assert report.runs["k_schedule"].tolist()[:2] == ["none (ReLU twin)"] * 2
+    # the SOPs per layer of the spiking configuration; the twin has no spiking layer
+    assert list(report.sops_table.columns) == ["loss.im_weight=2.0, model.neuron=lif, model.timesteps=4"]
+    assert report.sops_table.iloc[:, 0].tolist() == pytest.approx([2.1e6 / 4, 3 * 2.1e6 / 4])
+
+
+def test_the_report_recomputes_the_energy_with_the_constants_it_is_given(counted: Registry) -> None:
+    report = build_report(counted, energy=energy_constants(e_mac_pj=3.1, e_ac_pj=0.1))
+    # relu: 15.5 µJ; lif: 3.1 + 0.2 and 3.1 + 0.22 µJ
+    assert report.table["energy_uj_mean"].tolist() == pytest.approx([15.5, 3.31])
+    text = render(report, "markdown")
+    assert "energy per image E = MACs × 3.1 pJ + SOPs × 0.1 pJ" in text
+    assert (
+        "| loss.im_weight | model.neuron | model.timesteps | test_acc (%) | n | mean_entropy | sops (M) | energy_uj (µJ) |"
+        in text
+    )
+    assert "| 2.0 | lif | 4 | 91.00 ± 1.41 | 2 | 0.600 | 2.1000 ± 0.1414 | 3.3100 ± 0.0141 |" in text
+    assert "Per-layer synaptic operations per image (millions)" in text and "| stem.lif | 0.525 |" in text
+    assert json.loads(render(report, "json"))["energy"] == {"e_mac_pj": 3.1, "e_ac_pj": 0.1}
+    frame = pd.read_csv(io.StringIO(render(report, "csv")))
+    assert list(frame.columns)[-5:] == ["sops_mean", "sops_std", "energy_uj_mean", "energy_uj_std", "config_hash"]
+    page = render(report, "html", counted)
+    assert page.count("<table") == 5 and "MACs × 3.1 pJ + SOPs × 0.1 pJ" in page
+    assert page.count('<img alt="') == 6
+    assert r"3.1 pJ" in render(report, "latex")
+
+
+def test_energy_as_the_metric_is_minimised_with_the_report_constants(counted: Registry) -> None:
+    report = build_report(counted, metric="energy_uj", energy=energy_constants(e_ac_pj=0.1))
+    # the lowest energy of each run is its epoch of fewest SOPs, whatever the constants
+    assert report.runs["epoch"].tolist() == [1, 1, 2, 2]  # the twin's SOPs tie at 0: the earliest epoch
+    assert report.table["energy_uj_mean"].tolist() == pytest.approx([23.0, 4.6 + 0.15])
+    assert report.best_row == 1 and "energy_uj" not in report.efficiency
+    assert list(report.table["sops"]) == ["0.0000 ± 0.0000", "1.5000 ± 0.7071"]
+
+
+def test_a_bad_energy_constant_is_a_report_error() -> None:
+    with pytest.raises(ReportError, match="e_ac_pj: Input should be greater than 0"):
+        energy_constants(e_ac_pj=0.0)

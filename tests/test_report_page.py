@@ -52,7 +52,7 @@ def test_page_opens_with_its_tables_and_every_image_loaded_and_headers_sort(
     tables = browser.find_elements(By.CSS_SELECTOR, "table.sortable")
     assert len(tables) == 4
     images = browser.find_elements(By.TAG_NAME, "img")
-    assert len(images) == 5
+    assert len(images) == 6
     assert all(
         browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 0 for i in images
     )

@@ -115,6 +115,16 @@ def test_accumulator_two_batches_hand_computed() -> None:
     assert b.membrane_std == pytest.approx(math.sqrt(1 / 18), rel=1e-9)
 
 
+def test_spikes_per_image_sum_over_time_and_neurons_and_average_over_images() -> None:
+    acc = _two_batches()
+    assert acc.images == 3  # B = 1, then 2
+    a, b = acc.compute()
+    assert a.spikes_per_image == pytest.approx((3 + 7) / 3)  # A: 3 spikes in batch 1, 7 in batch 2
+    assert b.spikes_per_image == pytest.approx((2 + 5) / 3)
+    assert math.isnan(a.sops_per_image)  # no OpsPlan: not counted
+    assert acc.compute(samples=12, images=6)[0].spikes_per_image == pytest.approx(10 / 6)
+
+
 def test_accumulator_membrane_std_is_population_std_of_all_values() -> None:
     a = _two_batches().compute()[0]
     values = torch.cat([torch.tensor(A1_V).flatten(), torch.tensor(A2_V).flatten()]).double()

@@ -86,6 +86,9 @@ def plan_trials(base: Recipe, axes: dict[str, Sequence[Any]], seeds: Sequence[in
     """Every combination of the axis values (in the order given), seeds varying fastest.
 
     ``code_version`` goes into each trial's fingerprint (see ``recipe.run_fingerprint``).
+    Combinations that resolve to the same recipe and seed are one trial, planned where the first
+    appears: the ReLU twin sets T and lambda, so ``model.neuron=lif,relu`` x ``loss.im_weight=0,2``
+    trains the twin once per seed.
 
     Raises:
         RecipeError: an empty axis or seed list, or a combination that is not a valid recipe
@@ -97,7 +100,7 @@ def plan_trials(base: Recipe, axes: dict[str, Sequence[Any]], seeds: Sequence[in
     if empty:
         raise RecipeError(empty, "ablation")
     grid = {**axes, SEED_KEY: list(seeds)}
-    trials, problems = [], []
+    trials, problems, planned = [], [], set()
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         try:
@@ -105,7 +108,10 @@ def plan_trials(base: Recipe, axes: dict[str, Sequence[Any]], seeds: Sequence[in
         except RecipeError as e:
             problems += [p for p in e.problems if p not in problems]
             continue
-        trials.append(Trial(values, recipe, run_fingerprint(recipe, recipe.train.seed or 0, code_version)))
+        fingerprint = run_fingerprint(recipe, recipe.train.seed or 0, code_version)
+        if fingerprint not in planned:
+            planned.add(fingerprint)
+            trials.append(Trial(values, recipe, fingerprint))
     if problems:
         raise RecipeError(problems, "ablation")
     return trials

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from imloss_cli.cli.bench import bench
 from imloss_cli.cli.errors import fail, guarded, warn
-from imloss_cli.recipe import Recipe, load_recipe, parse_overrides, sets_nothing, to_toml
+from imloss_cli.recipe import EnergyConfig, Recipe, load_recipe, parse_overrides, sets_nothing, to_toml
 
 app = typer.Typer(
     help="Train spiking neural networks with IM-Loss and ESG, run ablations, compare runs.",
@@ -39,6 +39,14 @@ RunArg = Annotated[str, typer.Argument(help="run id or unique prefix")]
 HeartbeatOpt = Annotated[
     float | None, typer.Option(min=0.01, help="seconds between a training run's heartbeats (30)", show_default=False)
 ]
+
+
+def _energy_help(field: str) -> str:
+    """An energy option's help from its recipe field: the default is written once, there."""
+    info = EnergyConfig.model_fields[field]
+    return f"energy estimate, pJ per {info.description}; default {info.default}"
+
+
 RegistryOpt = Annotated[
     str, typer.Option("--registry", envvar="IMLOSS_REGISTRY", help="SQLAlchemy URL or SQLite path of the run registry")
 ]
@@ -273,23 +281,29 @@ def report(
     select: Annotated[str, typer.Option(help="best: each run's best epoch; last: its last epoch")] = "best",
     output: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
     plots: Annotated[Path | None, typer.Option(help="also write the PNG figures into this directory")] = None,
+    e_mac: Annotated[float | None, typer.Option("--e-mac", help=_energy_help("e_mac_pj"), show_default=False)] = None,
+    e_ac: Annotated[float | None, typer.Option("--e-ac", help=_energy_help("e_ac_pj"), show_default=False)] = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
-    """Compare runs: one row per configuration (seeds pooled), mean ± std, per-layer entropy.
+    """Compare runs: one row per configuration (seeds pooled), mean ± std, per-layer entropy and SOPs.
 
-    Default: the latest ablation group (or all finished runs), as markdown on stdout. The html
+    Default: the latest ablation group (or all finished runs), as markdown on stdout. Runs that
+    counted operations get SOPs and energy per image (E = MACs * E_MAC + SOPs * E_AC). The html
     format is one self-contained page (tables, figures, runs) to open in a browser or mail.
 
-    Example: imloss report --format html --output report.html
+    Example: imloss report --format html --output report.html --e-mac 3.1 --e-ac 0.1
     """
     from imloss_cli.registry import Registry
-    from imloss_cli.report import FORMATS, build_report, render, write_plots
+    from imloss_cli.report import FORMATS, build_report, energy_constants, render, write_plots
 
     if fmt not in FORMATS:  # before the registry: a typo in the format is the first thing to fix
         fail(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    energy = guarded(lambda: energy_constants(e_mac, e_ac))
     reg = guarded(lambda: Registry(registry, create=False))
     rep = guarded(
-        lambda: build_report(reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select)
+        lambda: build_report(
+            reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select, energy=energy
+        )
     )
     text = guarded(lambda: render(rep, fmt, reg))
     for warning in rep.warnings:

@@ -20,13 +20,24 @@ if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start 
     from imloss_cli.train.run import Callbacks, RunStart
 
 
+# (metric, how it is printed) in line order; the ANN twin logs no im, K or entropy.
+_EPOCH_FIELDS = (
+    ("loss", "loss {:.4f}"),
+    ("ce", "ce {:.4f}"),
+    ("im", "im {:.4f}"),
+    ("train_acc", "train {:.4f}"),
+    ("test_acc", "test {:.4f}"),
+    ("k", "K {:.2f}"),
+    ("mean_entropy", "H {:.3f} bit"),
+    ("energy_uj", "E {:.4g} µJ"),
+    ("epoch_seconds", "{:.1f}s"),
+)
+
+
 def epoch_line(record: EpochRecord, epochs: int) -> str:
     m = record.metrics
-    return (
-        f"epoch {record.epoch:>3}/{epochs}  loss {m['loss']:.4f}  ce {m['ce']:.4f}  im {m['im']:.4f}  "
-        f"train {m['train_acc']:.4f}  test {m['test_acc']:.4f}  K {m['k']:.2f}  "
-        f"H {m['mean_entropy']:.3f} bit  {m['epoch_seconds']:.1f}s"
-    )
+    fields = [text.format(m[name]) for name, text in _EPOCH_FIELDS if name in m]
+    return f"epoch {record.epoch:>3}/{epochs}  " + "  ".join(fields)
 
 
 class TrainDisplay:
@@ -162,9 +173,15 @@ class AblationView:
         self.console.print(table, markup=False, highlight=False)
 
 
+# Per image: sops and macs are operation counts, energy_uj their estimate at the default constants.
+_SHOWN_EPOCH_COLUMNS = (
+    "loss", "ce", "im", "train_acc", "test_acc", "k", "lr", "mean_entropy", "sops", "macs", "energy_uj", "epoch_seconds",
+)  # fmt: skip
+
+
 def render_details(console: Console, details: RunDetails) -> None:
     """``imloss show``: header, recipe, environment, epochs, layers."""
-    from imloss_cli.recipe import to_toml, validate_recipe
+    from imloss_cli.recipe import EnergyConfig, to_toml, validate_recipe
 
     run = details.run
     console.print(
@@ -193,11 +210,14 @@ def render_details(console: Console, details: RunDetails) -> None:
     for key, value in run.environment.items():
         console.print(f"  {key}: {value}", highlight=False, markup=False)
     if len(details.epochs):
-        cols = [
-            c
-            for c in ("loss", "ce", "im", "train_acc", "test_acc", "k", "lr", "mean_entropy", "epoch_seconds")
-            if c in details.epochs
-        ]
+        cols = [c for c in _SHOWN_EPOCH_COLUMNS if c in details.epochs]
         console.print(frame_table(details.epochs[cols], title="epochs"))
+        if "energy_uj" in details.epochs:
+            e = EnergyConfig()
+            console.print(
+                f"per image: sops synaptic operations, macs multiply-accumulates, energy_uj = macs × {e.e_mac_pj:g} pJ "
+                f"+ sops × {e.e_ac_pj:g} pJ in µJ (imloss report --e-mac/--e-ac recomputes it)",
+                highlight=False,
+            )
     if len(details.layers):
         console.print(frame_table(details.layers, title="layers (last epoch)"))

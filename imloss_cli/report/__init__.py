@@ -4,8 +4,9 @@ A *configuration* is a ``config_hash``: the resolved recipe without seed, names 
 (``recipe.NON_SEMANTIC_FIELDS``). For every FINISHED run one epoch is selected ("best": where
 the metric is best; "last": the last logged epoch); the table gives, per configuration, the mean
 and sample standard deviation over seeds of the metric at that epoch, the number of seeds, and
-the mean hidden-layer entropy at the same epoch. The layer table breaks that entropy down by
-layer, again at each run's selected epoch.
+the mean hidden-layer entropy at the same epoch, and, where the runs counted them, synaptic
+operations and energy per image (recomputed with the report's energy constants). The layer tables
+break entropy, firing rate and SOPs down by layer, again at each run's selected epoch.
 
 Everything here returns data or strings; printing (and sending warnings to stderr) is the CLI's
 job.
@@ -20,7 +21,7 @@ Modules:
 Nothing here imports torch.
 """
 
-from .build import FORMATS, SELECTIONS, Report, ReportError, build_report
+from .build import FORMATS, SELECTIONS, Report, ReportError, build_report, energy_constants
 from .formats import render
 from .listings import RunDetails, run_details, runs_overview
 from .plots import PLOTS, figures, write_plots
@@ -33,6 +34,7 @@ __all__ = [
     "ReportError",
     "RunDetails",
     "build_report",
+    "energy_constants",
     "figures",
     "render",
     "run_details",

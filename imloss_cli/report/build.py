@@ -1,9 +1,9 @@
 """Building a report: runs selected, one epoch chosen per run, seeds pooled per configuration.
 
 Only the registry's public methods are used, and they read only what the report needs:
-the compared metric and mean_entropy of all selected runs in one call, the layer entropies once
-per distinct selected epoch (only that statistic of that epoch), and everything else is grouped
-pandas work. On a group of 1,000 runs x 100 epochs x 12 metrics x 20 layers x 5 statistics,
+the compared metric, mean_entropy and the operation counts of all selected runs in one call, the
+layer statistics once per distinct selected epoch (only those statistics of that epoch), and
+everything else is grouped pandas work. On a group of 1,000 runs x 100 epochs x 12 metrics x 20 layers x 5 statistics,
 build_report takes about 0.5 s on two cores (benchmarks/report_speed.py).
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from imloss_cli.recipe import NON_SEMANTIC_FIELDS
+from imloss_cli.recipe import NON_SEMANTIC_FIELDS, EnergyConfig, RecipeError, load_energy
 from imloss_cli.registry import FINISHED, Registry, RegistryError, RunInfo
+from imloss_cli.snn.energy import energy_uj
 
 from .text import _mean_std_text, _value_text
 
@@ -25,7 +26,10 @@ FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
 SELECTIONS: tuple[str, ...] = ("best", "last")
 
 _ENTROPY_METRIC = "mean_entropy"  # logged per epoch by the engine: mean over hidden layers
-_LAYER_STATS = ("entropy", "firing_rate")  # the layer tables: entropy (bits), firing rate
+_COUNTS = ("sops", "macs")  # operations per image, logged per epoch; the energy is recomputed from them
+_ENERGY = "energy_uj"
+_EFFICIENCY = ("sops", _ENERGY)  # the table's columns of operation counts, where the runs logged them
+_LAYER_STATS = ("entropy", "firing_rate", "sops_per_image")  # the layer tables
 _CONFIG_COLUMN = "config"  # label column used when no recipe field varies between rows
 _SHOWN_IDS = 5  # run ids listed in one warning before "..."
 
@@ -43,17 +47,22 @@ class Report:
         table: one row per configuration, sorted by the varying recipe fields. Columns: the
             varying recipe fields (dotted paths) or, when none varies, ``config``; then
             ``<metric>`` ("mean ± std", accuracies in percent), ``n`` (seeds with a value),
-            ``mean_entropy`` (bits), and the numbers ``<metric>_mean``, ``<metric>_std``
-            (stored units, std with ddof=1) and ``config_hash``.
+            ``mean_entropy`` (bits); where the runs counted operations, ``sops`` (per image, in
+            millions) and ``energy_uj`` (per image, µJ, from ``sops`` and ``macs`` with
+            ``energy``); and the numbers ``<column>_mean``, ``<column>_std`` of the metric and
+            of those (stored units, std with ddof=1) and ``config_hash``.
         layer_table: index = layer names in layer_index order, one column per configuration
             (labelled like "loss.im_weight=2.0"); mean over seeds of each layer's entropy (bits)
             at each run's selected epoch.
         rate_table: the same for each layer's firing rate.
+        sops_table: the same for each layer's synaptic operations per image (empty when the
+            runs logged none).
+        energy: the constants the energy column was computed with.
         warnings: things a reader of the numbers must know (left-out runs, mixed code versions,
             dirty working trees).
         runs: one row per finished run: run_id, config_hash, config (row label), seed, epoch
-            (the selected one), ``<metric>``, mean_entropy, code_version, git_dirty, k_schedule,
-            host, duration_s; in table row order.
+            (the selected one), ``<metric>``, mean_entropy, sops, macs, energy_uj, code_version,
+            git_dirty, k_schedule, host, duration_s; in table row order.
         left_out: the selected runs that are not finished: run_id, seed, status (as displayed),
             host; newest first.
         metric: the compared metric.
@@ -64,11 +73,27 @@ class Report:
     table: pd.DataFrame
     layer_table: pd.DataFrame
     rate_table: pd.DataFrame
+    sops_table: pd.DataFrame
     warnings: list[str]
     runs: pd.DataFrame
     left_out: pd.DataFrame
     metric: str
     select: str
+    energy: EnergyConfig
+
+    @property
+    def efficiency(self) -> list[str]:
+        """The operation-count columns of ``table`` ("sops", "energy_uj"), where the runs logged them."""
+        return [c for c in _EFFICIENCY if f"{c}_mean" in self.table.columns and c != self.metric]
+
+    @property
+    def energy_rule(self) -> str:
+        """How the energy column was computed, in words."""
+        e = self.energy
+        return (
+            f"energy per image E = MACs × {e.e_mac_pj:g} pJ + SOPs × {e.e_ac_pj:g} pJ "
+            "(45 nm figures: Horowitz 2014, unless changed with --e-mac/--e-ac)"
+        )
 
     @property
     def selection_rule(self) -> str:
@@ -101,6 +126,7 @@ def build_report(
     recipe_name: str | None = None,
     metric: str = "test_acc",
     select: str = "best",
+    energy: EnergyConfig | None = None,
 ) -> Report:
     """Compare the finished runs of an ablation group (or of a recipe, or all of them).
 
@@ -110,8 +136,9 @@ def build_report(
         last: compare the most recently created group.
         recipe_name: keep runs whose recipe ``name`` is this (within the group if one is given).
         metric: an epoch metric name, e.g. "test_acc", "test_loss", "mean_firing_rate".
-        select: "best" = each run's best epoch for the metric (lowest for metrics named
-            "*loss*" and "im", highest otherwise); "last" = each run's last logged epoch.
+        select: "best" = each run's best epoch for the metric (lowest for losses, "im" and the
+            operation counts, highest otherwise); "last" = each run's last logged epoch.
+        energy: the energy constants; None: the defaults of ``EnergyConfig``.
 
     Returns:
         The report; with neither ``group``, ``last`` nor ``recipe_name`` it covers the latest
@@ -123,6 +150,7 @@ def build_report(
     """
     if select not in SELECTIONS:
         raise ReportError(f"unknown selection {select!r}; use one of: {', '.join(SELECTIONS)}")
+    energy = energy if energy is not None else EnergyConfig()
     title, where, members = _select_runs(registry, group=group, last=last, recipe_name=recipe_name)
     warnings: list[str] = []
     finished = [r for r in members if r.status == FINISHED]
@@ -138,8 +166,10 @@ def build_report(
 
     configs, varying = _configurations(finished)
     runs = _runs_frame(finished, configs)
-    # Only the two metrics the report uses: a tenth of the rows of a typical run.
-    metrics = registry.epoch_metrics(runs["run_id"].tolist(), names=[metric, _ENTROPY_METRIC])
+    # Only the metrics the report uses: a fraction of the rows of a typical run.
+    metrics = registry.epoch_metrics(
+        runs["run_id"].tolist(), names=list(dict.fromkeys([metric, _ENTROPY_METRIC, *_COUNTS]))
+    )
     if not (metrics["name"] == metric).any():
         known = sorted(registry.epoch_metrics(runs["run_id"].tolist())["name"].unique())
         raise ReportError(
@@ -151,6 +181,9 @@ def build_report(
     layers = layer_values[layer_values["stat"] == "entropy"]
     runs = runs.merge(chosen, on="run_id", how="left")
     runs["epoch"] = runs["epoch"].astype("Int64")  # missing where a run never logged the metric
+    # The energy with the report's constants, from the counts the run logged (the logged energy_uj
+    # used the defaults). As a metric it picks the same epochs: MACs do not change between epochs.
+    runs[_ENERGY] = [energy_uj(m, s, energy) for m, s in zip(runs["macs"], runs["sops"])]
     # Runs logged before mean_entropy existed: the same quantity from the layer statistics.
     from_layers = layers.groupby("run_id")["value"].mean()
     runs[_ENTROPY_METRIC] = runs[_ENTROPY_METRIC].fillna(runs["run_id"].map(from_layers))
@@ -166,8 +199,10 @@ def build_report(
 
     table = _aggregate(runs, configs, varying, metric)
     valid = runs.dropna(subset=[metric])
-    layer_table = _layer_table(layers, valid, list(configs["config"]))
-    rate_table = _layer_table(layer_values[layer_values["stat"] == "firing_rate"], valid, list(configs["config"]))
+    labels = list(configs["config"])
+    layer_table = _layer_table(layers, valid, labels)
+    rate_table = _layer_table(layer_values[layer_values["stat"] == "firing_rate"], valid, labels)
+    sops_table = _layer_table(layer_values[layer_values["stat"] == "sops_per_image"], valid, labels)
     runs = runs[
         [
             "run_id",
@@ -175,8 +210,7 @@ def build_report(
             "config",
             "seed",
             "epoch",
-            metric,
-            *([_ENTROPY_METRIC] if metric != _ENTROPY_METRIC else []),
+            *dict.fromkeys([metric, _ENTROPY_METRIC, *_COUNTS, _ENERGY]),
             "code_version",
             "git_dirty",
             "k_schedule",
@@ -193,12 +227,26 @@ def build_report(
         table=table,
         layer_table=layer_table,
         rate_table=rate_table,
+        sops_table=sops_table,
         warnings=warnings,
         runs=runs,
         left_out=left_out,
         metric=metric,
         select=select,
+        energy=energy,
     )
+
+
+def energy_constants(e_mac_pj: float | None = None, e_ac_pj: float | None = None) -> EnergyConfig:
+    """The energy constants of a report: the given ones, the defaults of ``EnergyConfig`` for None.
+
+    Raises:
+        ReportError: a constant out of range.
+    """
+    try:
+        return load_energy({"e_mac_pj": e_mac_pj, "e_ac_pj": e_ac_pj})
+    except RecipeError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _select_runs(
@@ -291,7 +339,7 @@ def _runs_frame(runs: Sequence[RunInfo], configs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFrame:
-    """Per run: the selected epoch, the metric there and mean_entropy there."""
+    """Per run: the selected epoch, the metric there, and mean_entropy, sops and macs there (NaN if not logged)."""
     rows = metrics.loc[metrics["name"] == metric, ["run_id", "epoch", "value"]]
     if select == "last":
         rows = rows.sort_values(["run_id", "epoch"]).drop_duplicates("run_id", keep="last")
@@ -303,14 +351,16 @@ def _choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFr
             .drop_duplicates("run_id", keep="first")
         )
     rows = rows.rename(columns={"value": metric})
-    entropy = metrics.loc[metrics["name"] == _ENTROPY_METRIC, ["run_id", "epoch", "value"]]
-    if metric == _ENTROPY_METRIC:
-        return rows.assign(**{_ENTROPY_METRIC: rows[metric]})
-    return rows.merge(entropy.rename(columns={"value": _ENTROPY_METRIC}), on=["run_id", "epoch"], how="left")
+    for name in (_ENTROPY_METRIC, *_COUNTS):
+        if name == metric:
+            continue
+        values = metrics.loc[metrics["name"] == name, ["run_id", "epoch", "value"]]
+        rows = rows.merge(values.rename(columns={"value": name}), on=["run_id", "epoch"], how="left")
+    return rows
 
 
 def _layer_values(registry: Registry, chosen: pd.DataFrame) -> pd.DataFrame:
-    """run_id, layer_index, layer, stat, value: each run's layer entropy and firing rate at its selected epoch.
+    """run_id, layer_index, layer, stat, value: each run's ``_LAYER_STATS`` at its selected epoch.
 
     The registry can filter layer statistics by one epoch for many runs, so runs are batched by
     their selected epoch: at most one query per distinct epoch, never a run's other epochs.
@@ -344,20 +394,32 @@ def _provenance_warnings(runs: pd.DataFrame) -> list[str]:
 
 def _aggregate(runs: pd.DataFrame, configs: pd.DataFrame, varying: list[str], metric: str) -> pd.DataFrame:
     valid = runs.dropna(subset=[metric])
-    stats = valid.groupby("config_hash").agg(
-        mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"), entropy=(_ENTROPY_METRIC, "mean")
-    )
-    stats = stats.reindex(configs["config_hash"])
-    n = stats["n"].fillna(0).astype("int64").to_numpy()
+    # Operation counts where any run logged them (runs from before they existed have none).
+    counted = [c for c in _EFFICIENCY if c != metric and valid[c].notna().any()]
+    columns = [metric, *counted]
+    grouped = valid.groupby("config_hash")
+    stats = grouped[columns].agg(["mean", "std"]).reindex(configs["config_hash"])
+    n = grouped[metric].size().reindex(configs["config_hash"]).fillna(0).astype("int64").to_numpy()
+    entropy = grouped[_ENTROPY_METRIC].mean().reindex(configs["config_hash"])
     table = configs[varying or [_CONFIG_COLUMN]].copy()
-    table[metric] = [_mean_std_text(m, s, k, metric) for m, s, k in zip(stats["mean"], stats["std"], n)]
+    texts = {c: _texts(stats[c]["mean"], stats[c]["std"], valid, c) for c in columns}
+    table[metric] = texts[metric]
     table["n"] = n
     if metric != _ENTROPY_METRIC:  # else it would repeat the metric column
-        table[_ENTROPY_METRIC] = stats["entropy"].to_numpy()
-    table[f"{metric}_mean"] = stats["mean"].to_numpy()
-    table[f"{metric}_std"] = stats["std"].to_numpy()
+        table[_ENTROPY_METRIC] = entropy.to_numpy()
+    for c in counted:
+        table[c] = texts[c]
+    for c in columns:
+        table[f"{c}_mean"] = stats[c]["mean"].to_numpy()
+        table[f"{c}_std"] = stats[c]["std"].to_numpy()
     table["config_hash"] = configs["config_hash"].to_numpy()
     return table
+
+
+def _texts(means: pd.Series, stds: pd.Series, valid: pd.DataFrame, column: str) -> list[str]:
+    """ "mean ± std" per configuration, the std over the seeds that have a value of ``column``."""
+    n = valid.dropna(subset=[column]).groupby("config_hash").size().reindex(means.index).fillna(0).astype("int64")
+    return [_mean_std_text(m, s, k, column) for m, s, k in zip(means, stds, n)]
 
 
 def _layer_table(layers: pd.DataFrame, valid_runs: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -375,10 +437,12 @@ def _layer_table(layers: pd.DataFrame, valid_runs: pd.DataFrame, labels: list[st
 
 
 def _higher_is_better(metric: str) -> bool:
-    return not ("loss" in metric or metric == "im")
+    return not ("loss" in metric or metric in ("im", *_COUNTS, _ENERGY))
 
 
 def _schedule_text(recipe: dict[str, Any]) -> str:
+    if (recipe.get("model") or {}).get("neuron") == "relu":
+        return "none (ReLU twin)"
     surrogate = recipe.get("surrogate") or {}
     if surrogate.get("schedule") == "fixed":
         return f"fixed K={surrogate.get('k_fixed')}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pandas as pd
 from imloss_cli.registry import Registry
 
 from .build import _CONFIG_COLUMN, _ENTROPY_METRIC, FORMATS, Report, ReportError
-from .text import _is_accuracy, _number_text, _value_text
+from .text import _count_text, _header, _number_text, _scale, _value_text
 
 
 def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
@@ -18,10 +19,11 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
 
     Args:
         report: from :func:`build_report`.
-        fmt: "markdown" (title, "> warning:" lines, both tables), "csv" (the main table, numeric
+        fmt: "markdown" (title, "> warning:" lines, the tables), "csv" (the main table, numeric
             columns, no warnings), "latex" (booktabs ``tabular`` environments, the best mean in
-            bold, warnings as comments), "json" (title, metric, select, rows, layers, warnings)
-            or "html" (one self-contained page, :func:`.html.html_page`).
+            bold, warnings as comments), "json" (title, metric, select, energy constants, rows,
+            layers, sops_layers, warnings) or "html" (one self-contained page,
+            :func:`.html.html_page`). The per-layer SOPs table comes where the runs counted them.
         registry: the registry the report was built from; the HTML page draws its figures from
             it (without it the page has the tables only).
 
@@ -41,17 +43,22 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
             "title": report.title,
             "metric": report.metric,
             "select": report.select,
+            "energy": report.energy.model_dump(),
             "rows": json.loads(_machine_table(report).to_json(orient="records", double_precision=15)),
             "layers": json.loads(layers.to_json(orient="records", double_precision=15)),
+            "sops_layers": json.loads(report.sops_table.reset_index().to_json(orient="records", double_precision=15)),
             "warnings": list(report.warnings),
         }
         return json.dumps(payload, indent=2, ensure_ascii=False)
-    table, layers = _display_table(report), _display_layers(report)
+    table, layers = _display_table(report), _display_layers(report.layer_table)
     caption = _layer_caption(report)
+    sops = [] if report.sops_table.empty else [(_sops_caption(report), _display_layers(report.sops_table, _count_text))]
     if fmt == "markdown":
         lines = [f"### {report.title}", "", _subtitle(report)]
         lines += [f"> warning: {w}" for w in report.warnings]
         lines += ["", _markdown(table), "", caption, "", _markdown(layers)]
+        for text, frame in sops:
+            lines += ["", text, "", _markdown(frame)]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         lines = [f"% {report.title}", f"% {_subtitle(report)}"]
@@ -59,6 +66,8 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
         best = report.best_row
         bold = None if best is None else (best, len(_varying(report)))  # the metric's column
         lines += [_latex(table, bold), "", f"% {caption}", _latex(layers)]
+        for text, frame in sops:
+            lines += ["", f"% {text}", _latex(frame)]
         return "\n".join(lines) + "\n"
     from .html import html_page
 
@@ -67,16 +76,24 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
 
 def _subtitle(report: Report) -> str:
     which = "best epoch" if report.select == "best" else "last epoch"
-    unit = " in %" if _is_accuracy(report.metric) else ""
-    return (
-        f"{report.metric}{unit} at each run's {which}: mean ± sample std over seeds (n); "
+    unit = _scale(report.metric)[2]
+    text = (
+        f"{report.metric}{f' in {unit}' if unit else ''} at each run's {which}: mean ± sample std over seeds (n); "
         f"mean_entropy in bits at the same epoch"
     )
+    if report.efficiency or report.metric in ("sops", "energy_uj"):
+        text += f"; synaptic operations (sops) in millions per image; {report.energy_rule}"
+    return text
 
 
 def _layer_caption(report: Report) -> str:
     which = f"best-{report.metric} epoch" if report.select == "best" else "last epoch"
     return f"Per-layer entropy (bits) at each run's {which}, mean over seeds"
+
+
+def _sops_caption(report: Report) -> str:
+    which = f"best-{report.metric} epoch" if report.select == "best" else "last epoch"
+    return f"Per-layer synaptic operations per image (millions) at each run's {which}, mean over seeds"
 
 
 def _varying(report: Report) -> list[str]:
@@ -86,23 +103,25 @@ def _varying(report: Report) -> list[str]:
 
 def _machine_table(report: Report) -> pd.DataFrame:
     m = report.metric
-    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", _ENTROPY_METRIC, "config_hash"]
+    counts = [f"{c}_{s}" for c in report.efficiency for s in ("mean", "std")]
+    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", _ENTROPY_METRIC, *counts, "config_hash"]
     return report.table[[c for c in columns if c in report.table.columns]]
 
 
 def _display_table(report: Report) -> pd.DataFrame:
     varying, m = _varying(report), report.metric
     shown = pd.DataFrame({c: report.table[c].map(_value_text) for c in varying})
-    header = f"{m} (%)" if _is_accuracy(m) else m
-    shown[header] = report.table[m]
+    shown[_header(m)] = report.table[m]
     shown["n"] = report.table["n"].astype(str)
     if _ENTROPY_METRIC in report.table.columns and m != _ENTROPY_METRIC:
         shown[_ENTROPY_METRIC] = report.table[_ENTROPY_METRIC].map(_number_text)
+    for c in report.efficiency:
+        shown[_header(c)] = report.table[c]
     return shown
 
 
-def _display_layers(report: Report) -> pd.DataFrame:
-    shown = report.layer_table.apply(lambda column: column.map(_number_text))
+def _display_layers(layer_table: pd.DataFrame, text: Callable[[float], str] = _number_text) -> pd.DataFrame:
+    shown = layer_table.apply(lambda column: column.map(text))
     return shown.reset_index().rename(columns={"index": "layer"})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -18,7 +19,7 @@ from imloss_cli.registry import Registry
 
 from .build import Report
 from .plots import figures
-from .text import _number_text
+from .text import _count_text, _header, _number_text
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
@@ -55,6 +56,8 @@ _CAPTIONS = {
     "layer_entropy": "Per-layer entropy at each run's selected epoch, mean over seeds.",
     "entropy_over_epochs": "Entropy of every hidden layer over the epochs, one heat map per configuration.",
     "firing_rates": "Per-layer firing rate at each run's selected epoch, mean over seeds.",
+    "layer_sops": "Synaptic operations per image of every hidden spiking layer at each run's selected epoch, "
+    "mean over seeds.",
     "k_schedule": "The surrogate's sharpness K per epoch (ESG ramps it from K_min to K_max).",
 }
 
@@ -83,6 +86,14 @@ def html_page(report: Report, registry: Registry | None) -> str:
         _layers(report.layer_table),
         "<p>Firing rate at the same epoch, mean over seeds.</p>",
         _layers(report.rate_table),
+        *(
+            []
+            if report.sops_table.empty
+            else [
+                "<p>Synaptic operations per image (millions) at the same epoch, mean over seeds.</p>",
+                _layers(report.sops_table, _count_text),
+            ]
+        ),
         *(["<h2>Figures</h2>"] if drawn else []),
         *[_figure(name, fig) for name, fig in drawn.items()],
         "<h2>Runs</h2>",
@@ -108,6 +119,8 @@ def _context(report: Report) -> str:
         "finished runs": str(len(report.runs)),
         "code versions": ", ".join(versions),
     }
+    if report.efficiency or report.metric in ("sops", "energy_uj"):
+        items["energy"] = report.energy_rule
     return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items.items()) + "</dl>"
 
 
@@ -139,7 +152,8 @@ def _comparison(report: Report) -> str:
     t, m = report.table, report.metric
     labels = list(t.columns[: list(t.columns).index(m)])
     means = t[f"{m}_mean"]
-    header = [*labels, m, "n", *(["mean_entropy (bits)"] if "mean_entropy" in t.columns else [])]
+    header = [*labels, _header(m), "n", *(["mean_entropy (bits)"] if "mean_entropy" in t.columns else [])]
+    header += [_header(c) for c in report.efficiency]
     rows = []
     for i in range(len(t)):
         row = [(str(t[c].iloc[i]), None) for c in labels]
@@ -147,14 +161,15 @@ def _comparison(report: Report) -> str:
         row.append((str(t["n"].iloc[i]), str(t["n"].iloc[i])))
         if "mean_entropy" in t.columns:
             row.append((_number_text(t["mean_entropy"].iloc[i]), _key(t["mean_entropy"].iloc[i])))
+        row += [(t[c].iloc[i], _key(t[f"{c}_mean"].iloc[i])) for c in report.efficiency]
         rows.append(row)
     return _table(header, rows, labels=len(labels), best=report.best_row)
 
 
-def _layers(table: pd.DataFrame) -> str:
+def _layers(table: pd.DataFrame, text: Callable[[float], str] = _number_text) -> str:
     header = ["layer", *[str(c) for c in table.columns]]
     rows = [
-        [(str(layer), str(i)), *[(_number_text(v), _key(v)) for v in table.loc[layer].tolist()]]
+        [(str(layer), str(i)), *[(text(v), _key(v)) for v in table.loc[layer].tolist()]]
         for i, layer in enumerate(table.index)
     ]  # the layer column sorts by network order
     return _table(header, rows)

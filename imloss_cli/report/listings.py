@@ -11,6 +11,7 @@ from imloss_cli.registry import Registry, RunInfo
 # Recipe fields a researcher scans a run list by.
 KEY_FIELDS = {
     "arch": ("model", "arch"),
+    "neuron": ("model", "neuron"),
     "T": ("model", "timesteps"),
     "lambda": ("loss", "im_weight"),
     "K": ("surrogate", "schedule"),

@@ -1,5 +1,6 @@
-"""The report's figures: accuracy curves, per-layer entropy and firing rates, the entropy of every
-layer over the epochs, and the K schedule; as PNG files or embedded in the HTML page.
+"""The report's figures: accuracy curves, per-layer entropy, firing rates and synaptic operations,
+the entropy of every layer over the epochs, and the K schedule; as PNG files or embedded in the HTML
+page.
 
 matplotlib is imported inside :func:`figures` only, so building or rendering a text report never
 loads it.
@@ -19,7 +20,14 @@ from .build import Report, ReportError
 _MAX_LEGEND = 12  # more series than this get no legend
 
 
-PLOTS: tuple[str, ...] = ("accuracy", "layer_entropy", "entropy_over_epochs", "firing_rates", "k_schedule")
+PLOTS: tuple[str, ...] = (
+    "accuracy",
+    "layer_entropy",
+    "entropy_over_epochs",
+    "firing_rates",
+    "layer_sops",
+    "k_schedule",
+)
 """The report's figures, in the order they are drawn and written."""
 
 
@@ -27,8 +35,9 @@ def figures(report: Report, registry: Registry) -> dict[str, Any]:
     """The report's figures as matplotlib ``Figure`` objects, by the names in :data:`PLOTS`.
 
     ``accuracy``: test accuracy per epoch, per configuration the mean over seeds with a min..max
-    band; ``layer_entropy`` and ``firing_rates``: the layer tables (entropy, firing rate) as
-    grouped bars, one colour per configuration (a layer x configuration heat map beyond 12);
+    band; ``layer_entropy``, ``firing_rates`` and ``layer_sops``: the layer tables (entropy, firing
+    rate, synaptic operations per image) as grouped bars, one colour per configuration (a layer x
+    configuration heat map beyond 12);
     ``entropy_over_epochs``: one layer x epoch heat map of the entropy per configuration (mean
     over seeds; the paper's figure); ``k_schedule``: K per epoch, one line per distinct schedule.
 
@@ -56,6 +65,12 @@ def figures(report: Report, registry: Registry) -> dict[str, Any]:
         ),
         "firing_rates": _layer_figure(
             Figure(figsize=(wide, 4.5)), report.rate_table, "firing rate", "per-layer firing rate (mean over seeds)"
+        ),
+        "layer_sops": _layer_figure(
+            Figure(figsize=(wide, 4.5)),
+            report.sops_table,
+            "synaptic operations per image",
+            "per-layer synaptic operations (mean over seeds)",
         ),
         "k_schedule": _k_figure(Figure(figsize=(7, 4.5)), curves),
     }
@@ -100,7 +115,7 @@ def _layer_figure(fig: Any, layer_table: pd.DataFrame, ylabel: str, title: str) 
     ax = fig.add_subplot()
     n_layers, n_configs = layer_table.shape
     positions = pd.RangeIndex(n_layers).to_numpy()
-    if n_configs > _MAX_LEGEND:
+    if n_configs > _MAX_LEGEND and n_layers:
         # Hundreds of thin bars are neither readable nor quick to draw: a layer x configuration
         # heat map shows the same numbers.
         image = ax.imshow(layer_table.to_numpy().T, aspect="auto", interpolation="nearest")
@@ -130,6 +145,12 @@ def _entropy_epochs_figure(fig: Any, entropy: pd.DataFrame, labels: list[str], t
     axes = fig.subplots(len(labels), 1, squeeze=False)[:, 0]
     for ax, label in zip(axes, labels):
         rows = entropy[entropy["config"] == label]
+        ax.set_title(label, fontsize="small")
+        if rows.empty:  # the ANN twin, or runs that logged no layers
+            ax.text(0.5, 0.5, "no spiking layers logged", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         grid = rows.groupby(["layer_index", "layer", "epoch"])["value"].mean().unstack("epoch")
         image = ax.imshow(grid.to_numpy(), aspect="auto", interpolation="nearest", vmin=0.0, vmax=1.0, cmap="viridis")
         epochs = grid.columns.to_numpy()
@@ -137,7 +158,6 @@ def _entropy_epochs_figure(fig: Any, entropy: pd.DataFrame, labels: list[str], t
         ax.set_xticks(list(ticks), [str(epochs[i]) for i in ticks])
         layer_names = grid.index.get_level_values("layer")
         ax.set_yticks(range(len(layer_names)), [str(n) for n in layer_names], fontsize="x-small")
-        ax.set_title(label, fontsize="small")
         fig.colorbar(image, ax=ax, label="bits")
     axes[-1].set_xlabel("epoch")
     more = f" (first {len(labels)} of {total} configurations)" if total > len(labels) else ""

@@ -12,16 +12,38 @@ def _is_accuracy(metric: str) -> bool:
     return metric == "acc" or metric.endswith("_acc")
 
 
+def _scale(metric: str) -> tuple[float, int, str]:
+    """How a metric is shown: (factor, decimals, unit); accuracies in %, operation counts in millions."""
+    if _is_accuracy(metric):
+        return 100.0, 2, "%"
+    if metric in ("sops", "macs"):
+        return 1e-6, 4, "M"
+    if metric == "energy_uj":
+        return 1.0, 4, "µJ"
+    return 1.0, 4, ""
+
+
+def _header(metric: str) -> str:
+    """A column header with its unit, e.g. "test_acc (%)", "sops (M)"."""
+    unit = _scale(metric)[2]
+    return f"{metric} ({unit})" if unit else metric
+
+
 def _mean_std_text(mean: float, std: float, n: int, metric: str) -> str:
     if n == 0 or pd.isna(mean):
         return "–"
-    scale, digits = (100.0, 2) if _is_accuracy(metric) else (1.0, 4)
+    scale, digits, _ = _scale(metric)
     text = f"{mean * scale:.{digits}f}"
     return text if n == 1 or pd.isna(std) else f"{text} ± {std * scale:.{digits}f}"
 
 
 def _number_text(value: float) -> str:
     return "–" if pd.isna(value) else f"{value:.3f}"
+
+
+def _count_text(value: float) -> str:
+    """An operation count in millions, to 4 significant digits: small layers keep their digits."""
+    return "–" if pd.isna(value) else f"{value * 1e-6:.4g}"
 
 
 def _value_text(value: Any) -> str:

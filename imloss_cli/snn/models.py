@@ -6,6 +6,10 @@ the loaders collate it), and returns logits [B, classes] averaged over T. Inside
 time-first [T, B, ...]; stateless layers (conv, norm, pool, linear) run on the folded batch
 [T*B, ...] via ``Folded``. Hidden spiking layers are ``LIF`` modules; the readout is a plain linear
 layer, so it is never part of IM-Loss.
+
+``NetSpec.neuron = "relu"`` builds the ANN twin: the same modules under the same names, with a
+ReLU wherever a LIF would be (attributes called ``lif`` then hold the ReLU), so the two line up
+layer by layer; it is meant to run at T = 1.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class NetSpec:
     reset: str
     detach_reset: bool
     norm: str
+    neuron: str  # "lif", or "relu" for the ANN twin
     compiled: bool = False  # not a setting: the trainer decides it per device and run length
 
     @classmethod
@@ -58,10 +63,15 @@ class NetSpec:
             reset=n.reset,
             detach_reset=n.detach_reset,
             norm=recipe.model.norm,
+            neuron=recipe.model.neuron,
         )
 
     def lif(self, block_output: bool = True) -> LIF:
         return LIF(self.decay, self.v_threshold, self.reset, self.detach_reset, self.compiled, block_output)
+
+    def activation(self, block_output: bool = True) -> nn.Module:
+        """The network's neuron: a LIF, or a ReLU in the ANN twin (``neuron = "relu"``)."""
+        return nn.ReLU() if self.neuron == "relu" else self.lif(block_output)
 
     def conv_norm(self, cin: int, cout: int, kernel: int, stride: int = 1, alpha: float = 1.0) -> nn.Sequential:
         """conv + normalisation; tdBN initialises the norm's scale to alpha * V_th."""
@@ -83,7 +93,8 @@ class Folded(nn.Sequential):
 
 
 class Encoder(nn.Module):
-    """First conv + norm + LIF: a static image [B, C, H, W] or a time-first sequence [T, B, C, H, W].
+    """First conv + norm + neuron (LIF, or ReLU in the ANN twin): a static image [B, C, H, W] or a
+    time-first sequence [T, B, C, H, W].
 
     A static image is the same at every step, so the conv and norm run once on [B, ...] and the
     result is broadcast over T: exact for the forward (BatchNorm's batch statistics of T identical
@@ -91,7 +102,7 @@ class Encoder(nn.Module):
     folded batch [T*B, ...] like every later layer.
     """
 
-    def __init__(self, layers: nn.Module, lif: LIF, timesteps: int) -> None:
+    def __init__(self, layers: nn.Module, lif: nn.Module, timesteps: int) -> None:
         super().__init__()
         self.layers, self.lif, self.timesteps = layers, lif, timesteps
 
@@ -144,12 +155,12 @@ class BasicBlock(nn.Module):
         # tdBN scales the two branches that are summed by 1/sqrt(2) (Zheng et al., 2021).
         alpha = 1.0 / math.sqrt(2.0)
         self.conv1 = Folded(*spec.conv_norm(cin, cout, 3, stride))
-        self.lif1 = spec.lif(block_output=False)
+        self.lif1 = spec.activation(block_output=False)
         self.conv2 = Folded(*spec.conv_norm(cout, cout, 3, 1, alpha))
         self.shortcut = (
             Folded(*spec.conv_norm(cin, cout, 1, stride, alpha)) if stride != 1 or cin != cout else nn.Identity()
         )
-        self.lif2 = spec.lif(block_output=True)
+        self.lif2 = spec.activation(block_output=True)
 
     def forward(self, x_seq: Tensor) -> Tensor:
         return self.lif2(self.conv2(self.lif1(self.conv1(x_seq))) + self.shortcut(x_seq))
@@ -162,7 +173,7 @@ def _resnet(spec: NetSpec, blocks: list[int], widths: list[int], imagenet_stem: 
     else:
         stem = spec.conv_norm(spec.in_channels, widths[0], 3)
         first = widths[0]
-    encoder = Encoder(stem, spec.lif(), spec.timesteps)
+    encoder = Encoder(stem, spec.activation(), spec.timesteps)
     layers: list[nn.Module] = [Folded(nn.MaxPool2d(3, 2, 1))] if imagenet_stem else []
     cin = first
     for stage, (n, width) in enumerate(zip(blocks, widths)):
@@ -193,14 +204,14 @@ VGG16_LAYOUT = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "
 
 def vgg16(spec: NetSpec) -> SpikingNet:
     """VGG-16 with normalisation and average pooling (CIFAR sizes), one linear readout."""
-    encoder = Encoder(spec.conv_norm(spec.in_channels, 64, 3), spec.lif(), spec.timesteps)
+    encoder = Encoder(spec.conv_norm(spec.in_channels, 64, 3), spec.activation(), spec.timesteps)
     layers: list[nn.Module] = []
     cin = 64
     for item in VGG16_LAYOUT[1:]:
         if item == "A":
             layers.append(Folded(nn.AvgPool2d(2)))
         else:
-            layers += [Folded(*spec.conv_norm(cin, int(item), 3)), spec.lif()]
+            layers += [Folded(*spec.conv_norm(cin, int(item), 3)), spec.activation()]
             cin = int(item)
     return SpikingNet(encoder, nn.Sequential(*layers), Readout(cin, spec.num_classes))
 
@@ -210,11 +221,11 @@ def convnet3(spec: NetSpec) -> SpikingNet:
     side = (spec.image_size + 1) // 2  # after the stride-2 conv
     body = nn.Sequential(
         Folded(*spec.conv_norm(32, 64, 3, 2)),
-        spec.lif(),
+        spec.activation(),
         Folded(nn.Flatten(), nn.Linear(64 * side * side, 128)),
-        spec.lif(),
+        spec.activation(),
     )
-    encoder = Encoder(spec.conv_norm(spec.in_channels, 32, 3), spec.lif(), spec.timesteps)
+    encoder = Encoder(spec.conv_norm(spec.in_channels, 32, 3), spec.activation(), spec.timesteps)
     return SpikingNet(encoder, body, Readout(128, spec.num_classes, pool=False))
 
 

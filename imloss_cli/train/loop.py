@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imloss_cli import data as data_mod
-from imloss_cli.recipe import Recipe, canonical_json
+from imloss_cli.recipe import EnergyConfig, Recipe, canonical_json
+from imloss_cli.snn.energy import energy_uj
 from imloss_cli.snn.im_loss import im_loss, rate_im_loss
 from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
+from imloss_cli.snn.ops import plan_ops
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
 from imloss_cli.snn.surrogate import esg_k
 from imloss_cli.train.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
@@ -102,9 +104,12 @@ def loss_step(model: torch.nn.Module, x: Tensor, y: Tensor, layers: list[LIF], r
     """Forward pass and L_total = L_CE + lambda * L_IM (Algorithm 1, lines 3-9).
 
     ``layers`` must have ``store_v_seq`` set, so the forward pass leaves their potentials behind.
+    Without layers (the ANN twin) there is no IM term: L_total = L_CE.
     """
     logits = model(x)
     ce = F.cross_entropy(logits, y)
+    if not layers:
+        return StepLoss(ce, ce, torch.zeros_like(ce.detach()), logits)
     if recipe.loss.im_target == "membrane":
         im = im_loss([m.v_mean for m in layers], recipe.neuron.v_threshold)
     else:
@@ -156,6 +161,8 @@ class Trainer:
     def _setup_model(self) -> None:
         torch.manual_seed(self.seed)
         self.model = build_model(self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size)
+        # Which layer reads which spike map, and with what fan-out: a probe of one test image.
+        self.ops_plan = plan_ops(self.model, self.data.test[0][0].unsqueeze(0))
         self.autocast_dtype = self._autocast_dtype()
         self.compiled = self._compile_lif()
         for _, layer in spiking_layers(self.model):
@@ -295,16 +302,16 @@ class Trainer:
             test_metrics, layers = self.evaluate()
             self.scheduler.step()
             self._save(epoch, k, test_metrics["test_acc"])
-            metrics = {
-                **train_metrics,
-                **test_metrics,
-                "k": k,
-                "lr": lr,
-                "mean_entropy": sum(s.entropy for s in layers) / len(layers),
-                "mean_firing_rate": sum(s.firing_rate for s in layers) / len(layers),
-                "train_seconds": train_seconds,
-                "epoch_seconds": time.perf_counter() - start,
-            }
+            metrics = {**train_metrics, **test_metrics}
+            if layers:  # the ANN twin has no spiking layer: no K, IM term or entropy to log
+                metrics |= {
+                    "k": k,
+                    "mean_entropy": sum(s.entropy for s in layers) / len(layers),
+                    "mean_firing_rate": sum(s.firing_rate for s in layers) / len(layers),
+                }
+            else:
+                del metrics["im"]
+            metrics |= {"lr": lr, "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - start}
             yield EpochRecord(epoch, metrics, layers)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -368,16 +375,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], list[LayerStats]]:
-        """Test accuracy and loss, and the statistics of every hidden spiking layer.
+        """Test accuracy and loss, operations per image, and the statistics of every hidden spiking layer.
 
-        Under torchrun every rank scores its shard of the test set with rank 0's BatchNorm
-        statistics (the ones its checkpoint holds) and the counts are summed over ranks.
+        ``sops`` sums the layers' ``sops_per_image``; ``macs`` are the weight layers' operations on
+        real values (``snn.ops``); ``energy_uj`` is ``snn.energy.energy_uj`` of both at the default
+        constants. Under torchrun every rank scores its shard of the test set with rank 0's
+        BatchNorm statistics (the ones its checkpoint holds) and the counts are summed over ranks.
         """
         broadcast_buffers(self.model)
         self.model.eval()
         layers = [m for _, m in self.hidden_layers]
         self._store(layers)
-        stats = LayerStatsAccumulator(self.hidden_layers)
+        stats = LayerStatsAccumulator(self.hidden_layers, self.ops_plan)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss, correct]
         seen = 0
         loader = data_mod.test_loader(
@@ -387,17 +396,28 @@ class Trainer:
             world_size=self.world_size,
             pin_memory=self.device.type == "cuda",
         )
-        for x, y in loader:
-            x, y = self._to_device(x, y)
-            with self._autocast():
-                logits = self.model(x)
-            stats.update()
-            seen += y.shape[0]
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double()])
+        with stats.watch(self.model):
+            for x, y in loader:
+                x, y = self._to_device(x, y)
+                with self._autocast():
+                    logits = self.model(x)
+                stats.update()
+                seen += y.shape[0]
+                loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double()])
         self._store([])
         sums = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64, device=self.device)])
         counted = torch.tensor([float(stats.samples)], dtype=torch.float64, device=self.device)
         all_reduce_sum([sums, counted, *stats.raw_tensors()])
-        loss, correct, samples = sums.tolist()
-        return {"test_loss": loss / samples, "test_acc": correct / samples}, stats.compute(int(counted.item()))
+        loss, correct, images = sums.tolist()
+        layer_stats = stats.compute(int(counted.item()), int(images))
+        sops = sum((s.sops_per_image for s in layer_stats), 0.0)
+        macs = self.ops_plan.macs_per_image
+        metrics = {
+            "test_loss": loss / images,
+            "test_acc": correct / images,
+            "sops": sops,
+            "macs": macs,
+            "energy_uj": energy_uj(macs, sops, EnergyConfig()),
+        }
+        return metrics, layer_stats
