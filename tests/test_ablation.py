@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from imloss_cli.cli.app import app
 from imloss_cli.registry import Registry
+from imloss_cli.snn.stats import STAT_NAMES
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -143,7 +144,7 @@ def test_two_processes_training_into_one_sqlite_file_both_land_every_row(tiny_re
     assert sorted(r.seed for r in runs) == [0, 1] and {r.status for r in runs} == {"FINISHED"}
     metrics = reg.epoch_metrics([r.id for r in runs])
     assert sorted(metrics.groupby("run_id").epoch.nunique().tolist()) == [3, 3]
-    assert len(reg.layer_stats([r.id for r in runs])) == 2 * 3 * 3 * 5  # runs x epochs x layers x stats
+    assert len(reg.layer_stats([r.id for r in runs])) == 2 * 3 * 3 * len(STAT_NAMES)  # runs x epochs x layers x stats
 
 
 def wait_for_epochs(registry_url: str, count: int, timeout: float = 240) -> str:

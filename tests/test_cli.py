@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from imloss_cli.cli.app import app
 from imloss_cli.registry import Registry
+from imloss_cli.snn.stats import STAT_NAMES
 
 from .conftest import REPO
 from .test_dvs import write_cifar10dvs
@@ -48,7 +49,7 @@ def test_train_digits_records_what_it_prints(tiny_recipe: Path, registry_url: st
     assert k == pytest.approx([1 + 9 * (10**0.5 - 1) / 9, 10.0])  # ESG K(i) at i = 1, 2 of I = 2
     layers = reg.layer_stats([run_id], last_epoch_only=True)
     assert sorted(layers.layer.unique()) == ["body.1", "body.3", "encoder.lif"]
-    assert len(layers) == 3 * 7  # STAT_NAMES per layer
+    assert len(layers) == 3 * len(STAT_NAMES)
     assert (workdir / "runs" / run_id / "last.pt").is_file()
 
 
@@ -167,7 +168,7 @@ def test_train_reads_generated_data_through_the_real_loaders(kind: str, workdir:
     assert (run.status, run.recipe["data"]["dataset"]) == ("FINISHED", kind)
     m = reg.epoch_metrics([run.id])
     assert 0.0 <= m[m.name == "test_acc"].value.item() <= 1.0
-    assert len(reg.layer_stats([run.id], last_epoch_only=True)) == 3 * 5
+    assert len(reg.layer_stats([run.id], last_epoch_only=True)) == 3 * len(STAT_NAMES)
 
 
 @pytest.mark.slow
@@ -196,7 +197,7 @@ def test_train_cifar10dvs_from_generated_recordings_records_the_split_and_layer_
     m = reg.epoch_metrics([run.id])
     assert sorted(m[m.name == "test_acc"].epoch.tolist()) == [1, 2]
     layers = reg.layer_stats([run.id], last_epoch_only=True)
-    assert sorted(layers.layer.unique()) == ["body.1", "body.3", "encoder.lif"] and len(layers) == 3 * 5
+    assert sorted(layers.layer.unique()) == ["body.1", "body.3", "encoder.lif"] and len(layers) == 3 * len(STAT_NAMES)
     assert len(list((root / "imloss-frames").glob("cifar10dvs-T3-number-16px-*.npy"))) == 1
 
 
