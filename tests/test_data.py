@@ -16,6 +16,7 @@ from imloss_cli.data import (
     CIFAR100_STATS,
     IMAGENET_STATS,
     DataError,
+    TensorPairs,
     build_datasets,
     test_loader,
     train_loader,
@@ -359,3 +360,39 @@ def test_sharding_across_ranks(tmp_path: Path, dataset: str) -> None:
     assert train_sizes == [-(-len(bundle.train) // 3)] * 3  # padded to equal length
     with pytest.raises(ValueError):
         train_loader(bundle, cfg, seed=1, epoch=0, rank=3, world_size=3)
+
+
+def _rows(pairs: TensorPairs) -> set[bytes]:
+    return {row.numpy().tobytes() for row in pairs.x}
+
+
+def test_validation_split_is_disjoint_stratified_and_fixed_by_the_split_seed() -> None:
+    plain = build_datasets(DataConfig())
+    held = build_datasets(DataConfig(val_fraction=0.2))
+    assert held.val is not None and plain.val is None
+    assert len(held.train) + len(held.val) == len(plain.train)
+    assert torch.equal(held.test.x, plain.test.x)  # the test set is untouched
+    train, val = _rows(held.train), _rows(held.val)
+    assert not train & val and train | val == _rows(plain.train)
+    counts = np.bincount(held.val.y.numpy(), minlength=10)
+    expected = 0.2 * np.bincount(plain.train.y.numpy(), minlength=10)
+    assert np.all(np.abs(counts - expected) <= 1)  # each class keeps its share
+    again = build_datasets(DataConfig(val_fraction=0.2))
+    assert torch.equal(again.val.x, held.val.x)
+    other = build_datasets(DataConfig(val_fraction=0.2, split_seed=1))
+    assert _rows(other.val) != val
+
+
+def test_validation_images_of_cifar_are_read_without_the_training_augmentation(tmp_path: Path) -> None:
+    make_cifar10(tmp_path)
+    cfg = DataConfig(dataset="cifar10", root=str(tmp_path), augment="crop_flip", val_fraction=0.2)
+    bundle = build_datasets(cfg)
+    assert (len(bundle.train), len(bundle.val)) == (80, 20)
+    plain = build_datasets(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    index = int(bundle.val.indices[3])
+    torch.manual_seed(0)
+    assert torch.equal(bundle.val[3][0], plain.train[index][0])  # no crop, no flip
+    labels = [int(bundle.val[i][1]) for i in range(len(bundle.val))]
+    assert labels == [plain.train[int(i)][1] for i in bundle.val.indices]
+    train_indices = {int(i) for i in bundle.train.indices}
+    assert not train_indices & {int(i) for i in bundle.val.indices} and len(train_indices) == 80

@@ -106,3 +106,14 @@ def test_the_ann_twin_trains_on_digits_and_its_macs_are_the_flop_count_over_two(
 def test_surrogate_k_per_epoch_follows_the_schedule(schedule: str, epoch: int, expected: float) -> None:
     recipe = load_recipe(None, {"surrogate.schedule": schedule, "train.epochs": 10})
     assert surrogate_k(recipe, epoch) == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_a_validation_split_logs_val_acc_and_val_loss_every_epoch() -> None:
+    recipe = load_recipe(
+        None, {"train.epochs": 2, "train.device": "cpu", "train.max_steps_per_epoch": 3, "data.val_fraction": 0.1}
+    )
+    epochs = train(recipe, seed=0)
+    assert [sorted({"val_acc", "val_loss"} & set(m)) for m in epochs] == [["val_acc", "val_loss"]] * 2
+    assert all(0.0 <= m["val_acc"] <= 1.0 and m["val_loss"] > 0 for m in epochs)
+    assert "val_acc" not in train(load_recipe(None, {"train.epochs": 1, "train.max_steps_per_epoch": 2}), seed=0)[0]

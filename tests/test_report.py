@@ -494,3 +494,30 @@ def test_energy_as_the_metric_is_minimised_with_the_report_constants(counted: Re
 def test_a_bad_energy_constant_is_a_report_error() -> None:
     with pytest.raises(ReportError, match="e_ac_pj: Input should be greater than 0"):
         energy_constants(e_ac_pj=0.0)
+
+
+def test_best_val_reports_the_test_accuracy_at_the_best_validation_epoch() -> None:
+    reg = Registry("sqlite://")
+    base = load_recipe(None).with_overrides({"data.val_fraction": 0.2})
+    group = reg.create_group("g", {}, {"train.seed": [0, 1]}, [])
+    # (val_acc, test_acc) per epoch: validation picks epoch 2 and 1, the test set would pick 3 and 3
+    for seed, epochs in {
+        0: [(0.70, 0.80), (0.90, 0.82), (0.85, 0.95)],
+        1: [(0.88, 0.70), (0.80, 0.75), (0.86, 0.99)],
+    }.items():
+        recipe = base.with_overrides({"train.seed": seed})
+        run_id = _add_run(reg, recipe, [t for _, t in epochs], group_id=group)
+        for epoch, (val, test) in enumerate(epochs, start=1):
+            reg.log_epoch(run_id, epoch, {"test_acc": test, "val_acc": val, "mean_entropy": 0.5}, [])
+    report = build_report(reg, select="best-val")
+    assert list(report.runs["epoch"]) == [2, 1]
+    assert report.table["test_acc_mean"].item() == pytest.approx((0.82 + 0.70) / 2)
+    assert "validation set held out of its training data" in render(report, "markdown")
+    test_picked = build_report(reg)
+    assert test_picked.table["test_acc_mean"].item() == pytest.approx((0.95 + 0.99) / 2)
+    assert "optimistic" in render(test_picked, "markdown")
+
+
+def test_best_val_without_validation_runs_is_an_error(registry: Registry) -> None:
+    with pytest.raises(ReportError, match=r"--select best-val needs runs trained with data.val_fraction > 0"):
+        build_report(registry, select="best-val")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from imloss_cli.registry import Registry
 
-from .build import _CONFIG_COLUMN, _ENTROPY_METRIC, FORMATS, Report, ReportError
+from .build import _CONFIG_COLUMN, _ENTROPY_METRIC, _VAL_METRIC, FORMATS, Report, ReportError
 from .text import _count_text, _header, _number_text, _scale, _value_text
 
 
@@ -75,11 +75,11 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
 
 
 def _subtitle(report: Report) -> str:
-    which = "best epoch" if report.select == "best" else "last epoch"
+    which = {"best": "best epoch", "last": "last epoch", "best-val": "best-validation epoch"}[report.select]
     unit = _scale(report.metric)[2]
     text = (
         f"{report.metric}{f' in {unit}' if unit else ''} at each run's {which}: mean ± sample std over seeds (n); "
-        f"mean_entropy in bits at the same epoch"
+        f"mean_entropy in bits at the same epoch; selection: {report.selection_rule}"
     )
     if report.efficiency or report.metric in ("sops", "energy_uj"):
         text += f"; synaptic operations (sops) in millions per image; {report.energy_rule}"
@@ -87,12 +87,16 @@ def _subtitle(report: Report) -> str:
 
 
 def _layer_caption(report: Report) -> str:
-    which = f"best-{report.metric} epoch" if report.select == "best" else "last epoch"
+    which = {"best": f"best-{report.metric} epoch", "last": "last epoch", "best-val": f"best-{_VAL_METRIC} epoch"}[
+        report.select
+    ]
     return f"Per-layer entropy (bits) at each run's {which}, mean over seeds"
 
 
 def _sops_caption(report: Report) -> str:
-    which = f"best-{report.metric} epoch" if report.select == "best" else "last epoch"
+    which = {"best": f"best-{report.metric} epoch", "last": "last epoch", "best-val": f"best-{_VAL_METRIC} epoch"}[
+        report.select
+    ]
     return f"Per-layer synaptic operations per image (millions) at each run's {which}, mean over seeds"
 
 

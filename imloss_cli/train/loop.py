@@ -300,6 +300,8 @@ class Trainer:
             train_metrics = self._train_epoch(epoch)
             train_seconds = time.perf_counter() - start
             test_metrics, layers = self.evaluate()
+            if self.data.val is not None:
+                test_metrics |= self.validate()
             self.scheduler.step()
             self._save(epoch, k, test_metrics["test_acc"])
             metrics = {**train_metrics, **test_metrics}
@@ -372,6 +374,32 @@ class Trainer:
         if bad_step > 0:
             raise DivergedError(epoch, bad_step)
         return {"loss": loss / samples, "ce": ce / samples, "im": im / samples, "train_acc": correct / samples}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss and accuracy on the validation set held out of the training data (``data.val_fraction``).
+
+        The epoch a report selects with ``--select best-val`` is chosen on these numbers, so the
+        test set only scores it. Under torchrun every rank scores its shard and the sums are reduced.
+        """
+        assert self.data.val is not None, "validate() needs data.val_fraction > 0"
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # [loss, correct, images]
+        loader = data_mod.eval_loader(
+            self.data.val, self.recipe.data, rank=self.rank, world_size=self.world_size,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        for x, y in loader:
+            x, y = self._to_device(x, y)
+            with self._autocast():
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(len(y))])
+        for _, m in self.hidden_layers:
+            m.clear()
+        all_reduce_sum([sums])
+        loss, correct, images = sums.tolist()
+        return {"val_loss": loss / images, "val_acc": correct / images}
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], list[LayerStats]]:
