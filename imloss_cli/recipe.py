@@ -19,7 +19,7 @@ import tomli_w
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARCHITECTURES = ("convnet3", "resnet19", "resnet20", "vgg16", "resnet34")
+ARCHITECTURES = ("convnet3", "resnet19", "resnet19-tet", "resnet19-guo", "resnet20", "vgg16", "resnet34")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
 NEURONS = ("lif", "relu")
 
@@ -100,10 +100,12 @@ class SurrogateConfig(_Section):
 
 class LossConfig(_Section):
     im_weight: float = Field(2.0, ge=0.0, le=1e6, description="lambda in CE + lambda * IM")
-    im_target: Literal["membrane", "rate"] = Field(
+    im_target: Literal["membrane", "input", "rate"] = Field(
         "membrane",
-        description="membrane: (mean U_l - V_th)^2 (the paper); "
-        "rate: (mean spike rate - 0.5/T)^2 (the authors' simplified code)",
+        description="membrane: (mean U_l - V_th)^2 over the hidden layers (the paper); "
+        "input: (mean input current of each residual block's output LIF - 0.5/T)^2, stem and last block "
+        "left out (the authors' public code, with lambda 0.005); "
+        "rate: (mean spike rate - 0.5/T)^2 over the hidden layers (neither: a comparison)",
     )
     im_layers: Literal["all", "blocks"] = Field(
         "all", description="all hidden spiking layers, or only the stem and residual-block outputs"

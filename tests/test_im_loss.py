@@ -134,3 +134,44 @@ def test_im_loss_on_fused_v_mean_gives_the_same_gradients_as_on_v_seq_mean() -> 
         grads[source] = [p.grad.clone() for p in model.parameters()]
     for a, b in zip(grads["v_seq"], grads["v_mean"]):
         assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_input_target_is_the_authors_block_input_loss_computed_by_hand() -> None:
+    """Stem + 3 blocks: the stem's and the last block's terms are left out, the middle two averaged."""
+    from imloss_cli.recipe import Recipe, load_recipe
+    from imloss_cli.snn.models import BasicBlock, NetSpec, _resnet
+    from imloss_cli.train.loop import input_layers, loss_step
+
+    T = 2
+    torch.manual_seed(0)
+    spec = NetSpec.from_recipe(Recipe(), 3, 3, 8, timesteps=T)
+    model = _resnet(spec, [2, 1], [4, 8])  # blocks: 4->4, 4->4, 4->8 (stride 2, 1x1 shortcut)
+    recipe = load_recipe(None, {"loss.im_target": "input", "model.timesteps": T, "loss.im_weight": 0.005})
+    layers = input_layers(model)
+    assert layers == [model.encoder.lif, *[b.lif2 for b in model.body if isinstance(b, BasicBlock)]]
+    for m in layers:
+        m.store_x_mean = True
+    block_inputs: list[torch.Tensor] = []
+    hooks = [b.register_forward_pre_hook(lambda _, args: block_inputs.append(args[0])) for b in model.body]
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    out = loss_step(model, x, y, layers, recipe)
+    for h in hooks:
+        h.remove()
+    # bn2(conv2(lif1(bn1(conv1(x))))) + shortcut(x) of each block, recomputed from its own input.
+    with torch.no_grad():
+        currents = [b.conv2(b.lif1(b.conv1(inp))) + b.shortcut(inp) for b, inp in zip(model.body, block_inputs)]
+    means = [float(c.mean()) for c in currents]
+    expected = ((means[0] - 0.5 / T) ** 2 + (means[1] - 0.5 / T) ** 2) / 2
+    torch.testing.assert_close(out.im, torch.tensor(expected), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out.total, out.ce + 0.005 * out.im)
+    out.total.backward()
+    assert model.body[0].conv2[0].weight.grad is not None
+
+
+def test_input_target_needs_a_residual_network() -> None:
+    from imloss_cli.recipe import Recipe
+    from imloss_cli.snn.models import NetSpec, create_model
+    from imloss_cli.train.loop import TrainingError, input_layers
+
+    with pytest.raises(TrainingError, match="needs a resnet architecture"):
+        input_layers(create_model("vgg16", NetSpec.from_recipe(Recipe(), 10, 3, 32)))

@@ -21,12 +21,23 @@ from imloss_cli.train.loop import im_layers
 INPUTS = {
     "convnet3": (1, 8, 2),
     "resnet19": (3, 32, 2),
+    "resnet19-tet": (3, 32, 2),
+    "resnet19-guo": (3, 32, 2),
     "resnet20": (3, 32, 2),
     "vgg16": (3, 32, 2),
     "resnet34": (3, 64, 2),
 }
-# hidden LIF layers: stem + 2 per basic block (resnets), stem + 12 convs (vgg16), 3 (convnet3)
-LIF_COUNT = {"convnet3": 3, "resnet19": 1 + 2 * 8, "resnet20": 1 + 2 * 9, "vgg16": 13, "resnet34": 1 + 2 * 16}
+# hidden LIF layers: stem + 2 per basic block (resnets) (+ the FC-256 layer of the tdBN/TET head),
+# stem + 12 convs (vgg16), 3 (convnet3)
+LIF_COUNT = {
+    "convnet3": 3,
+    "resnet19": 1 + 2 * 8 + 1,
+    "resnet19-tet": 1 + 2 * 8 + 1,
+    "resnet19-guo": 1 + 2 * 8,
+    "resnet20": 1 + 2 * 9,
+    "vgg16": 13,
+    "resnet34": 1 + 2 * 16,
+}
 
 
 def _spec(arch: str, **kw) -> NetSpec:
@@ -192,7 +203,7 @@ def test_build_model_tdbn_scales_norm_to_threshold() -> None:
 
 
 def test_im_layers_blocks_selects_stem_and_block_outputs_of_resnet19() -> None:
-    model = create_model("resnet19", _spec("resnet19"))
+    model = create_model("resnet19-guo", _spec("resnet19-guo"))
     all_layers = im_layers(model, "all")
     blocks = im_layers(model, "blocks")
     assert len(all_layers) == 17
@@ -200,6 +211,44 @@ def test_im_layers_blocks_selects_stem_and_block_outputs_of_resnet19() -> None:
     assert blocks[0] is model.encoder.lif
     assert blocks[1:] == [blk.lif2 for blk in model.body]
     assert all(isinstance(m, LIF) for m in blocks)
+    tdbn = create_model("resnet19", _spec("resnet19"))
+    assert im_layers(tdbn, "blocks")[-1] is tdbn.body[9]  # the FC-256 layer is a hidden layer too
+
+
+def _conv_bn(cin: int, cout: int, k: int) -> int:
+    return cin * cout * k * k + 2 * cout  # conv without bias, BN weight and bias
+
+
+def _resnet19_parameters(stem: int, head: list[int], classes: int = 10) -> int:
+    """ResNet-19 counted by hand: stem, basic blocks [3, 3, 2] at 128/256/512, then the linear layers."""
+    total, cin = _conv_bn(3, stem, 3), stem
+    for width, blocks in ((128, 3), (256, 3), (512, 2)):
+        for i in range(blocks):
+            stride = 2 if width > 128 and i == 0 else 1
+            total += _conv_bn(cin, width, 3) + _conv_bn(width, width, 3)
+            if stride != 1 or cin != width:
+                total += _conv_bn(cin, width, 1)  # the 1x1 shortcut
+            cin = width
+    for features in [*head, classes]:
+        total += cin * features + features
+        cin = features
+    return total
+
+
+@pytest.mark.parametrize(
+    ("arch", "stem", "head"), [("resnet19", 128, [256]), ("resnet19-tet", 64, [256]), ("resnet19-guo", 128, [])]
+)
+def test_resnet19_variants_have_the_literature_parameter_count_and_spiking_layers(
+    arch: str, stem: int, head: list[int]
+) -> None:
+    spec = NetSpec.from_recipe(Recipe(), 10, 3, 32)
+    model = create_model(arch, spec)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == _resnet19_parameters(stem, head)
+    assert n == {"resnet19": 12_697_994, "resnet19-tet": 12_630_858, "resnet19-guo": 12_569_226}[arch]
+    names = [name for name, _ in spiking_layers(model)]
+    blocks = [f"body.{i}.lif{j}" for i in range(8) for j in (1, 2)]
+    assert names == ["encoder.lif", *blocks, *(["body.9"] if head else [])]
 
 
 def test_im_layers_blocks_keeps_every_layer_of_plain_nets() -> None:

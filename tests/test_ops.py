@@ -172,6 +172,12 @@ def test_every_layer_of_every_snn_but_the_stem_and_a_pooled_readout_reads_spikes
     plan = plan_ops(model, torch.zeros(1, cin, side, side))
     weights = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     real = {"encoder.layers.0"} | ({"readout.fc"} if model.readout.pool else set())
+    # The tdBN/TET head's FC-256 reads the globally pooled maps: real values, like a pooled readout.
+    real |= {
+        f"body.{i}.2"
+        for i, m in enumerate(model.body)
+        if isinstance(m, Folded) and isinstance(m[0], nn.AdaptiveAvgPool2d)
+    }
     assert set(plan.dense) == real
     assert sorted(r for m in plan.maps for r in m.readers) == sorted(set(weights) - real)
     # the pooled readout is what it computes: T steps x features x classes

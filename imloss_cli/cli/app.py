@@ -231,6 +231,18 @@ def _group_table(registry: str, group_id: str | None) -> str:
 
 
 @app.command()
+def models() -> None:
+    """List every architecture: parameters, FLOPs per image per time step, hidden spiking layers, source.
+
+    Example: imloss models
+    """
+    from imloss_cli.cli.views import model_table
+    from imloss_cli.snn.catalog import model_rows
+
+    console.print(model_table(model_rows()))
+
+
+@app.command()
 def runs(
     status: Annotated[str | None, typer.Option(help="QUEUED, RUNNING, FINISHED, FAILED, KILLED or LOST")] = None,
     group: Annotated[str | None, typer.Option(help="ablation group id or prefix")] = None,

@@ -16,6 +16,7 @@ from imloss_cli.registry import FAILED, FINISHED, KILLED, LOST, SKIPPED
 if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
     from imloss_cli.ablate import AblationResult, Trial, TrialOutcome
     from imloss_cli.report import RunDetails
+    from imloss_cli.snn.catalog import ModelRow
     from imloss_cli.train.loop import EpochRecord
     from imloss_cli.train.run import Callbacks, RunStart
 
@@ -109,6 +110,16 @@ def frame_table(frame: pd.DataFrame, title: str | None = None, floats: str = "{:
     for idx, row in frame.iterrows():
         cells = [_cell(v, floats) for v in row.tolist()]
         table.add_row(*([str(idx)] if index_name is not None else []), *cells)
+    return table
+
+
+def model_table(rows: list[ModelRow]) -> Table:
+    """``imloss models``: one row per architecture."""
+    table = Table(title="architectures (10 classes; FLOPs of one forward time step per image)", title_justify="left")
+    for column in ("arch", "input", "parameters", "GFLOPs/step", "spiking layers", "source"):
+        table.add_column(column, justify="left" if column in ("arch", "input", "source") else "right")
+    for r in rows:
+        table.add_row(r.arch, r.input, f"{r.parameters:,}", f"{r.gflops:.3f}", str(r.spiking_layers), r.source)
     return table
 
 

@@ -7,7 +7,12 @@ the mean of U sits at the threshold. Hence the paper's loss over the L-1 hidden 
     L_IM = 1/(L-1) * sum_{l=1..L-1} (mean(U_l) - V_th)^2
 
 where mean(U_l) averages the pre-spike potential of layer l over time, batch and neurons.
-The authors' simplified code penalises the spike rate instead: (mean(O_l) - 0.5/T)^2.
+
+The authors' public code computes something else (``input_im_loss``): for each residual block the
+mean of the input current of its output LIF, bn2(conv2(.)) + shortcut, against 0.5/T, squared,
+averaged over the blocks with the stem's term and the last block's term left out; it trains on
+CE + 0.005 * that. ``rate_im_loss``, (mean spike rate - 0.5/T)^2 over every hidden layer, is
+neither the paper nor that code: an earlier reading of it, kept as a comparison.
 """
 
 from __future__ import annotations
@@ -43,3 +48,21 @@ def rate_im_loss(spike_rates: Sequence[Tensor], timesteps: int) -> Tensor:
     if not spike_rates:
         raise ValueError("IM-Loss needs at least one hidden spiking layer")
     return (torch.stack(list(spike_rates)) - 0.5 / timesteps).square().mean()
+
+
+def input_im_loss(input_means: Sequence[Tensor], timesteps: int) -> Tensor:
+    """The authors'-code IM-Loss: ``(sum_i (m_i - 0.5/T)^2 - first - last) / (n - 2)``.
+
+    Args:
+        input_means: the mean input current of the stem's LIF, then of every residual block's
+            output LIF (bn2(conv2(.)) + shortcut), in network order; n of them.
+        timesteps: T.
+
+    Raises:
+        ValueError: fewer than three terms (nothing is left once the first and last are dropped).
+    """
+    if len(input_means) < 3:
+        raise ValueError(
+            f"the input-current IM-Loss needs the stem and at least two blocks, got {len(input_means)} terms"
+        )
+    return (torch.stack(list(input_means)[1:-1]) - 0.5 / timesteps).square().mean()

@@ -166,14 +166,24 @@ class BasicBlock(nn.Module):
         return self.lif2(self.conv2(self.lif1(self.conv1(x_seq))) + self.shortcut(x_seq))
 
 
-def _resnet(spec: NetSpec, blocks: list[int], widths: list[int], imagenet_stem: bool) -> SpikingNet:
+def _resnet(
+    spec: NetSpec,
+    blocks: list[int],
+    widths: list[int],
+    *,
+    stem: int | None = None,
+    imagenet_stem: bool = False,
+    hidden_fc: int | None = None,
+) -> SpikingNet:
+    """Basic-block ResNet. ``stem``: the stem's width (default the first stage's); ``hidden_fc``:
+    average pool -> FC-``hidden_fc`` -> neuron before the readout (the tdBN/TET head)."""
     if imagenet_stem:
-        stem = spec.conv_norm(spec.in_channels, 64, 7, 2)
-        first = 64
+        first = stem or 64
+        stem_layers = spec.conv_norm(spec.in_channels, first, 7, 2)
     else:
-        stem = spec.conv_norm(spec.in_channels, widths[0], 3)
-        first = widths[0]
-    encoder = Encoder(stem, spec.activation(), spec.timesteps)
+        first = stem or widths[0]
+        stem_layers = spec.conv_norm(spec.in_channels, first, 3)
+    encoder = Encoder(stem_layers, spec.activation(), spec.timesteps)
     layers: list[nn.Module] = [Folded(nn.MaxPool2d(3, 2, 1))] if imagenet_stem else []
     cin = first
     for stage, (n, width) in enumerate(zip(blocks, widths)):
@@ -181,21 +191,43 @@ def _resnet(spec: NetSpec, blocks: list[int], widths: list[int], imagenet_stem: 
             stride = 2 if stage > 0 and i == 0 else 1
             layers.append(BasicBlock(spec, cin, width, stride))
             cin = width
-    return SpikingNet(encoder, nn.Sequential(*layers), Readout(cin, spec.num_classes))
+    if hidden_fc is None:
+        return SpikingNet(encoder, nn.Sequential(*layers), Readout(cin, spec.num_classes))
+    layers += [Folded(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden_fc)), spec.activation()]
+    return SpikingNet(encoder, nn.Sequential(*layers), Readout(hidden_fc, spec.num_classes, pool=False))
 
 
 def resnet19(spec: NetSpec) -> SpikingNet:
-    """ResNet-19 (tdBN/TET CIFAR setting): 3x3 stem of 128, basic blocks [3, 3, 2] at 128/256/512."""
-    return _resnet(spec, [3, 3, 2], [128, 256, 512], imagenet_stem=False)
+    """ResNet-19 of the tdBN/TET comparison rows: 3x3 stem of 128, basic blocks [3, 3, 2] at
+    128/256/512, global average pool, FC-256 and its spiking layer, then the FC readout.
+
+    Follows tdBN's architecture table (Zheng et al., AAAI 2021: a 128-channel stem) with the head of
+    TET's public code (models/resnet_models.py: fc1 256 -> LIF -> fc2); that code's stem has 64
+    channels instead, which ``resnet19-tet`` builds.
+    """
+    return _resnet(spec, [3, 3, 2], [128, 256, 512], hidden_fc=256)
+
+
+def resnet19_tet(spec: NetSpec) -> SpikingNet:
+    """ResNet-19 exactly as TET's public code (Deng et al., ICLR 2022): a 64-channel stem (the first
+    block then widens to 128 through a 1x1 shortcut), blocks [3, 3, 2] at 128/256/512, FC-256, LIF, FC."""
+    return _resnet(spec, [3, 3, 2], [128, 256, 512], stem=64, hidden_fc=256)
+
+
+def resnet19_guo(spec: NetSpec) -> SpikingNet:
+    """ResNet-19 of the IM-Loss authors' public code (Guo et al.): 3x3 stem of 128, blocks [3, 3, 2]
+    at 128/256/512, global average pool and one FC readout (no FC-256)."""
+    return _resnet(spec, [3, 3, 2], [128, 256, 512])
 
 
 def resnet20(spec: NetSpec) -> SpikingNet:
-    """ResNet-20 as in the authors' code: basic blocks [3, 3, 3] at 128/256/512."""
-    return _resnet(spec, [3, 3, 3], [128, 256, 512], imagenet_stem=False)
+    """ResNet-20 as in the IM-Loss authors' code: basic blocks [3, 3, 3] at 128/256/512, one FC readout."""
+    return _resnet(spec, [3, 3, 3], [128, 256, 512])
 
 
 def resnet34(spec: NetSpec) -> SpikingNet:
-    """ResNet-34 for ImageNet: 7x7 stride-2 stem of 64, max pool, blocks [3, 4, 6, 3] at 64..512."""
+    """ResNet-34 for ImageNet (He et al.'s layout, as tdBN and TET use it): 7x7 stride-2 stem of 64,
+    max pool, blocks [3, 4, 6, 3] at 64..512, global average pool, one FC readout."""
     return _resnet(spec, [3, 4, 6, 3], [64, 128, 256, 512], imagenet_stem=True)
 
 
@@ -203,7 +235,8 @@ VGG16_LAYOUT = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "
 
 
 def vgg16(spec: NetSpec) -> SpikingNet:
-    """VGG-16 with normalisation and average pooling (CIFAR sizes), one linear readout."""
+    """VGG-16 for CIFAR (Simonyan and Zisserman's 13 convolutions, with BN and average pooling as SNN
+    papers use it; the IM-Loss authors' CIFAR-100 row): one linear readout on the pooled 512 maps."""
     encoder = Encoder(spec.conv_norm(spec.in_channels, 64, 3), spec.activation(), spec.timesteps)
     layers: list[nn.Module] = []
     cin = 64
@@ -229,12 +262,23 @@ def convnet3(spec: NetSpec) -> SpikingNet:
     return SpikingNet(encoder, body, Readout(128, spec.num_classes, pool=False))
 
 
-MODELS: dict[str, Callable[[NetSpec], SpikingNet]] = {
-    "convnet3": convnet3,
-    "resnet19": resnet19,
-    "resnet20": resnet20,
-    "vgg16": vgg16,
-    "resnet34": resnet34,
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its builder, the source it follows, the input it is made for."""
+
+    build: Callable[[NetSpec], SpikingNet]
+    source: str
+    input: tuple[int, int]  # (channels, side) of the data set it is meant for
+
+
+MODELS: dict[str, ModelEntry] = {
+    "convnet3": ModelEntry(convnet3, "imloss: a small net for the digits default", (1, 8)),
+    "resnet19": ModelEntry(resnet19, "tdBN's table (128 stem) with TET's FC-256 head: the comparison rows", (3, 32)),
+    "resnet19-tet": ModelEntry(resnet19_tet, "TET's public code (64-channel stem, FC-256 head)", (3, 32)),
+    "resnet19-guo": ModelEntry(resnet19_guo, "the IM-Loss authors' public code (one FC readout)", (3, 32)),
+    "resnet20": ModelEntry(resnet20, "the IM-Loss authors' public code", (3, 32)),
+    "vgg16": ModelEntry(vgg16, "VGG-16 with BN and average pooling, as SNN papers use it", (3, 32)),
+    "resnet34": ModelEntry(resnet34, "He et al.'s ImageNet layout, as tdBN and TET use it", (3, 224)),
 }
 
 
@@ -246,7 +290,7 @@ def create_model(arch: str, spec: NetSpec) -> SpikingNet:
     """
     if arch not in MODELS:
         raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(MODELS)}")
-    return MODELS[arch](spec)
+    return MODELS[arch].build(spec)
 
 
 def build_model(recipe: Recipe, num_classes: int, in_channels: int, image_size: int) -> SpikingNet:

@@ -229,7 +229,8 @@ class LIF(nn.Module):
     Set ``store_v_seq = True`` to keep, from the last forward pass, ``v_mean`` (the mean membrane
     potential, attached to the autograd graph: IM-Loss differentiates it), ``spike_seq`` (attached)
     and ``v_seq`` (for layer statistics; differentiate ``v_mean`` rather than ``v_seq.mean()``,
-    which costs a full-size gradient tensor).
+    which costs a full-size gradient tensor). Set ``store_x_mean = True`` to keep ``x_mean``, the
+    mean of the input current over [T, B, ...] (attached): the authors'-code IM-Loss penalises it.
     """
 
     def __init__(
@@ -256,6 +257,8 @@ class LIF(nn.Module):
         self.v_seq: Tensor | None = None
         self.v_mean: Tensor | None = None
         self.spike_seq: Tensor | None = None
+        self.store_x_mean = False
+        self.x_mean: Tensor | None = None
 
     def forward(self, x_seq: Tensor) -> Tensor:
         kernels = compiled_kernels() if self.compiled else EAGER_KERNELS
@@ -265,11 +268,13 @@ class LIF(nn.Module):
         )
         if self.store_v_seq:
             self.v_seq, self.v_mean, self.spike_seq = v_seq, v_mean, spike_seq
+        if self.store_x_mean:
+            self.x_mean = x_seq.mean(dtype=torch.float32)
         return spike_seq
 
     def clear(self) -> None:
         """Drop what the last forward pass stored (and the graph it holds on to)."""
-        self.v_seq = self.v_mean = self.spike_seq = None
+        self.v_seq = self.v_mean = self.spike_seq = self.x_mean = None
 
     def extra_repr(self) -> str:
         reset = "soft" if self.soft_reset else "hard"

@@ -22,8 +22,8 @@ from torch import Tensor
 from imloss_cli import data as data_mod
 from imloss_cli.recipe import EnergyConfig, Recipe, canonical_json
 from imloss_cli.snn.energy import energy_uj
-from imloss_cli.snn.im_loss import im_loss, rate_im_loss
-from imloss_cli.snn.models import build_model
+from imloss_cli.snn.im_loss import im_loss, input_im_loss, rate_im_loss
+from imloss_cli.snn.models import BasicBlock, build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.ops import plan_ops
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
@@ -100,6 +100,21 @@ def im_layers(model: torch.nn.Module, choice: str) -> list[LIF]:
     return layers if choice == "all" else [m for m in layers if m.block_output]
 
 
+def input_layers(model: torch.nn.Module) -> list[LIF]:
+    """The LIFs whose input current the authors'-code IM-Loss penalises: the stem's, then every
+    residual block's output LIF (its input is bn2(conv2(.)) + shortcut), in network order.
+
+    Raises:
+        TrainingError: the network has no residual block.
+    """
+    blocks = [m.lif2 for m in model.modules() if isinstance(m, BasicBlock)]
+    if not blocks:
+        raise TrainingError(
+            "loss.im_target = 'input' is the authors' residual-block loss: it needs a resnet architecture"
+        )
+    return [model.encoder.lif, *blocks]
+
+
 def loss_step(model: torch.nn.Module, x: Tensor, y: Tensor, layers: list[LIF], recipe: Recipe) -> StepLoss:
     """Forward pass and L_total = L_CE + lambda * L_IM (Algorithm 1, lines 3-9).
 
@@ -112,6 +127,8 @@ def loss_step(model: torch.nn.Module, x: Tensor, y: Tensor, layers: list[LIF], r
         return StepLoss(ce, ce, torch.zeros_like(ce.detach()), logits)
     if recipe.loss.im_target == "membrane":
         im = im_loss([m.v_mean for m in layers], recipe.neuron.v_threshold)
+    elif recipe.loss.im_target == "input":
+        im = input_im_loss([m.x_mean for m in layers], recipe.model.timesteps)
     else:
         im = rate_im_loss([m.spike_seq.float().mean() for m in layers], recipe.model.timesteps)
     if recipe.loss.im_weight == 0:
@@ -170,7 +187,11 @@ class Trainer:
         self.model = self._place(self.model)  # the bare network: evaluation, checkpoints, layer names
         self.step_model = self._wrap_ddp(self.model)
         self.hidden_layers = spiking_layers(self.model)
-        self.im_layers = im_layers(self.model, self.recipe.loss.im_layers)
+        self.im_layers = (
+            input_layers(self.model)
+            if self.recipe.loss.im_target == "input" and self.hidden_layers
+            else im_layers(self.model, self.recipe.loss.im_layers)
+        )
 
     def _autocast_dtype(self) -> torch.dtype | None:
         """bf16 autocast when asked, or by default on CUDA; None: fp32."""
@@ -327,14 +348,16 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(self.device, non_blocking=True)
 
-    def _store(self, layers: list[LIF]) -> None:
+    def _store(self, layers: list[LIF], *, inputs: bool = False) -> None:
+        """Which layers keep their potentials (and, with ``inputs``, their input means) in the next passes."""
         for _, m in self.hidden_layers:
             m.store_v_seq = m in layers
+            m.store_x_mean = inputs and m in layers
             m.clear()
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.step_model.train()
-        self._store(self.im_layers)
+        self._store(self.im_layers, inputs=self.recipe.loss.im_target == "input")
         loader = data_mod.train_loader(
             self.data, self.recipe.data, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
             pin_memory=self.device.type == "cuda",
