@@ -149,11 +149,34 @@ def run_ablation(
     else:
         registry = Registry(registry_url)
         group_id = registry.get_group(group).id
+    return work_on_group(
+        registry, group_id, started_at, registry_url=registry_url, argv=argv, fail_fast=fail_fast, jobs=jobs,
+        wait=wait, heartbeat_s=heartbeat_s, on_trial=on_trial, on_outcome=on_outcome, on_wait=on_wait,
+    )  # fmt: skip
+
+
+def work_on_group(
+    registry: Registry,
+    group_id: str,
+    started_at: datetime,
+    *,
+    registry_url: str,
+    argv: list[str],
+    fail_fast: bool = False,
+    jobs: int = 1,
+    wait: bool = True,
+    heartbeat_s: float = HEARTBEAT_S,
+    on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None,
+    on_outcome: Callable[[TrialOutcome], None] | None = None,
+    on_wait: Callable[[list[TrialOutcome]], None] | None = None,
+) -> AblationResult:
+    """Work on a queued group as one worker (with ``jobs - 1`` more on this machine): see :func:`run_ablation`."""
     info = registry.get_group(group_id)
     worker = _Worker(registry, info, started_at, registry_url, argv, heartbeat_s, on_trial, on_outcome)
     if jobs > 1:
         options = ["--heartbeat", str(heartbeat_s), *(["--fail-fast"] if fail_fast else [])]
-        log_dir = Path(validate_recipe(info.base_recipe["recipe"]).train.output_dir) / f"group-{group_id}"
+        first = registry.list_runs(group_id=group_id)[-1]
+        log_dir = Path(validate_recipe(first.recipe).train.output_dir) / f"group-{group_id}"
         run_workers(
             group_id, jobs, registry_url=registry_url, options=options, log_dir=log_dir,
             poll_s=worker.poll_s, on_poll=worker.report_new,

@@ -231,6 +231,39 @@ def _group_table(registry: str, group_id: str | None) -> str:
 
 
 @app.command()
+def paper(
+    rows: Annotated[list[str] | None, typer.Argument(help="rows (recipes/paper/ file names); default: all")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="train every row this many epochs (recorded)")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="seeds 0..N-1 per row")] = 1,
+    set_: SetOpt = None,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="worker processes on this machine")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the trials, run nothing")] = False,
+    heartbeat: HeartbeatOpt = None,
+    registry: RegistryOpt = DEFAULT_REGISTRY,
+) -> None:
+    """Reproduce Guo et al.'s tables: queue the rows as one ablation group per table and train them.
+
+    Rows whose data is missing are listed with how to get it; the others go on. Rerun to resume.
+
+    Example: imloss paper cifar10-resnet19-t2 --epochs 10 --seeds 3
+    """
+    from imloss_cli.cli.views import AblationView
+    from imloss_cli.paper import run_paper
+
+    with AblationView(console) as view:
+        result = guarded(
+            lambda: run_paper(
+                rows or [], registry_url=registry, argv=sys.argv, epochs=epochs, seeds=seeds,
+                overrides=parse_overrides(set_ or []), dry_run=dry_run, jobs=jobs, on_trial=view.trial,
+                on_outcome=view.outcome, on_missing=view.missing, **_given(heartbeat_s=heartbeat),
+            )
+        )  # fmt: skip
+    tables = {t: _group_table(registry, r.group_id) if r.complete else "" for t, r in result.groups.items()}
+    view.paper_summary(result, tables)
+    raise typer.Exit(1 if result.failed else 0)
+
+
+@app.command()
 def models() -> None:
     """List every architecture: parameters, FLOPs per image per time step, hidden spiking layers, source.
 
@@ -297,6 +330,7 @@ def report(
     plots: Annotated[Path | None, typer.Option(help="also write the PNG figures into this directory")] = None,
     e_mac: Annotated[float | None, typer.Option("--e-mac", help=_energy_help("e_mac_pj"), show_default=False)] = None,
     e_ac: Annotated[float | None, typer.Option("--e-ac", help=_energy_help("e_ac_pj"), show_default=False)] = None,
+    paper: Annotated[bool, typer.Option("--paper", help="the paper's figure and our delta (pp) per row")] = False,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
     """Compare runs: one row per configuration (seeds pooled), mean ± std, per-layer entropy and SOPs.
@@ -316,7 +350,14 @@ def report(
     reg = guarded(lambda: Registry(registry, create=False))
     rep = guarded(
         lambda: build_report(
-            reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select, energy=energy
+            reg,
+            group=group,
+            last=last,
+            recipe_name=recipe_name,
+            metric=metric,
+            select=select,
+            energy=energy,
+            paper=paper,
         )
     )
     text = guarded(lambda: render(rep, fmt, reg))

@@ -15,6 +15,7 @@ from imloss_cli.registry import FAILED, FINISHED, KILLED, LOST, SKIPPED
 
 if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
     from imloss_cli.ablate import AblationResult, Trial, TrialOutcome
+    from imloss_cli.paper import PaperResult
     from imloss_cli.report import RunDetails
     from imloss_cli.snn.catalog import ModelRow
     from imloss_cli.train.loop import EpochRecord
@@ -169,6 +170,22 @@ class AblationView:
         )
         for o in running:
             self.console.print(f"  {o.trial.label}  run {o.run_id}  running on {o.elsewhere}", highlight=False)
+
+    def missing(self, row: str, message: str) -> None:
+        """A paper row left out: its data is not on this machine."""
+        self.console.print(f"[yellow]no data[/]  {row}: {message}", highlight=False, soft_wrap=True)
+
+    def paper_summary(self, result: PaperResult, tables: dict[str, str]) -> None:
+        """Per table: the planned trials (dry run), or the group's outcome and report."""
+        for table, trials in result.planned.items():
+            self.console.print(f"{table} table: {len(trials)} trials (dry run: nothing recorded)", highlight=False)
+            for t in trials:
+                self.console.print(f"  {t.label}", highlight=False)
+        for table, group in result.groups.items():
+            self.console.print(f"\n[bold]{table} table[/]", highlight=False)
+            self.summary(group, tables.get(table, ""))
+        if result.missing:
+            self.console.print(f"{len(result.missing)} row(s) left out for want of data: {', '.join(result.missing)}")
 
     def summary(self, result: AblationResult, table: str) -> None:
         """The outcome counts and ``table`` (the group's report), or the planned trials of a dry run."""

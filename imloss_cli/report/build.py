@@ -20,7 +20,7 @@ from imloss_cli.recipe import NON_SEMANTIC_FIELDS, EnergyConfig, RecipeError, lo
 from imloss_cli.registry import FINISHED, Registry, RegistryError, RunInfo
 from imloss_cli.snn.energy import energy_uj
 
-from .text import _mean_std_text, _value_text
+from .text import _is_accuracy, _mean_std_text, _value_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
 SELECTIONS: tuple[str, ...] = ("best", "last", "best-val")
@@ -133,8 +133,12 @@ def build_report(
     metric: str = "test_acc",
     select: str = "best",
     energy: EnergyConfig | None = None,
+    paper: bool = False,
 ) -> Report:
     """Compare the finished runs of an ablation group (or of a recipe, or all of them).
+
+    Rows whose runs carry a paper figure (recipes/paper/) get the columns ``paper_top1`` and
+    ``delta_pp``; ``paper=True`` requires them.
 
     Args:
         registry: the registry to read.
@@ -211,6 +215,7 @@ def build_report(
     warnings += _provenance_warnings(runs)
 
     table = _aggregate(runs, configs, varying, metric)
+    _add_paper_columns(table, finished, metric, required=paper)
     valid = runs.dropna(subset=[metric])
     labels = list(configs["config"])
     layer_table = _layer_table(layers, valid, labels)
@@ -308,7 +313,10 @@ def _configurations(runs: Sequence[RunInfo]) -> tuple[pd.DataFrame, list[str]]:
         first.setdefault(run.config_hash, run)
     hashes = list(first)
     flat = pd.json_normalize([first[h].recipe for h in hashes], sep=".")
-    flat = flat.drop(columns=[c for c in NON_SEMANTIC_FIELDS if c in flat.columns])
+    # Non-semantic fields and sections (a section such as [paper] flattens to paper.row, paper.top1).
+    flat = flat.drop(
+        columns=[c for c in flat.columns if any(c == f or c.startswith(f + ".") for f in NON_SEMANTIC_FIELDS)]
+    )
     for column in flat.columns:  # lists (data.mean, data.std) become hashable tuples
         if flat[column].map(lambda v: isinstance(v, list)).any():
             flat[column] = flat[column].map(lambda v: tuple(v) if isinstance(v, list) else v)
@@ -374,6 +382,23 @@ def _choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFr
         values = metrics.loc[metrics["name"] == name, ["run_id", "epoch", "value"]]
         rows = rows.merge(values.rename(columns={"value": name}), on=["run_id", "epoch"], how="left")
     return rows
+
+
+def _add_paper_columns(table: pd.DataFrame, runs: Sequence[RunInfo], metric: str, *, required: bool) -> None:
+    """``paper_top1`` and ``delta_pp`` (our mean - the paper's, in percentage points) where runs carry a figure.
+
+    Raises:
+        ReportError: ``required`` and no run carries a paper figure, or the metric is not an accuracy.
+    """
+    figures = {r.config_hash: r.recipe["paper"]["top1"] for r in runs if r.recipe.get("paper")}
+    if required and not figures:
+        raise ReportError("no run here carries a paper figure: train the rows of recipes/paper/ (imloss paper)")
+    if required and not _is_accuracy(metric):
+        raise ReportError(f"the paper prints top-1 accuracy: compare test_acc (or another *_acc), not {metric!r}")
+    if not figures or not _is_accuracy(metric):
+        return
+    table["paper_top1"] = table["config_hash"].map(figures).astype("float64")
+    table["delta_pp"] = table[f"{metric}_mean"] * 100.0 - table["paper_top1"]
 
 
 def _layer_values(registry: Registry, chosen: pd.DataFrame) -> pd.DataFrame:

@@ -108,7 +108,8 @@ def _varying(report: Report) -> list[str]:
 def _machine_table(report: Report) -> pd.DataFrame:
     m = report.metric
     counts = [f"{c}_{s}" for c in report.efficiency for s in ("mean", "std")]
-    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", _ENTROPY_METRIC, *counts, "config_hash"]
+    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", _ENTROPY_METRIC, *counts, "paper_top1", "delta_pp"]
+    columns.append("config_hash")
     return report.table[[c for c in columns if c in report.table.columns]]
 
 
@@ -121,6 +122,9 @@ def _display_table(report: Report) -> pd.DataFrame:
         shown[_ENTROPY_METRIC] = report.table[_ENTROPY_METRIC].map(_number_text)
     for c in report.efficiency:
         shown[_header(c)] = report.table[c]
+    if "paper_top1" in report.table.columns:
+        shown["paper"] = report.table["paper_top1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+        shown["delta (pp)"] = report.table["delta_pp"].map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
     return shown
 
 

@@ -154,6 +154,8 @@ def _comparison(report: Report) -> str:
     means = t[f"{m}_mean"]
     header = [*labels, _header(m), "n", *(["mean_entropy (bits)"] if "mean_entropy" in t.columns else [])]
     header += [_header(c) for c in report.efficiency]
+    paper = "paper_top1" in t.columns
+    header += ["paper", "delta (pp)"] if paper else []
     rows = []
     for i in range(len(t)):
         row = [(str(t[c].iloc[i]), None) for c in labels]
@@ -162,6 +164,10 @@ def _comparison(report: Report) -> str:
         if "mean_entropy" in t.columns:
             row.append((_number_text(t["mean_entropy"].iloc[i]), _key(t["mean_entropy"].iloc[i])))
         row += [(t[c].iloc[i], _key(t[f"{c}_mean"].iloc[i])) for c in report.efficiency]
+        if paper:
+            top1, delta = t["paper_top1"].iloc[i], t["delta_pp"].iloc[i]
+            row += [("–" if pd.isna(top1) else f"{top1:.2f}", _key(top1))]
+            row += [("–" if pd.isna(delta) else f"{delta:+.2f}", _key(delta))]
         rows.append(row)
     return _table(header, rows, labels=len(labels), best=report.best_row)
 

@@ -13,7 +13,7 @@ import torch
 
 from imloss_cli import __version__
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout: imloss_cli/train/environment.py
 
 
 @dataclass(frozen=True)
