@@ -262,3 +262,21 @@ def test_the_ann_twin_trains_and_is_recorded_like_any_run(tiny_recipe: Path, reg
     assert reg.layer_stats([run.id]).empty
     code, shown = run_cli("show", run.id, "--registry", registry_url)
     assert code == 0 and "energy_uj" in shown
+
+
+def test_models_lists_every_architecture_with_its_parameters_and_source() -> None:
+    from imloss_cli.snn.models import MODELS
+
+    code, out = run_cli("models")
+    assert code == 0, out
+    for arch in MODELS:
+        assert f"│ {arch} " in out
+    assert "12,697,994" in out and "12,569,226" in out  # resnet19 (tdBN/TET head), resnet19-guo
+    assert "the IM-Loss authors' public code (one FC readout)" in out
+
+
+def test_an_empty_recipe_file_warns_that_it_sets_nothing(workdir: Path) -> None:
+    (workdir / "empty.toml").write_text("# nothing yet\n")
+    result = runner.invoke(app, ["validate", str(workdir / "empty.toml")])
+    assert result.exit_code == 0
+    assert "empty.toml sets nothing: this is the embedded digits default" in result.output

@@ -139,3 +139,32 @@ def test_keep_last_prunes_epoch_checkpoints_and_keeps_best_apart(
         accs[accs.name == "test_acc"].sort_values(["value", "epoch"], ascending=[False, True]).epoch.iloc[0]
     )
     assert load_checkpoint(Path(run.checkpoint_dir) / "best.pt")["epoch"] == best_epoch
+
+
+def test_a_checkpoint_from_before_a_new_recipe_field_still_resumes(workdir: Path) -> None:
+    import json
+
+    import torch
+
+    from imloss_cli.train.checkpoint import save_checkpoint
+    from imloss_cli.train.loop import Trainer, TrainingError
+
+    recipe = load_recipe(None, {"train.epochs": 2, "train.max_steps_per_epoch": 2, "train.device": "cpu"})
+    trainer = Trainer(recipe, 0, checkpoint_dir=workdir / "ck")
+    next(trainer.fit())
+    state = load_checkpoint(workdir / "ck" / "last.pt")
+    older = json.loads(state["recipe"])
+    del older["data"]["val_fraction"], older["paper"]  # as an imloss without these fields wrote it
+    save_checkpoint(
+        workdir / "old.pt", {k: v for k, v in state.items() if k != "format"} | {"recipe": json.dumps(older)}
+    )
+    again = Trainer(recipe, 0)
+    again.resume(workdir / "old.pt")
+    assert again.start_epoch == 2
+    other = Trainer(recipe.with_overrides({"loss.im_weight": 1.0}), 0)
+    with pytest.raises(TrainingError, match="written for another recipe or seed"):
+        other.resume(workdir / "old.pt")
+    state["model"] = {k: torch.zeros(1) for k in state["model"]}  # another network's weights
+    save_checkpoint(workdir / "net.pt", {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(TrainingError, match="holds another network than this imloss builds"):
+        Trainer(recipe, 0).resume(workdir / "net.pt")

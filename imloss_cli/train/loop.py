@@ -8,6 +8,7 @@ Within an epoch nothing is read back to the host: sums stay on the device until 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imloss_cli import data as data_mod
-from imloss_cli.recipe import EnergyConfig, Recipe, canonical_json
+from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recipe
 from imloss_cli.snn.energy import energy_uj
 from imloss_cli.snn.im_loss import im_loss, input_im_loss, rate_im_loss
 from imloss_cli.snn.models import BasicBlock, build_model
@@ -275,14 +276,30 @@ class Trainer:
             CheckpointError: unreadable file. TrainingError: written for another recipe or seed.
         """
         state = load_checkpoint(path, map_location=self.device)
-        if state.get("recipe") != canonical_json(self.recipe) or state.get("seed") != self.seed:
+        if not self._same_recipe(state.get("recipe")) or state.get("seed") != self.seed:
             raise TrainingError(f"{path} was written for another recipe or seed; it cannot resume this run")
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise TrainingError(
+                f"{path} holds another network than this imloss builds for model.arch = "
+                f"{self.recipe.model.arch!r} ({first}); a resnet19 run from before 0.2 is resnet19-guo now"
+            ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])
         self.start_epoch = int(state["epoch"]) + 1
         self.best_acc = float(state["best_acc"])
+
+    def _same_recipe(self, stored: object) -> bool:
+        """Whether a checkpoint's recipe is this run's; fields added since it was written take their defaults."""
+        if not isinstance(stored, str):
+            return False
+        try:
+            return canonical_json(validate_recipe(json.loads(stored))) == canonical_json(self.recipe)
+        except (ValueError, RecipeError):
+            return False
 
     def _save(self, epoch: int, k: float, test_acc: float) -> None:
         if self.checkpoint_dir is None:
