@@ -25,7 +25,8 @@ from imloss_cli.bench.variants import KNOWN, SJ_CUDA_BACKENDS, BenchError, _sj_u
 from imloss_cli.recipe import Recipe
 from imloss_cli.snn.im_loss import im_loss
 from imloss_cli.snn.models import NetSpec, create_model
-from imloss_cli.snn.neuron import LIF
+from imloss_cli.snn.neuron import KERNEL_SETS, LIF
+from imloss_cli.snn.triton_lif import triton_available
 
 # Every variant trains the default recipe's neuron, IM-Loss weight and momentum; a small learning
 # rate keeps the timed steps away from divergence (the step costs the same at any rate).
@@ -53,6 +54,9 @@ class BenchOptions:
     memory: bool = True  # measure peak memory (on CPU: one subprocess per variant and T)
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's default
     compiled: bool = True  # False: the imloss row runs the eager kernels too (no C compiler, quick tests)
+    # The imloss row's LIF kernels: auto = triton on CUDA where it imports, else compiled (eager with
+    # compiled=False); or eager | compiled | triton.
+    lif_kernels: str = "auto"
     # Every variant runs in each listed layout; rows after the first layout are named "variant@layout".
     memory_formats: tuple[str, ...] = ("channels_last",)
 
@@ -109,6 +113,13 @@ def _resolve(o: BenchOptions) -> BenchOptions:
         )
     size = o.image_size or {"resnet34": 224, "convnet3": 8}.get(o.arch, 32)
     cuda = device == "cuda"
+    kernels = o.lif_kernels
+    if kernels == "auto":
+        kernels = "triton" if cuda and triton_available() else ("compiled" if o.compiled else "eager")
+    if kernels not in KERNEL_SETS:
+        raise BenchError(f"LIF kernels must be auto or one of {', '.join(KERNEL_SETS)}, got {o.lif_kernels!r}")
+    if kernels == "triton" and not (cuda and triton_available()):
+        raise BenchError("the triton LIF kernels need --device cuda and an importable triton")
     if o.threads is not None:
         torch.set_num_threads(o.threads)  # before anything runs: intra-op pools are sized once
     return dataclasses.replace(
@@ -117,6 +128,7 @@ def _resolve(o: BenchOptions) -> BenchOptions:
         dtype=dtype,
         image_size=size,
         threads=torch.get_num_threads(),
+        lif_kernels=kernels,
         steps=o.steps or (20 if cuda else 3),
         warmup=o.warmup if o.warmup is not None else (5 if cuda else 2),
     )
@@ -210,7 +222,7 @@ def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner]
     for row in rows:
         variant, memory_format = split_row_name(row, o)
         layout = MEMORY_FORMATS[memory_format]
-        model, neurons = build_variant(base, variant, o.compiled)
+        model, neurons = build_variant(base, variant, o.lif_kernels)
         model = model.to(memory_format=layout)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=DEFAULTS.optim.momentum)
         runners[row] = _Runner(
@@ -283,6 +295,8 @@ def _probe_in_subprocess(o: BenchOptions, row: str, T: int) -> dict[str, float]:
         "--threads",
         str(o.threads),
         *([] if o.compiled else ["--no-compile"]),
+        "--lif-kernels",
+        o.lif_kernels,
     ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
@@ -468,8 +482,9 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
             "spikingjelly: LIFNode settings via functional.lif_multi_step with an fp32 initial state; "
             "its v_seq is the post-reset potential, IM-Loss uses its mean"
         )
+    notes.append(f"imloss ran its {o.lif_kernels} LIF kernels")
     if not o.compiled:
-        notes.append("imloss ran its eager kernels (--no-compile): no torch.compile anywhere")
+        notes.append("--no-compile: no torch.compile anywhere")
     if "naive" in variants:
         notes.append("naive: imloss_cli.snn.reference.lif_naive, one autograd node per time step")
     return notes

@@ -47,6 +47,10 @@ def bench(
     compiled: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="imloss with torch.compile (on)")
     ] = None,
+    lif_kernels: Annotated[
+        str | None,
+        typer.Option(help="imloss's LIF kernels: auto (triton on CUDA, else compiled), eager, compiled, triton"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     memory_probe_variant: Annotated[str | None, typer.Option("--memory-probe", hidden=True)] = None,
 ) -> None:
@@ -60,6 +64,7 @@ def bench(
         "arch": arch, "batch": batch, "device": device, "dtype": dtype, "repeats": repeats, "steps": steps,
         "warmup": warmup, "image_size": image_size, "seed": seed, "peak_tflops": peak_tflops, "threads": threads,
         "memory": memory, "compiled": compiled, "compare": _csv(compare), "memory_formats": _csv(memory_format),
+        "lif_kernels": lif_kernels,
     }  # fmt: skip
     try:
         if timesteps is not None:
