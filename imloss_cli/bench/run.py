@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imloss_cli.bench.epoch import EpochTiming, time_epochs
 from imloss_cli.bench.gate import GateCheck, correctness_gate
 from imloss_cli.bench.variants import KNOWN, SJ_CUDA_BACKENDS, BenchError, _sj_use, build_variant
 from imloss_cli.recipe import Recipe
@@ -57,6 +58,10 @@ class BenchOptions:
     # The imloss row's LIF kernels: auto = triton on CUDA where it imports, else compiled (eager with
     # compiled=False); or eager | compiled | triton.
     lif_kernels: str = "auto"
+    # A whole epoch of this many generated CIFAR-sized images (and a fifth as many test images)
+    # through the Trainer, evaluation included, at the last T; None: 50,000 on CUDA, none on CPU.
+    epoch_images: int | None = None
+    cuda_graphs: bool = False  # the timed epoch replays its step as a CUDA graph (train.cuda_graphs)
     # Every variant runs in each listed layout; rows after the first layout are named "variant@layout".
     memory_formats: tuple[str, ...] = ("channels_last",)
 
@@ -90,6 +95,7 @@ class BenchResult:
     rows: tuple[VariantResult, ...]
     notes: tuple[str, ...]
     flops_per_image_step: float | None  # training-step FLOPs per image per time step (relu variant)
+    epochs: tuple[EpochTiming, ...] = ()  # whole epochs through the Trainer (``epoch_images``)
 
     @property
     def gate_passed(self) -> bool:
@@ -129,6 +135,7 @@ def _resolve(o: BenchOptions) -> BenchOptions:
         image_size=size,
         threads=torch.get_num_threads(),
         lif_kernels=kernels,
+        epoch_images=o.epoch_images if o.epoch_images is not None else (50_000 if cuda else 0),
         steps=o.steps or (20 if cuda else 3),
         warmup=o.warmup if o.warmup is not None else (5 if cuda else 2),
     )
@@ -434,7 +441,26 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         rows += t_rows
         flops = t_flops if t_flops is not None else flops
     notes += _method_notes(o, variants)
-    return BenchResult(**info, rows=tuple(rows), notes=tuple(notes), flops_per_image_step=flops)
+    epochs = _time_epochs(o)
+    if epochs:
+        notes.append(
+            f"epoch: {o.epoch_images:,} generated 32x32 images (test: a fifth as many) through imloss's Trainer "
+            f"(cifar10, crop_flip, T={o.timesteps[-1]}, batch {o.batch}), evaluation and layer statistics "
+            "included; epoch 1 pays the warm-up, epoch 2 is the steady state; images/s = training images / epoch wall time"
+        )
+    return BenchResult(**info, rows=tuple(rows), notes=tuple(notes), flops_per_image_step=flops, epochs=epochs)
+
+
+def _time_epochs(o: BenchOptions) -> tuple[EpochTiming, ...]:
+    if not o.epoch_images:
+        return ()
+    from imloss_cli.train.loop import TrainingError
+
+    try:
+        return tuple(time_epochs(o.arch, o.timesteps[-1], o.batch, o.device, o.dtype, o.epoch_images,
+                                 lif_kernels=o.lif_kernels, cuda_graphs=o.cuda_graphs))  # fmt: skip
+    except TrainingError as e:
+        raise BenchError(f"timing an epoch: {e}") from None
 
 
 def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
