@@ -75,7 +75,7 @@ def _jit() -> SimpleNamespace:
         mask = offs < N
         k = tl.load(k_ptr).to(tl.float32)
         if HAS_GM:
-            from_mean = tl.load(gm_ptr).to(tl.float32) / (T * N).to(tl.float32)
+            from_mean = tl.load(gm_ptr).to(tl.float32)  # dL/dv_mean / (T*N), divided on the device
         g = tl.full([BLOCK], 0.0, tl.float32)  # dL/dh[t+1]; zero past the last step
         for i in range(T):
             t = T - 1 - i
@@ -149,7 +149,8 @@ def lif_backward_triton(
     stride_gs = _strides(grad_spike, "grad_spike")
     stride_gv = (0, 0) if grad_v is None else _strides(grad_v, "grad_v")
     k_t = k.reshape(1).to(device=v_seq.device)
-    mean_t = k_t if grad_v_mean is None else grad_v_mean.reshape(1).to(device=v_seq.device)
+    # divided here, not in the kernel: Triton may make T or N a compile-time 1, and T*N a Python int
+    mean_t = k_t if grad_v_mean is None else (grad_v_mean.float() / v_seq.numel()).reshape(1).to(v_seq.device)
     _jit().backward[_grid(N)](
         grad_spike, v_seq if grad_v is None else grad_v, mean_t, v_seq, k_t, grad_x, T, N, *stride_gs, *stride_gv,
         decay, v_threshold, decay * v_threshold,
