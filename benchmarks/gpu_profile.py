@@ -18,7 +18,7 @@ DEFAULTS = Recipe()
 
 
 def profile_variant(base: torch.nn.Module, variant: str, x: torch.Tensor, y: torch.Tensor) -> None:
-    model, neurons = build_variant(base, variant, compiled=variant == "imloss")
+    model, neurons = build_variant(base, variant, kernels="triton" if variant == "imloss" else "eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=DEFAULTS.optim.momentum)
 
     def step() -> None:

@@ -31,9 +31,11 @@ NON_SEMANTIC_FIELDS = (
     "train.seed",
     "train.device",
     "train.compile",
+    "train.lif_kernels",
     "train.output_dir",
     "train.keep_last",
     "data.num_workers",
+    "data.device_resident",
     "data.eval_batch_size",
     "data.root",
     "data.download",
@@ -123,6 +125,12 @@ class DataConfig(_Section):
     batch_size: int = Field(64, ge=1, le=65536)
     eval_batch_size: int = Field(256, ge=1, le=65536)
     num_workers: int = Field(0, ge=0, le=128)
+    device_resident: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="hold an in-memory data set (digits; CIFAR at 32 px, augment none or crop_flip) on the "
+        "training device as stored (uint8 pixels) and batch, crop, flip and normalise it there; auto: on "
+        "CUDA; on: on any device; off: the host loaders (ImageFolder and cifar10dvs always use them)",
+    )
     augment: Literal["none", "crop_flip", "resized_crop_flip", "flip_roll"] = Field(
         "none",
         description="crop_flip: random crop (pad 4) + horizontal flip (CIFAR); "
@@ -185,6 +193,17 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the LIF time loops; auto: where it pays"
+    )
+    lif_kernels: Literal["auto", "eager", "compiled", "triton"] = Field(
+        "auto",
+        description="the LIF time loops: triton (Triton kernels, fp32 membrane state; CUDA only), compiled "
+        "(torch.compile'd loops), eager; auto: triton on CUDA where triton imports, else as train.compile decides",
+    )
+    cuda_graphs: bool = Field(
+        False,
+        description="CUDA: capture the training step (forward, loss, backward, optimizer step) once as a "
+        "CUDA graph and replay it per batch; static shapes, so the last partial training batch of each "
+        "epoch is dropped",
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke runs)")
     deterministic: bool = Field(

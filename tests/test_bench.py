@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from imloss_cli import bench
 from imloss_cli.bench import (
+    BenchError,
     BenchOptions,
     build_variant,
     correctness_gate,
@@ -198,7 +199,7 @@ VARIANTS = ["imloss", "imloss-eager", "naive", "relu", "relu-tb"] + ([] if SJ_SK
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_surgery_keeps_the_parameters_and_the_output_shape(variant: str) -> None:
     base = _tiny_model()
-    model, neurons = build_variant(base, variant, compiled=False)
+    model, neurons = build_variant(base, variant, kernels="eager")
     base_state, state = base.state_dict(), model.state_dict()
     assert state.keys() == base_state.keys()
     assert all(torch.equal(state[k], base_state[k]) for k in state)
@@ -249,3 +250,28 @@ def test_spikingjelly_lifnode_has_our_dynamics(T: int) -> None:
 def test_gate_covers_spikingjelly() -> None:
     (imloss, sj) = correctness_gate((2,), "cpu", compiled=False, spikingjelly_backends=(None,))
     assert imloss.passed and sj.passed and sj.name == "spikingjelly[default]"
+
+
+def test_an_epoch_of_generated_cifar_images_runs_through_the_trainer_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--arch", "convnet3", "--timesteps", "1", "--batch", "8", "--compare", "relu", "--steps", "1",
+            "--repeats", "1", "--warmup", "0", "--no-memory", "--no-compile", "--epoch-images", "40", "--json"]  # fmt: skip
+    assert bench_main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    epochs = out["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    for e in epochs:
+        assert (e["train_images"], e["test_images"]) == (40, 8)
+        assert e["epoch_s"] >= e["train_s"] > 0
+        assert e["images_per_s"] == pytest.approx(40 / e["epoch_s"])
+        assert (e["lif_kernels"], e["device_resident"], e["cuda_graphs"]) == (
+            "eager",
+            False,
+            False,
+        )  # CPU: host loaders
+
+
+def test_cuda_graphs_for_the_timed_epoch_need_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BenchError, match=r"timing an epoch: train\.cuda_graphs needs"):
+        run_benchmark(BenchOptions(**TINY, compare=(), timesteps=(1,), epoch_images=16, cuda_graphs=True))

@@ -186,7 +186,7 @@ def test_build_model_reads_neuron_and_time_settings_from_recipe() -> None:
     layers = [m for _, m in spiking_layers(model)]
     assert len(layers) == 3
     for m in layers:
-        assert (m.decay, m.v_threshold, m.soft_reset, m.detach_reset, m.compiled) == (0.5, 0.75, True, True, False)
+        assert (m.decay, m.v_threshold, m.soft_reset, m.detach_reset, m.kernels) == (0.5, 0.75, True, True, "eager")
     assert model.readout.fc.out_features == 10
     lif0 = model.encoder.lif
     lif0.store_v_seq = True

@@ -330,8 +330,8 @@ def test_compiled_kernels_match_eager() -> None:
     assert_close(m, m_ref)
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
 
-    # the LIF module with compiled=True goes through the same (cached) kernels
-    lif = LIF(DECAY, V_TH, compiled=True)
+    # the LIF module with kernels="compiled" goes through the same (cached) kernels
+    lif = LIF(DECAY, V_TH, kernels="compiled")
     lif.k.fill_(3.0)
     lif.store_v_seq = True
     x2 = x_ref.detach().clone().requires_grad_(True)
@@ -350,7 +350,7 @@ def test_one_compiled_kernel_per_direction_serves_every_layer_size_and_layout() 
     compiled_kernels.cache_clear()
     counters.clear()
     try:
-        lif = LIF(DECAY, V_TH, compiled=True)
+        lif = LIF(DECAY, V_TH, kernels="compiled")
         shapes = [(2, 3, 4, 5, 5), (2, 6, 8, 3, 3), (2, 1, 16, 2, 2), (2, 7, 2, 9, 9)]
         for i, shape in enumerate(shapes):
             x = torch.rand(shape) * 1.2

@@ -12,6 +12,7 @@ from imloss_cli.recipe import Recipe
 from imloss_cli.snn.models import NetSpec
 from imloss_cli.snn.neuron import LIF
 from imloss_cli.snn.reference import lif_naive
+from imloss_cli.snn.triton_lif import triton_available
 
 GATE_TOL = 1e-5
 
@@ -53,6 +54,11 @@ def _naive_reference(lif: LIF, x: Tensor, k: float) -> tuple[Tensor, Tensor, Ten
     return x, s, v
 
 
+def _kernel_sets(device: torch.device, compiled: bool) -> list[str]:
+    sets = ["eager", *(["compiled"] if compiled else [])]
+    return sets + (["triton"] if device.type == "cuda" and triton_available() else [])
+
+
 def correctness_gate(
     timesteps: tuple[int, ...],
     device: str | torch.device = "cpu",
@@ -61,7 +67,8 @@ def correctness_gate(
     k: float = 2.0,
     seed: int = 0,
 ) -> tuple[GateCheck, ...]:
-    """Fused LIF (eager and, if ``compiled``, compiled kernels) and SpikingJelly vs ``lif_naive``, fp32.
+    """Fused LIF (eager kernels; compiled ones if ``compiled``; Triton ones on CUDA where triton
+    imports) and SpikingJelly vs ``lif_naive``, fp32.
 
     imloss: spikes identical, v_seq and dL/dx_seq (upstream grads on spike_seq, v_seq and v_mean)
     within ``GATE_TOL``. SpikingJelly (``None`` = its default provider): spikes identical, its
@@ -72,9 +79,9 @@ def correctness_gate(
     checks = []
     for T in timesteps:
         x, gs, gv = _gate_case(T, device, seed)
-        for kernel_compiled in (False, True) if compiled else (False,):
+        for kernels in _kernel_sets(device, compiled):
             lif = spec.lif().to(device)
-            lif.compiled, lif.store_v_seq = kernel_compiled, True
+            lif.kernels, lif.store_v_seq = kernels, True
             lif.k.fill_(k)
             xr, s_ref, v_ref = _naive_reference(lif, x, k)
             torch.autograd.backward([s_ref, v_ref, v_ref.mean()], [gs, gv, torch.tensor(0.5, device=device)])
@@ -83,7 +90,7 @@ def correctness_gate(
             torch.autograd.backward([s, lif.v_seq, lif.v_mean], [gs, gv, torch.tensor(0.5, device=device)])
             mism = int((s != s_ref).sum())
             v_err, g_err = _max_err(lif.v_seq, v_ref), _max_err(xf.grad, xr.grad)
-            name = f"imloss ({'compiled' if kernel_compiled else 'eager'} kernels)"
+            name = f"imloss ({kernels} kernels)"
             checks.append(GateCheck(name, T, mism, v_err, g_err, mism == 0 and max(v_err, g_err) < GATE_TOL))
         for backend in spikingjelly_backends:
             lif = spec.lif().to(device)

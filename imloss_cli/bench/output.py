@@ -49,6 +49,12 @@ def format_table(result: BenchResult) -> str:
             line += f"; MFU against {o.peak_tflops:g} TFLOP/s"
         lines.append(line)
     lines += _summary(result)
+    for e in result.epochs:
+        lines.append(
+            f"epoch {e.epoch}: {e.train_images:,} + {e.test_images:,} test images in {e.epoch_s:.2f} s "
+            f"(train {e.train_s:.2f} s), {e.images_per_s:,.0f} images/s end to end; LIF {e.lif_kernels}, "
+            f"data {'on the device' if e.device_resident else 'host loaders'}, CUDA graphs {'on' if e.cuda_graphs else 'off'}"
+        )
     lines += [f"note: {n}" for n in result.notes]
     if not result.gate_passed:
         lines.append("CORRECTNESS GATE FAILED: no timing was done")

@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imloss_cli.bench.epoch import EpochTiming, time_epochs
 from imloss_cli.bench.gate import GateCheck, correctness_gate
 from imloss_cli.bench.variants import KNOWN, SJ_CUDA_BACKENDS, BenchError, _sj_use, build_variant
 from imloss_cli.recipe import Recipe
 from imloss_cli.snn.im_loss import im_loss
 from imloss_cli.snn.models import NetSpec, create_model
-from imloss_cli.snn.neuron import LIF
+from imloss_cli.snn.neuron import KERNEL_SETS, LIF
+from imloss_cli.snn.triton_lif import triton_available
 
 # Every variant trains the default recipe's neuron, IM-Loss weight and momentum; a small learning
 # rate keeps the timed steps away from divergence (the step costs the same at any rate).
@@ -53,6 +55,13 @@ class BenchOptions:
     memory: bool = True  # measure peak memory (on CPU: one subprocess per variant and T)
     threads: int | None = None  # torch.set_num_threads for the run; None: torch's default
     compiled: bool = True  # False: the imloss row runs the eager kernels too (no C compiler, quick tests)
+    # The imloss row's LIF kernels: auto = triton on CUDA where it imports, else compiled (eager with
+    # compiled=False); or eager | compiled | triton.
+    lif_kernels: str = "auto"
+    # A whole epoch of this many generated CIFAR-sized images (and a fifth as many test images)
+    # through the Trainer, evaluation included, at the last T; None: 50,000 on CUDA, none on CPU.
+    epoch_images: int | None = None
+    cuda_graphs: bool = False  # the timed epoch replays its step as a CUDA graph (train.cuda_graphs)
     # Every variant runs in each listed layout; rows after the first layout are named "variant@layout".
     memory_formats: tuple[str, ...] = ("channels_last",)
 
@@ -86,6 +95,7 @@ class BenchResult:
     rows: tuple[VariantResult, ...]
     notes: tuple[str, ...]
     flops_per_image_step: float | None  # training-step FLOPs per image per time step (relu variant)
+    epochs: tuple[EpochTiming, ...] = ()  # whole epochs through the Trainer (``epoch_images``)
 
     @property
     def gate_passed(self) -> bool:
@@ -109,6 +119,13 @@ def _resolve(o: BenchOptions) -> BenchOptions:
         )
     size = o.image_size or {"resnet34": 224, "convnet3": 8}.get(o.arch, 32)
     cuda = device == "cuda"
+    kernels = o.lif_kernels
+    if kernels == "auto":
+        kernels = "triton" if cuda and triton_available() else ("compiled" if o.compiled else "eager")
+    if kernels not in KERNEL_SETS:
+        raise BenchError(f"LIF kernels must be auto or one of {', '.join(KERNEL_SETS)}, got {o.lif_kernels!r}")
+    if kernels == "triton" and not (cuda and triton_available()):
+        raise BenchError("the triton LIF kernels need --device cuda and an importable triton")
     if o.threads is not None:
         torch.set_num_threads(o.threads)  # before anything runs: intra-op pools are sized once
     return dataclasses.replace(
@@ -117,6 +134,8 @@ def _resolve(o: BenchOptions) -> BenchOptions:
         dtype=dtype,
         image_size=size,
         threads=torch.get_num_threads(),
+        lif_kernels=kernels,
+        epoch_images=o.epoch_images if o.epoch_images is not None else (50_000 if cuda else 0),
         steps=o.steps or (20 if cuda else 3),
         warmup=o.warmup if o.warmup is not None else (5 if cuda else 2),
     )
@@ -210,7 +229,7 @@ def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner]
     for row in rows:
         variant, memory_format = split_row_name(row, o)
         layout = MEMORY_FORMATS[memory_format]
-        model, neurons = build_variant(base, variant, o.compiled)
+        model, neurons = build_variant(base, variant, o.lif_kernels)
         model = model.to(memory_format=layout)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=DEFAULTS.optim.momentum)
         runners[row] = _Runner(
@@ -283,6 +302,8 @@ def _probe_in_subprocess(o: BenchOptions, row: str, T: int) -> dict[str, float]:
         "--threads",
         str(o.threads),
         *([] if o.compiled else ["--no-compile"]),
+        "--lif-kernels",
+        o.lif_kernels,
     ]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
@@ -420,7 +441,26 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         rows += t_rows
         flops = t_flops if t_flops is not None else flops
     notes += _method_notes(o, variants)
-    return BenchResult(**info, rows=tuple(rows), notes=tuple(notes), flops_per_image_step=flops)
+    epochs = _time_epochs(o)
+    if epochs:
+        notes.append(
+            f"epoch: {o.epoch_images:,} generated 32x32 images (test: a fifth as many) through imloss's Trainer "
+            f"(cifar10, crop_flip, T={o.timesteps[-1]}, batch {o.batch}), evaluation and layer statistics "
+            "included; epoch 1 pays the warm-up, epoch 2 is the steady state; images/s = training images / epoch wall time"
+        )
+    return BenchResult(**info, rows=tuple(rows), notes=tuple(notes), flops_per_image_step=flops, epochs=epochs)
+
+
+def _time_epochs(o: BenchOptions) -> tuple[EpochTiming, ...]:
+    if not o.epoch_images:
+        return ()
+    from imloss_cli.train.loop import TrainingError
+
+    try:
+        return tuple(time_epochs(o.arch, o.timesteps[-1], o.batch, o.device, o.dtype, o.epoch_images,
+                                 lif_kernels=o.lif_kernels, cuda_graphs=o.cuda_graphs))  # fmt: skip
+    except TrainingError as e:
+        raise BenchError(f"timing an epoch: {e}") from None
 
 
 def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
@@ -468,8 +508,9 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
             "spikingjelly: LIFNode settings via functional.lif_multi_step with an fp32 initial state; "
             "its v_seq is the post-reset potential, IM-Loss uses its mean"
         )
+    notes.append(f"imloss ran its {o.lif_kernels} LIF kernels")
     if not o.compiled:
-        notes.append("imloss ran its eager kernels (--no-compile): no torch.compile anywhere")
+        notes.append("--no-compile: no torch.compile anywhere")
     if "naive" in variants:
         notes.append("naive: imloss_cli.snn.reference.lif_naive, one autograd node per time step")
     return notes

@@ -1,6 +1,6 @@
 """The benchmark's variants: module surgery swaps every LIF of a model for another neuron.
 
-imloss (the fused LIF, compiled or eager), the naive per-step loop, SpikingJelly 2.0's LIF with the
+imloss (the fused LIF on its eager, compiled or Triton kernels), the naive per-step loop, SpikingJelly 2.0's LIF with the
 same dynamics, the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B), and
 conv-only: the convolutions alone (norms and neurons are identities), a bound below every variant.
 """
@@ -127,10 +127,10 @@ class FoldedEncoder(Encoder):
         return self.lif(self.layers(x_flat).unflatten(0, (T, B)))  # [T, B, C', H', W']
 
 
-def build_variant(base: nn.Module, variant: str, compiled: bool = True) -> tuple[nn.Module, list[nn.Module]]:
+def build_variant(base: nn.Module, variant: str, kernels: str = "compiled") -> tuple[nn.Module, list[nn.Module]]:
     """A deep copy of ``base`` with its LIF layers swapped for ``variant``'s neurons.
 
-    ``compiled=False`` makes the "imloss" variant use the eager kernels (as "imloss-eager" does).
+    ``kernels`` is the LIF kernel set of the "imloss" variant ("imloss-eager" always runs "eager").
 
     Returns the model and its neurons, in order (all of them are hidden layers that IM-Loss uses).
     """
@@ -140,7 +140,7 @@ def build_variant(base: nn.Module, variant: str, compiled: bool = True) -> tuple
     neurons: list[nn.Module] = []
     for name, lif in spiking_layers(model):
         if kind in ("imloss", "imloss-eager"):
-            lif.compiled, lif.store_v_seq = compiled and kind == "imloss", True
+            lif.kernels, lif.store_v_seq = kernels if kind == "imloss" else "eager", True
             neurons.append(lif)
             continue
         new: nn.Module

@@ -47,12 +47,25 @@ def bench(
     compiled: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help="imloss with torch.compile (on)")
     ] = None,
+    lif_kernels: Annotated[
+        str | None,
+        typer.Option(help="imloss's LIF kernels: auto (triton on CUDA, else compiled), eager, compiled, triton"),
+    ] = None,
+    epoch_images: Annotated[
+        int | None,
+        typer.Option(min=0, help="also train 2 whole epochs of N generated CIFAR images (50000 on CUDA, 0 on CPU)"),
+    ] = None,
+    cuda_graphs: Annotated[
+        bool | None, typer.Option("--cuda-graphs/--no-cuda-graphs", help="the timed epoch replays CUDA graphs (off)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     memory_probe_variant: Annotated[str | None, typer.Option("--memory-probe", hidden=True)] = None,
 ) -> None:
     """Time a training step (forward + IM-Loss + backward + SGD) against SpikingJelly, the naive loop and a ReLU floor.
 
-    A correctness gate runs first: the fused LIF must match the naive loop (exit 1 if not).
+    A correctness gate runs first: the fused LIF must match the naive loop (exit 1 if not). On CUDA it
+    then trains two whole epochs of 50,000 generated CIFAR images through the real loader and step
+    (--epoch-images).
 
     Example: imloss bench --arch resnet19 --timesteps 2,4 --batch 8 --compare spikingjelly,relu
     """
@@ -60,6 +73,7 @@ def bench(
         "arch": arch, "batch": batch, "device": device, "dtype": dtype, "repeats": repeats, "steps": steps,
         "warmup": warmup, "image_size": image_size, "seed": seed, "peak_tflops": peak_tflops, "threads": threads,
         "memory": memory, "compiled": compiled, "compare": _csv(compare), "memory_formats": _csv(memory_format),
+        "lif_kernels": lif_kernels, "epoch_images": epoch_images, "cuda_graphs": cuda_graphs,
     }  # fmt: skip
     try:
         if timesteps is not None:

@@ -28,8 +28,10 @@ class ImageSet(SeededSet):
     """
 
     def __init__(self, base: Dataset, prepare: Callable[[Image.Image], Image.Image],
-                 augment: _Augment | None, finish: Callable[[Image.Image], Tensor]) -> None:
+                 augment: _Augment | None, finish: Callable[[Image.Image], Tensor],
+                 normalise: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         self.base, self.prepare, self.augment, self.finish = base, prepare, augment, finish
+        self.normalise = normalise  # (mean, std) that ``finish`` applies after ToTensor
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -101,13 +103,17 @@ def _resized_crop_box(size: tuple[int, int], u: list[float]) -> tuple[int, int, 
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def normalisation(cfg: DataConfig, stats: tuple[Sequence[float], Sequence[float]]
+                  ) -> tuple[Sequence[float], Sequence[float]]:
+    """(mean, std): the recipe's where it sets them, else the dataset's statistics."""
+    return (cfg.mean if cfg.mean is not None else stats[0], cfg.std if cfg.std is not None else stats[1])
+
+
 def _pipelines(cfg: DataConfig, stats: tuple[Sequence[float], Sequence[float]]
                ) -> tuple[Callable, _Augment | None, Callable, Callable]:
     """(train prepare, train augment, test prepare, finish) for an RGB image dataset."""
     side = cfg.image_size
-    finish = transforms.Compose([transforms.ToTensor(), transforms.Normalize(
-        cfg.mean if cfg.mean is not None else stats[0],
-        cfg.std if cfg.std is not None else stats[1])])
+    finish = transforms.Compose([transforms.ToTensor(), transforms.Normalize(*normalisation(cfg, stats))])
     if cfg.augment == "resized_crop_flip":
         # The crop takes any input size; evaluation sees the usual 0.875 centre crop.
         test_prepare = transforms.Compose(
@@ -120,7 +126,8 @@ def _pipelines(cfg: DataConfig, stats: tuple[Sequence[float], Sequence[float]]
 def _image_bundle(cfg: DataConfig, train: Dataset, test: Dataset, classes: Sequence[str],
                   stats: tuple[Sequence[float], Sequence[float]]) -> DataBundle:
     train_prepare, augment, test_prepare, finish = _pipelines(cfg, stats)
+    norm = normalisation(cfg, stats)
     return DataBundle(
-        train=ImageSet(train, train_prepare, augment, finish),
-        test=ImageSet(test, test_prepare, None, finish),
+        train=ImageSet(train, train_prepare, augment, finish, norm),
+        test=ImageSet(test, test_prepare, None, finish, norm),
         num_classes=len(classes), in_channels=3, image_size=cfg.image_size, classes=tuple(classes))

@@ -45,7 +45,7 @@ class NetSpec:
     detach_reset: bool
     norm: str
     neuron: str  # "lif", or "relu" for the ANN twin
-    compiled: bool = False  # not a setting: the trainer decides it per device and run length
+    kernels: str = "eager"  # LIF kernel set; not a setting: the trainer decides it per device and run length
 
     @classmethod
     def from_recipe(
@@ -67,7 +67,7 @@ class NetSpec:
         )
 
     def lif(self, block_output: bool = True) -> LIF:
-        return LIF(self.decay, self.v_threshold, self.reset, self.detach_reset, self.compiled, block_output)
+        return LIF(self.decay, self.v_threshold, self.reset, self.detach_reset, self.kernels, block_output)
 
     def activation(self, block_output: bool = True) -> nn.Module:
         """The network's neuron: a LIF, or a ReLU in the ANN twin (``neuron = "relu"``)."""

@@ -12,7 +12,9 @@ torch.compile turns into one kernel each, a single pass over the neurons carryin
 
 The loops see every tensor as [T, N], one row per time step in the order the step lies in memory
 (NCHW or channels_last alike): a 2-D elementwise kernel, compiled once for every layer and batch
-size (N is a dynamic dimension), instead of one kernel per 5-D shape and stride pattern.
+size (N is a dynamic dimension), instead of one kernel per 5-D shape and stride pattern. The same
+loops written as Triton kernels (``triton_lif``, fp32 state for bf16 inputs) are the third kernel
+set, the one the trainer picks on CUDA.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from imloss_cli.snn.surrogate import surrogate_grad
+from imloss_cli.snn.triton_lif import lif_backward_triton, lif_forward_triton
 
 
 def lif_forward_loop(
@@ -104,6 +107,8 @@ class LIFKernels(NamedTuple):
 
 
 EAGER_KERNELS = LIFKernels(lif_forward_loop, lif_backward_loop)
+TRITON_KERNELS = LIFKernels(lif_forward_triton, lif_backward_triton)
+KERNEL_SETS = ("eager", "compiled", "triton")
 
 
 @functools.cache
@@ -119,6 +124,22 @@ def compiled_kernels() -> LIFKernels:
         "cpp.dynamic_threads": True,
     }
     return LIFKernels(*(torch.compile(loop, options=options) for loop in (lif_forward_loop, lif_backward_loop)))
+
+
+def kernel_set(name: str) -> LIFKernels:
+    """The kernels by name: "eager" (the loops as written), "compiled" (torch.compile'd), "triton"."""
+    if name == "eager":
+        return EAGER_KERNELS
+    if name == "compiled":
+        return compiled_kernels()
+    if name == "triton":
+        return TRITON_KERNELS
+    raise ValueError(f"LIF kernels must be one of {', '.join(KERNEL_SETS)}, got {name!r}")
+
+
+def _traced(kernels: LIFKernels) -> bool:
+    """Whether the kernels go through torch.compile (whose guards want N marked dynamic)."""
+    return kernels is not EAGER_KERNELS and kernels is not TRITON_KERNELS
 
 
 class StepLayout(NamedTuple):
@@ -181,7 +202,7 @@ class MultiStepLIFFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         layout = StepLayout.of(x_seq)
         x_rows = layout.flat(x_seq.detach())  # detached: requires_grad would be one more compile guard
-        if kernels is not EAGER_KERNELS:
+        if _traced(kernels):
             _mark_rows_dynamic(x_rows)
         spike_rows, v_rows, v_sum = kernels.forward(x_rows, decay, v_threshold, soft_reset)
         v_mean = v_sum.sum() / v_rows.numel()
@@ -199,7 +220,7 @@ class MultiStepLIFFunction(torch.autograd.Function):
         # Autograd may hand the gradients in any layout: bring each to v_rows' (a view when it matches).
         grad_spike_rows = torch.zeros_like(v_rows) if grad_spike is None else layout.flat(grad_spike)
         grad_v_rows = None if grad_v is None else layout.flat(grad_v)
-        if kernels is not EAGER_KERNELS:
+        if _traced(kernels):
             _mark_rows_dynamic(grad_spike_rows, grad_v_rows, v_rows)
         grad_x_rows = kernels.backward(
             grad_spike_rows,
@@ -223,7 +244,8 @@ class LIF(nn.Module):
         v_threshold: firing threshold V_th.
         reset: "hard" or "soft".
         detach_reset: cut the gradient through the reset.
-        compiled: use the torch.compile'd time loops.
+        kernels: which time loops run it: "eager", "compiled" (torch.compile'd) or "triton" (CUDA
+            tensors, or CPU ones under TRITON_INTERPRET=1); see ``kernel_set``.
         block_output: whether this layer counts for IM-Loss when only block outputs are chosen.
 
     Set ``store_v_seq = True`` to keep, from the last forward pass, ``v_mean`` (the mean membrane
@@ -239,7 +261,7 @@ class LIF(nn.Module):
         v_threshold: float,
         reset: str = "hard",
         detach_reset: bool = False,
-        compiled: bool = False,
+        kernels: str = "eager",
         block_output: bool = True,
     ) -> None:
         super().__init__()
@@ -249,7 +271,9 @@ class LIF(nn.Module):
         self.v_threshold = v_threshold
         self.soft_reset = reset == "soft"
         self.detach_reset = detach_reset
-        self.compiled = compiled
+        if kernels not in KERNEL_SETS:
+            raise ValueError(f"kernels must be one of {', '.join(KERNEL_SETS)}, got {kernels!r}")
+        self.kernels = kernels
         self.block_output = block_output
         # K of the surrogate; a buffer so it follows .to(device) and changes without recompiling.
         self.register_buffer("k", torch.tensor(1.0), persistent=False)
@@ -261,7 +285,7 @@ class LIF(nn.Module):
         self.x_mean: Tensor | None = None
 
     def forward(self, x_seq: Tensor) -> Tensor:
-        kernels = compiled_kernels() if self.compiled else EAGER_KERNELS
+        kernels = kernel_set(self.kernels)
         k = self.k.to(x_seq.dtype)
         spike_seq, v_seq, v_mean = MultiStepLIFFunction.apply(
             x_seq, k, self.decay, self.v_threshold, self.soft_reset, self.detach_reset, kernels
@@ -278,7 +302,7 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         reset = "soft" if self.soft_reset else "hard"
-        return f"decay={self.decay}, v_threshold={self.v_threshold}, reset={reset}, compiled={self.compiled}"
+        return f"decay={self.decay}, v_threshold={self.v_threshold}, reset={reset}, kernels={self.kernels}"
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, LIF]]:

@@ -3,6 +3,8 @@
 ``Trainer(recipe, seed).fit()`` yields one ``EpochRecord`` per epoch: plain data, which the caller
 stores wherever it likes. Everything the loop needs comes from the recipe; nothing is defaulted here.
 Within an epoch nothing is read back to the host: sums stay on the device until the epoch ends.
+On CUDA the LIF runs on its Triton kernels, in-memory data sets live on the device
+(``data.resident``), and ``train.cuda_graphs`` replays the step as one CUDA graph (``train.graphs``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from imloss_cli import data as data_mod
+from imloss_cli.data.resident import ResidentSet, resident_eval_batches, resident_sets, resident_train_batches
 from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recipe
 from imloss_cli.snn.energy import energy_uj
 from imloss_cli.snn.im_loss import im_loss, input_im_loss, rate_im_loss
@@ -29,8 +32,10 @@ from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.ops import plan_ops
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
 from imloss_cli.snn.surrogate import esg_k
+from imloss_cli.snn.triton_lif import triton_available
 from imloss_cli.train.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
 from imloss_cli.train.distributed import DistEnv, all_reduce_sum, broadcast_buffers
+from imloss_cli.train.graphs import GraphedStep
 
 StepCallback = Callable[[int, int], None]
 # Where torch.compile of the LIF loops starts to pay on CPU (compile ~20 s cold, saves ~5-15 ns a neuron-step).
@@ -163,6 +168,12 @@ class Trainer:
         self.dist = dist
         self.rank, self.world_size = (dist.rank, dist.world_size) if dist else (0, 1)
         self.device = resolve_device(recipe.train.device, dist)
+        if recipe.train.cuda_graphs and (self.device.type != "cuda" or dist is not None):
+            raise TrainingError(
+                "train.cuda_graphs needs a single CUDA process (no torchrun) and train.device 'cuda' or 'auto' "
+                "on a CUDA machine; set it to false"
+            )
+        self.graphed: GraphedStep | None = None  # captured at the first training step
         if recipe.train.deterministic:
             _make_deterministic()
         self.start_epoch = 1
@@ -175,6 +186,21 @@ class Trainer:
 
     def _setup_data(self) -> None:
         self.data = data_mod.build_datasets(self.recipe.data, timesteps=self.recipe.model.timesteps)
+        self.resident = self._resident()
+
+    def _resident(self) -> tuple[ResidentSet, ResidentSet] | None:
+        """(train, test) held on the device, or None: the host loaders (ImageFolder, event data, "off")."""
+        choice = self.recipe.data.device_resident
+        if choice == "off" or (choice == "auto" and self.device.type != "cuda"):
+            return None
+        sets = resident_sets(self.data, self.recipe.data, self.device)
+        if sets is None and choice == "on":
+            raise TrainingError(
+                f"data.device_resident = 'on' but {self.recipe.data.dataset} with data.augment = "
+                f"{self.recipe.data.augment!r} and data.image_size = {self.recipe.data.image_size} is not held in "
+                "memory as stored (digits, or CIFAR at 32 px with augment none or crop_flip); use 'auto' or 'off'"
+            )
+        return sets
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.seed)
@@ -182,9 +208,9 @@ class Trainer:
         # Which layer reads which spike map, and with what fan-out: a probe of one test image.
         self.ops_plan = plan_ops(self.model, self.data.test[0][0].unsqueeze(0))
         self.autocast_dtype = self._autocast_dtype()
-        self.compiled = self._compile_lif()
+        self.lif_kernels = self._lif_kernels()
         for _, layer in spiking_layers(self.model):
-            layer.compiled = self.compiled
+            layer.kernels = self.lif_kernels
         self.model = self._place(self.model)  # the bare network: evaluation, checkpoints, layer names
         self.step_model = self._wrap_ddp(self.model)
         self.hidden_layers = spiking_layers(self.model)
@@ -200,10 +226,20 @@ class Trainer:
         bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         return torch.bfloat16 if bf16 else None
 
-    def _compile_lif(self) -> bool:
-        """torch.compile the LIF loops: always on CUDA under "auto", on CPU only where it pays."""
-        choice = self.recipe.train.compile
-        return choice == "on" or (choice == "auto" and (self.device.type == "cuda" or self._compile_pays()))
+    def _lif_kernels(self) -> str:
+        """The LIF kernel set: ``train.lif_kernels``; under "auto", triton on CUDA where it imports, else
+        the torch.compile'd loops where ``train.compile`` says so (always on CUDA under "auto", on CPU
+        only where it pays), else the eager loops."""
+        choice, cuda = self.recipe.train.lif_kernels, self.device.type == "cuda"
+        if choice == "triton" and not (cuda and triton_available()):
+            raise TrainingError("train.lif_kernels = 'triton' needs a CUDA device and triton; use 'auto'")
+        if choice != "auto":
+            return choice
+        if cuda and triton_available():
+            return "triton"
+        compile_ = self.recipe.train.compile
+        on = compile_ == "on" or (compile_ == "auto" and (cuda or self._compile_pays()))
+        return "compiled" if on else "eager"
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model with sync-BN when asked, in channels_last, on the device."""
@@ -323,7 +359,15 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def steps_per_epoch(self) -> int:
-        steps = math.ceil(math.ceil(len(self.data.train) / self.world_size) / self.recipe.data.batch_size)
+        """Training steps an epoch; with CUDA graphs the last partial batch is dropped (static shapes)."""
+        per_rank = math.ceil(len(self.data.train) / self.world_size)
+        batch = self.recipe.data.batch_size
+        steps = per_rank // batch if self.recipe.train.cuda_graphs else math.ceil(per_rank / batch)
+        if steps == 0:
+            raise TrainingError(
+                f"train.cuda_graphs drops the last partial batch, and {per_rank} training samples make no full "
+                f"batch of {batch}; lower data.batch_size"
+            )
         limit = self.recipe.train.max_steps_per_epoch
         return steps if limit is None else min(steps, limit)
 
@@ -333,7 +377,7 @@ class Trainer:
             start = time.perf_counter()
             k = surrogate_k(self.recipe, epoch)
             set_surrogate_k(self.model, k)
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = float(self.optimizer.param_groups[0]["lr"])
             torch.manual_seed(epoch_seed(self.seed, epoch))
             train_metrics = self._train_epoch(epoch)
             train_seconds = time.perf_counter() - start
@@ -372,13 +416,34 @@ class Trainer:
             m.store_x_mean = inputs and m in layers
             m.clear()
 
+    def _train_batches(self, epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+        kw = {"seed": self.seed, "epoch": epoch, "rank": self.rank, "world_size": self.world_size}
+        if self.resident is not None:
+            return resident_train_batches(
+                self.resident[0], self.recipe.data, drop_last=self.recipe.train.cuda_graphs, **kw
+            )
+        return data_mod.train_loader(self.data, self.recipe.data, pin_memory=self.device.type == "cuda", **kw)
+
+    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Forward, loss and backward of one batch (no optimizer step); (total, ce, im, logits), detached."""
+        with self._autocast():
+            out = loss_step(self.step_model, x, y, self.im_layers, self.recipe)
+        out.total.backward()
+        for layer in self.im_layers:  # drop this step's potentials before the next forward
+            layer.clear()
+        return out.total.detach(), out.ce.detach(), out.im.detach(), out.logits.detach()
+
+    def _graphed_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        if self.graphed is None:
+            self.graphed = GraphedStep(self._step, self.model, x, y)
+        if not self.graphed.matches(x, y):
+            raise TrainingError(f"a batch of shape {tuple(x.shape)} does not fit the captured CUDA graph")
+        return self.graphed(x, y)
+
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.step_model.train()
         self._store(self.im_layers, inputs=self.recipe.loss.im_target == "input")
-        loader = data_mod.train_loader(
-            self.data, self.recipe.data, seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size,
-            pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        loader = self._train_batches(epoch)
         steps = self.steps_per_epoch()
         # [loss, ce, im, correct] summed over the epoch, on the device; the sample count is known on the host.
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)
@@ -388,21 +453,18 @@ class Trainer:
             if step >= steps:
                 break
             x, y = self._to_device(x, y)
-            with self._autocast():
-                out = loss_step(self.step_model, x, y, self.im_layers, self.recipe)
-            self.optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
-            for layer in self.im_layers:  # drop this step's potentials before the next forward
-                layer.clear()
+            if self.recipe.train.cuda_graphs:  # the graph's gradients are overwritten, never zeroed
+                total, ce, im, logits = self._graphed_step(x, y)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                total, ce, im, logits = self._step(x, y)
             self.optimizer.step()
             with torch.no_grad():
                 n = y.shape[0]
                 seen += n
-                correct = (out.logits.argmax(1) == y).sum()
-                sums += torch.stack(
-                    [out.total.double() * n, out.ce.double() * n, out.im.double() * n, correct.double()]
-                )
-                bad = ~torch.isfinite(out.total.detach())
+                correct = (logits.argmax(1) == y).sum()
+                sums += torch.stack([total.double() * n, ce.double() * n, im.double() * n, correct.double()])
+                bad = ~torch.isfinite(total)
                 first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
             if self.on_step is not None:
                 self.on_step(step + 1, steps)
@@ -457,13 +519,16 @@ class Trainer:
         stats = LayerStatsAccumulator(self.hidden_layers, self.ops_plan)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss, correct]
         seen = 0
-        loader = data_mod.test_loader(
-            self.data,
-            self.recipe.data,
-            rank=self.rank,
-            world_size=self.world_size,
-            pin_memory=self.device.type == "cuda",
-        )
+        loader: Iterable[tuple[Tensor, Tensor]]
+        if self.resident is not None:
+            loader = resident_eval_batches(
+                self.resident[1], self.recipe.data, rank=self.rank, world_size=self.world_size
+            )
+        else:
+            loader = data_mod.test_loader(
+                self.data, self.recipe.data, rank=self.rank, world_size=self.world_size,
+                pin_memory=self.device.type == "cuda",
+            )  # fmt: skip
         with stats.watch(self.model):
             for x, y in loader:
                 x, y = self._to_device(x, y)

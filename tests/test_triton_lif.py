@@ -1,0 +1,160 @@
+"""The Triton LIF kernels against the per-step reference, run on this CPU by Triton's interpreter.
+
+``TRITON_INTERPRET=1`` makes ``triton.jit`` build interpreted kernels that run on CPU tensors; the
+kernels are defined on first use, so the fixture sets it, builds them, and clears them afterwards
+(a later CUDA run in the same process compiles them for real). Sizes stay tiny: the interpreter
+runs every program in numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from imloss_cli.snn import triton_lif
+from imloss_cli.snn.neuron import LIF, TRITON_KERNELS, MultiStepLIFFunction, StepLayout, kernel_set
+from imloss_cli.snn.reference import lif_naive
+
+DECAY, V_TH = 0.25, 0.5
+CASES = [(T, reset, detach) for T in (1, 2, 4) for reset in ("hard", "soft") for detach in (False, True)]
+READ_OUTPUTS = {
+    "spikes and potentials": (True, True, False),
+    "spikes only": (True, False, False),
+    "potentials only": (False, True, False),
+    "all three": (True, True, True),
+    "v_mean only": (False, False, True),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreted_kernels() -> Iterator[None]:
+    if not triton_lif.triton_available():
+        pytest.skip("triton is not installed (it ships with CUDA builds of torch)")
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    triton_lif._jit.cache_clear()
+    try:
+        triton_lif.lif_forward_triton(torch.zeros(1, 2), DECAY, V_TH, False)
+    except Exception as e:  # the interpreter needs a numpy and triton that agree; say why not
+        os.environ.pop("TRITON_INTERPRET") if before is None else os.environ.update(TRITON_INTERPRET=before)
+        triton_lif._jit.cache_clear()
+        pytest.skip(f"TRITON_INTERPRET=1 cannot run here: {type(e).__name__}: {e}")
+    yield
+    os.environ.pop("TRITON_INTERPRET") if before is None else os.environ.update(TRITON_INTERPRET=before)
+    triton_lif._jit.cache_clear()
+
+
+def _input(T: int, seed: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inputs around the threshold, so that spikes and resets happen at every step."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(T, *shape, generator=g) * 1.2).to(dtype).requires_grad_(True)
+
+
+def _triton3(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, ...]:
+    k_t = torch.tensor(k, dtype=x.dtype)
+    return MultiStepLIFFunction.apply(x, k_t, DECAY, V_TH, reset == "soft", detach_reset, TRITON_KERNELS)
+
+
+@pytest.mark.parametrize("reads", list(READ_OUTPUTS))
+@pytest.mark.parametrize(("T", "reset", "detach_reset"), CASES)
+def test_triton_lif_equals_the_naive_loop_whichever_outputs_the_loss_reads(
+    reads: str, T: int, reset: str, detach_reset: bool
+) -> None:
+    wanted = list(READ_OUTPUTS[reads])
+    k = 2.5
+    x_ref = _input(T, seed=T, shape=(2, 3, 5))
+    x = x_ref.detach().clone().requires_grad_(True)
+    g = torch.Generator().manual_seed(100 + T)
+    upstream = [torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g), torch.tensor(-2.5)]
+
+    s_ref, v_ref = lif_naive(x_ref, k, DECAY, V_TH, reset, detach_reset)
+    s, v, v_mean = _triton3(x, k, reset, detach_reset)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(v, v_ref)  # fp32 in: the reference's operations in its order, bitwise
+    assert_close(v_mean, v_ref.mean())
+    if T > 1:
+        assert 0 < s.sum() < s.numel()
+
+    def backward(outputs: list[torch.Tensor]) -> None:
+        torch.autograd.backward([o for o, w in zip(outputs, wanted) if w], [u for u, w in zip(upstream, wanted) if w])
+
+    backward([s_ref, v_ref, v_ref.mean()])
+    backward([s, v, v_mean])
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6 if reads == "v_mean only" else 1e-5)
+
+
+def test_more_neurons_than_one_program_holds_and_a_ragged_last_block() -> None:
+    n = triton_lif.BLOCK + 37  # two programs, the second one masked
+    x_ref = _input(3, seed=7, shape=(n,))
+    x = x_ref.detach().clone().requires_grad_(True)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(8))
+    s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, "hard", False)
+    ((s_ref * w).sum() + 2.0 * v_ref.mean()).backward()
+    s, v, m = _triton3(x, 3.0, "hard", False)
+    ((s * w).sum() + 2.0 * m).backward()
+    assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_and_broadcast_inputs_are_read_through_their_strides() -> None:
+    T, B, C, H, W = 2, 2, 3, 2, 3
+    x = torch.rand(T * B, C, H, W, generator=torch.Generator().manual_seed(1)) * 1.2
+    x_cl = x.contiguous(memory_format=torch.channels_last).unflatten(0, (T, B)).requires_grad_(True)
+    y = torch.rand(B, C, H, W, generator=torch.Generator().manual_seed(2)) * 1.2
+    x_bc = y.unsqueeze(0).expand(T, *y.shape)
+    assert StepLayout.of(x_bc).flat(x_bc).stride() == (0, 1)  # read in place, time stride 0
+    for xs in (x_cl, x_bc):
+        x_ref = xs.detach().contiguous().requires_grad_(True)
+        s_ref, v_ref = lif_naive(x_ref, 2.0, DECAY, V_TH, "soft", False)
+        s_ref.sum().backward()
+        xt = xs.detach().requires_grad_(True) if xs is x_bc else xs
+        s, v, _ = _triton3(xt, 2.0, "soft", False)
+        s.sum().backward()  # an expanded (stride-0) upstream gradient
+        assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
+        if xs is x_cl:
+            assert s.stride() == x_cl.stride()  # outputs keep the input's layout
+        assert_close(xt.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_input_carries_the_potential_in_fp32_and_reads_spikes_off_the_stored_potential() -> None:
+    x = _input(4, seed=3, shape=(64,), dtype=torch.bfloat16).detach()
+    s, v, v_sum = triton_lif.lif_forward_triton(x, DECAY, V_TH, False)
+    assert s.dtype == v.dtype == torch.bfloat16 and v_sum.dtype == torch.float32
+    # by hand, with the kernel's spikes: an fp32 state, each step's potential stored in bf16 (the
+    # interpreter may round bf16 otherwise than a GPU, so the stored value is checked to one bf16 step)
+    assert torch.equal(s, (v >= V_TH).to(torch.bfloat16))  # each spike read off the stored potential
+    h = torch.zeros(64)
+    total = torch.zeros(64)
+    for t in range(4):
+        o_prev = s[t - 1].float() if t else torch.zeros(64)
+        h = DECAY * (h * (1.0 - o_prev)) + x[t].float()
+        total += h
+        assert_close(v[t].float(), h, rtol=2**-7, atol=0)
+    # the sum of the fp32 potentials, not of their bf16 copies (those differ by ~1e-3 here)
+    assert_close(v_sum, total, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(v_sum, v.float().sum(0), rtol=1e-6, atol=1e-6)
+    grad = triton_lif.lif_backward_triton(
+        torch.ones_like(s), None, None, v, torch.tensor(2.0), DECAY, V_TH, False, False
+    )
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
+
+
+def test_the_lif_module_runs_the_triton_kernels_by_name() -> None:
+    assert kernel_set("triton") is TRITON_KERNELS
+    with pytest.raises(ValueError, match="kernels"):
+        LIF(DECAY, V_TH, kernels="cuda")
+    lif = LIF(DECAY, V_TH, kernels="triton")
+    lif.k.fill_(3.0)
+    lif.store_v_seq = True
+    x = _input(2, seed=5, shape=(2, 4))
+    s = lif(x)
+    (s.sum() + lif.v_mean).backward()
+    x_ref = x.detach().clone().requires_grad_(True)
+    s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, "hard", False)
+    (s_ref.sum() + v_ref.mean()).backward()
+    assert torch.equal(s, s_ref)
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
