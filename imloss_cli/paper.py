@@ -18,11 +18,11 @@ from typing import Any
 
 from imloss_cli import data as data_mod
 from imloss_cli.ablate.grid import SEED_KEY, Trial
-from imloss_cli.ablate.group import AblationResult, TrialOutcome, work_on_group
+from imloss_cli.ablate.group import AblationResult, WorkOptions, work_on_group
 from imloss_cli.recipe import PAPER_TABLES, Recipe, RecipeError, canonical_json, load_recipe, run_fingerprint
 from imloss_cli.registry import Registry
 from imloss_cli.train.environment import SOURCE_ROOT, code_version, git_state
-from imloss_cli.train.run import HEARTBEAT_S, Callbacks, run_fields
+from imloss_cli.train.run import run_fields
 
 PAPER_DIR = SOURCE_ROOT / "recipes" / "paper"
 ROW_AXIS = "paper.row"
@@ -100,10 +100,7 @@ def run_paper(
     seeds: int = 1,
     overrides: dict[str, Any] | None = None,
     dry_run: bool = False,
-    jobs: int = 1,
-    heartbeat_s: float = HEARTBEAT_S,
-    on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None,
-    on_outcome: Callable[[TrialOutcome], None] | None = None,
+    work: WorkOptions = WorkOptions(),
     on_missing: Callable[[str, str], None] | None = None,
 ) -> PaperResult:
     """Queue and train the chosen rows (default: every row), one group per table, seeds 0..seeds-1.
@@ -113,6 +110,8 @@ def run_paper(
         epochs: train every row for this many epochs instead of its own (recorded in each recipe).
         overrides: further ``--set`` values for every row.
         dry_run: plan only: nothing is checked or written.
+        work: how this worker trains the groups (``jobs``, heartbeat, progress callbacks).
+        on_missing: called with (row, message) for each row whose data is not on this machine.
 
     Raises:
         RecipeError: an unknown row, or an override that makes a row invalid.
@@ -152,8 +151,5 @@ def run_paper(
         if not ready:
             continue
         registry.queue_runs(group_id, [run_fields(t.recipe, argv=argv, kind="ablate", version=version) for t in ready])
-        groups[table] = work_on_group(
-            registry, group_id, started_at, registry_url=registry_url, argv=argv, jobs=jobs,
-            heartbeat_s=heartbeat_s, on_trial=on_trial, on_outcome=on_outcome,
-        )  # fmt: skip
+        groups[table] = work_on_group(registry, group_id, started_at, registry_url=registry_url, argv=argv, work=work)
     return PaperResult(groups, missing)

@@ -7,7 +7,7 @@ Modules:
 """
 
 from imloss_cli.ablate.grid import NAMED_AXES, GridSpec, Trial, plan_trials, split_values
-from imloss_cli.ablate.group import AblationResult, TrialOutcome, latest_train_recipe, run_ablation
+from imloss_cli.ablate.group import AblationResult, TrialOutcome, WorkOptions, latest_train_recipe, run_ablation
 
 __all__ = [
     "NAMED_AXES",
@@ -15,6 +15,7 @@ __all__ = [
     "GridSpec",
     "Trial",
     "TrialOutcome",
+    "WorkOptions",
     "latest_train_recipe",
     "plan_trials",
     "run_ablation",

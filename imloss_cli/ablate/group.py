@@ -95,6 +95,29 @@ def claim_group(
     return registry.claim_group(group_key(base, axes_record), name, base_record, axes_record, argv)
 
 
+@dataclass(frozen=True)
+class WorkOptions:
+    """How a worker works on a group, and what it tells a front end.
+
+    Attributes:
+        fail_fast: claim no further trial after one failed here.
+        jobs: worker processes on this machine (1: this process trains).
+        wait: when nothing is left to claim, wait for the trials running elsewhere.
+        heartbeat_s: seconds between the heartbeats of a trial this worker trains.
+        on_trial: called as (number, total, trial, run_id) before a trial trains here; returns its callbacks.
+        on_outcome: called with each trial's outcome as soon as it is known.
+        on_wait: called with the trials running elsewhere whenever that set changes while waiting.
+    """
+
+    fail_fast: bool = False
+    jobs: int = 1
+    wait: bool = True
+    heartbeat_s: float = HEARTBEAT_S
+    on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None
+    on_outcome: Callable[[TrialOutcome], None] | None = None
+    on_wait: Callable[[list[TrialOutcome]], None] | None = None
+
+
 def run_ablation(
     base: Recipe | None,
     spec: GridSpec | None,
@@ -102,14 +125,8 @@ def run_ablation(
     registry_url: str,
     argv: list[str],
     group: str | None = None,
-    fail_fast: bool = False,
     dry_run: bool = False,
-    jobs: int = 1,
-    wait: bool = True,
-    heartbeat_s: float = HEARTBEAT_S,
-    on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None,
-    on_outcome: Callable[[TrialOutcome], None] | None = None,
-    on_wait: Callable[[list[TrialOutcome]], None] | None = None,
+    work: WorkOptions = WorkOptions(),
 ) -> AblationResult:
     """Plan and queue the grid (or join ``group``), then work on it as one worker among any number.
 
@@ -119,14 +136,8 @@ def run_ablation(
         registry_url: where the group and its runs are recorded.
         argv: the command line, recorded with the group and each run.
         group: join this existing group (id or prefix) instead of planning one.
-        fail_fast: claim no further trial after one failed here.
         dry_run: only plan; nothing is written.
-        jobs: worker processes on this machine (1: this process trains).
-        wait: when nothing is left to claim, wait for the trials running elsewhere.
-        heartbeat_s: seconds between the heartbeats of a trial this worker trains.
-        on_trial: called as (number, total, trial, run_id) before a trial trains here; returns its callbacks.
-        on_outcome: called with each trial's outcome as soon as it is known.
-        on_wait: called with the trials running elsewhere whenever that set changes while waiting.
+        work: how this worker works (see :class:`WorkOptions`).
 
     Raises:
         RecipeError: the grid is empty or has invalid combinations (nothing written).
@@ -149,10 +160,7 @@ def run_ablation(
     else:
         registry = Registry(registry_url)
         group_id = registry.get_group(group).id
-    return work_on_group(
-        registry, group_id, started_at, registry_url=registry_url, argv=argv, fail_fast=fail_fast, jobs=jobs,
-        wait=wait, heartbeat_s=heartbeat_s, on_trial=on_trial, on_outcome=on_outcome, on_wait=on_wait,
-    )  # fmt: skip
+    return work_on_group(registry, group_id, started_at, registry_url=registry_url, argv=argv, work=work)
 
 
 def work_on_group(
@@ -162,26 +170,20 @@ def work_on_group(
     *,
     registry_url: str,
     argv: list[str],
-    fail_fast: bool = False,
-    jobs: int = 1,
-    wait: bool = True,
-    heartbeat_s: float = HEARTBEAT_S,
-    on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None,
-    on_outcome: Callable[[TrialOutcome], None] | None = None,
-    on_wait: Callable[[list[TrialOutcome]], None] | None = None,
+    work: WorkOptions = WorkOptions(),
 ) -> AblationResult:
-    """Work on a queued group as one worker (with ``jobs - 1`` more on this machine): see :func:`run_ablation`."""
+    """Work on a queued group as one worker (with ``work.jobs - 1`` more on this machine)."""
     info = registry.get_group(group_id)
-    worker = _Worker(registry, info, started_at, registry_url, argv, heartbeat_s, on_trial, on_outcome)
-    if jobs > 1:
-        options = ["--heartbeat", str(heartbeat_s), *(["--fail-fast"] if fail_fast else [])]
+    worker = _Worker(registry, info, started_at, registry_url, argv, work)
+    if work.jobs > 1:
+        options = ["--heartbeat", str(work.heartbeat_s), *(["--fail-fast"] if work.fail_fast else [])]
         first = registry.list_runs(group_id=group_id)[-1]
         log_dir = Path(validate_recipe(first.recipe).train.output_dir) / f"group-{group_id}"
         run_workers(
-            group_id, jobs, registry_url=registry_url, options=options, log_dir=log_dir,
+            group_id, work.jobs, registry_url=registry_url, options=options, log_dir=log_dir,
             poll_s=worker.poll_s, on_poll=worker.report_new,
         )  # fmt: skip
-    worker.work(fail_fast=fail_fast, wait=wait, on_wait=on_wait)
+    worker.work()
     return AblationResult(group_id, worker.outcomes())
 
 
@@ -195,22 +197,20 @@ class _Worker:
         started_at: datetime,
         registry_url: str,
         argv: list[str],
-        heartbeat_s: float,
-        on_trial: Callable[[int, int, Trial, str], Callbacks] | None,
-        on_outcome: Callable[[TrialOutcome], None] | None,
+        options: WorkOptions,
     ) -> None:
         self.registry, self.group, self.started_at = registry, group, started_at
-        self.registry_url, self.argv, self.heartbeat_s = registry_url, argv, heartbeat_s
-        self.on_trial, self.on_outcome = on_trial, on_outcome
-        self.poll_s = min(5.0, heartbeat_s)
+        self.registry_url, self.argv, self.options = registry_url, argv, options
+        self.poll_s = min(5.0, options.heartbeat_s)
         self.here: dict[str, TrialOutcome] = {}  # trials this worker trained
         self.reported: set[str] = set()
 
     def runs(self) -> list[RunInfo]:
         return list(reversed(self.registry.list_runs(group_id=self.group.id)))  # plan order
 
-    def work(self, *, fail_fast: bool, wait: bool, on_wait: Callable[[list[TrialOutcome]], None] | None) -> None:
-        """Claim and train until nothing is left; then, if ``wait``, until nothing runs elsewhere."""
+    def work(self) -> None:
+        """Claim and train until nothing is left; then, if ``options.wait``, until nothing runs elsewhere."""
+        fail_fast, wait, on_wait = self.options.fail_fast, self.options.wait, self.options.on_wait
         shown: set[str] = set()
         while True:
             runs = self.runs()
@@ -238,11 +238,12 @@ class _Worker:
     def _train(self, run: RunInfo, runs: list[RunInfo]) -> None:
         trial = self._trial(run)
         number = [r.id for r in runs].index(run.id) + 1
-        callbacks = self.on_trial(number, len(runs), trial, run.id) if self.on_trial else Callbacks()
+        on_trial = self.options.on_trial
+        callbacks = on_trial(number, len(runs), trial, run.id) if on_trial else Callbacks()
         try:
             result = resume_run(
                 run.id, registry_url=self.registry_url, argv=self.argv, callbacks=callbacks,
-                heartbeat_s=self.heartbeat_s,
+                heartbeat_s=self.options.heartbeat_s,
             )  # fmt: skip
         except RunClaimedError:  # another worker claimed it between our read and our claim
             return
@@ -266,8 +267,8 @@ class _Worker:
     def _report(self, outcome: TrialOutcome) -> None:
         if outcome.run_id is not None:
             self.reported.add(outcome.run_id)
-        if self.on_outcome is not None:
-            self.on_outcome(outcome)
+        if self.options.on_outcome is not None:
+            self.options.on_outcome(outcome)
 
     def outcomes(self) -> list[TrialOutcome]:
         return [self._outcome(r) for r in self.runs()]

@@ -190,9 +190,8 @@ def ablate(
     with AblationView(console) as view:
         result = guarded(
             lambda: run_ablation(
-                base, spec, registry_url=registry, argv=sys.argv, group=group, fail_fast=fail_fast,
-                dry_run=dry_run, jobs=jobs, wait=wait, on_trial=view.trial, on_outcome=view.outcome,
-                on_wait=view.waiting, **_given(heartbeat_s=heartbeat),
+                base, spec, registry_url=registry, argv=sys.argv, group=group, dry_run=dry_run,
+                work=view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **_given(heartbeat_s=heartbeat)),
             )
         )  # fmt: skip
     view.summary(result, _group_table(registry, result.group_id) if result.complete else "")
@@ -254,8 +253,8 @@ def paper(
         result = guarded(
             lambda: run_paper(
                 rows or [], registry_url=registry, argv=sys.argv, epochs=epochs, seeds=seeds,
-                overrides=parse_overrides(set_ or []), dry_run=dry_run, jobs=jobs, on_trial=view.trial,
-                on_outcome=view.outcome, on_missing=view.missing, **_given(heartbeat_s=heartbeat),
+                overrides=parse_overrides(set_ or []), dry_run=dry_run, on_missing=view.missing,
+                work=view.work_options(jobs=jobs, **_given(heartbeat_s=heartbeat)),
             )
         )  # fmt: skip
     tables = {t: _group_table(registry, r.group_id) if r.complete else "" for t, r in result.groups.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich.console import Console
@@ -14,7 +14,7 @@ from rich.table import Table
 from imloss_cli.registry import FAILED, FINISHED, KILLED, LOST, SKIPPED
 
 if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
-    from imloss_cli.ablate import AblationResult, Trial, TrialOutcome
+    from imloss_cli.ablate import AblationResult, Trial, TrialOutcome, WorkOptions
     from imloss_cli.paper import PaperResult
     from imloss_cli.report import RunDetails
     from imloss_cli.snn.catalog import ModelRow
@@ -145,6 +145,12 @@ class AblationView:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.display.__exit__(et, ev, tb)
+
+    def work_options(self, **options: Any) -> WorkOptions:
+        """The worker's options with this view's progress hooks."""
+        from imloss_cli.ablate import WorkOptions
+
+        return WorkOptions(on_trial=self.trial, on_outcome=self.outcome, on_wait=self.waiting, **options)
 
     def trial(self, number: int, total: int, trial: Trial, run_id: str) -> Callbacks:
         self.console.print(f"[bold]trial {number}/{total}[/]  {trial.label}  run {run_id}", highlight=False)
