@@ -21,7 +21,7 @@ from imloss_cli.snn.neuron import (
 )
 from imloss_cli.snn.reference import lif_naive
 
-DECAY, V_TH = 0.25, 0.5
+from .lif_cases import CASES, DECAY, READ_OUTPUTS, V_TH, assert_kernels_equal_the_naive_loop
 
 
 def _input(T: int, seed: int = 0, shape: tuple[int, ...] = (3, 5), dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -43,21 +43,7 @@ def _fused(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[t
     return s, v
 
 
-CASES = [(T, reset, detach) for T in (1, 2, 4) for reset in ("hard", "soft") for detach in (False, True)]
-
-
 # --- fused == reference ------------------------------------------------------------------------
-
-
-# Which outputs the loss reads: (spike_seq, v_seq, v_mean). Each reaches the backward loop by its
-# own path (dL/dv_mean is added inside the loop, not expanded by autograd).
-READ_OUTPUTS = {
-    "spikes and potentials": (True, True, False),
-    "spikes only": (True, False, False),
-    "potentials only": (False, True, False),
-    "all three": (True, True, True),
-    "v_mean only": (False, False, True),
-}
 
 
 @pytest.mark.parametrize("reads", list(READ_OUTPUTS))
@@ -65,29 +51,7 @@ READ_OUTPUTS = {
 def test_fused_lif_equals_the_naive_loop_whichever_outputs_the_loss_reads(
     reads: str, T: int, reset: str, detach_reset: bool
 ) -> None:
-    reads_s, reads_v, reads_mean = READ_OUTPUTS[reads]
-    k = 2.5
-    x_ref = _input(T, seed=T, shape=(2, 3, 5))
-    x = x_ref.detach().clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(100 + T)
-    upstream = [torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g), torch.tensor(-2.5)]
-    wanted = [reads_s, reads_v, reads_mean]
-
-    s_ref, v_ref = lif_naive(x_ref, k, DECAY, V_TH, reset, detach_reset)
-    s, v, v_mean = _fused3(x, k, reset, detach_reset)
-    assert torch.equal(s, s_ref)
-    assert torch.equal(v, v_ref)  # same operations in the same order: bitwise equal
-    assert v_mean.shape == ()
-    assert_close(v_mean, v_ref.mean())
-    if T > 1:  # the input must actually exercise both spiking and non-spiking steps
-        assert 0 < s.sum() < s.numel()
-
-    def backward(outputs: list[torch.Tensor]) -> None:
-        torch.autograd.backward([o for o, w in zip(outputs, wanted) if w], [u for u, w in zip(upstream, wanted) if w])
-
-    backward([s_ref, v_ref, v_ref.mean()])
-    backward([s, v, v_mean])
-    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6 if reads == "v_mean only" else 1e-5)
+    assert_kernels_equal_the_naive_loop(EAGER_KERNELS, reads, T, reset, detach_reset)
 
 
 def test_v_mean_gradient_without_spikes_is_closed_form() -> None:

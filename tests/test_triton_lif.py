@@ -19,15 +19,7 @@ from imloss_cli.snn import triton_lif
 from imloss_cli.snn.neuron import LIF, TRITON_KERNELS, MultiStepLIFFunction, StepLayout, kernel_set
 from imloss_cli.snn.reference import lif_naive
 
-DECAY, V_TH = 0.25, 0.5
-CASES = [(T, reset, detach) for T in (1, 2, 4) for reset in ("hard", "soft") for detach in (False, True)]
-READ_OUTPUTS = {
-    "spikes and potentials": (True, True, False),
-    "spikes only": (True, False, False),
-    "potentials only": (False, True, False),
-    "all three": (True, True, True),
-    "v_mean only": (False, False, True),
-}
+from .lif_cases import CASES, DECAY, READ_OUTPUTS, V_TH, assert_kernels_equal_the_naive_loop
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,27 +56,7 @@ def _triton3(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple
 def test_triton_lif_equals_the_naive_loop_whichever_outputs_the_loss_reads(
     reads: str, T: int, reset: str, detach_reset: bool
 ) -> None:
-    wanted = list(READ_OUTPUTS[reads])
-    k = 2.5
-    x_ref = _input(T, seed=T, shape=(2, 3, 5))
-    x = x_ref.detach().clone().requires_grad_(True)
-    g = torch.Generator().manual_seed(100 + T)
-    upstream = [torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g), torch.tensor(-2.5)]
-
-    s_ref, v_ref = lif_naive(x_ref, k, DECAY, V_TH, reset, detach_reset)
-    s, v, v_mean = _triton3(x, k, reset, detach_reset)
-    assert torch.equal(s, s_ref)
-    assert torch.equal(v, v_ref)  # fp32 in: the reference's operations in its order, bitwise
-    assert_close(v_mean, v_ref.mean())
-    if T > 1:
-        assert 0 < s.sum() < s.numel()
-
-    def backward(outputs: list[torch.Tensor]) -> None:
-        torch.autograd.backward([o for o, w in zip(outputs, wanted) if w], [u for u, w in zip(upstream, wanted) if w])
-
-    backward([s_ref, v_ref, v_ref.mean()])
-    backward([s, v, v_mean])
-    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6 if reads == "v_mean only" else 1e-5)
+    assert_kernels_equal_the_naive_loop(TRITON_KERNELS, reads, T, reset, detach_reset)
 
 
 def test_more_neurons_than_one_program_holds_and_a_ragged_last_block() -> None:
