@@ -98,7 +98,7 @@ def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[st
             for i in range(runs)
         ]
         for run_id in run_ids:
-            registry.finish_run(run_id, "FINISHED")
+            registry.finish_run(run_id, "FINISHED", attempt=1)
     engine = create_engine(f"sqlite:///{path}")
     metric_sql = str(insert(EpochMetric).compile(dialect=engine.dialect))
     layer_sql = str(insert(LayerStat).compile(dialect=engine.dialect))

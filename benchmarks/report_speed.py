@@ -180,7 +180,7 @@ def build(url: str, *, configs_seeds: int, epochs: int, layers: int, seed: int) 
                 git_commit="0123456789abcdef0123456789abcdef01234567",
                 git_dirty=False,
             )
-            registry.finish_run(run_id, "FINISHED")
+            registry.finish_run(run_id, "FINISHED", attempt=1)
             runs.append((run_id, number, recipe))
     runs.sort(key=lambda item: item[0])  # primary-key order: the b-tree inserts are appends
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,10 +40,28 @@ class PaperRow:
 
 
 @dataclass(frozen=True)
+class PaperPlan:
+    """The chosen rows as trials, one list per table, planned before anything is checked or written."""
+
+    tables: dict[str, list[Trial]]  # table -> its trials, rows in file order, seeds 0..seeds-1
+    changes: dict[str, Any]  # what every row was changed by (--epochs, --set), part of each group's key
+    seeds: int
+    version: str  # the code version every trial's fingerprint holds
+
+    @property
+    def rows(self) -> list[str]:
+        return list(dict.fromkeys(self.row(t) for trials in self.tables.values() for t in trials))
+
+    @staticmethod
+    def row(trial: Trial) -> str:
+        """The paper row a trial belongs to."""
+        return str(trial.values[ROW_AXIS])
+
+
+@dataclass(frozen=True)
 class PaperResult:
     groups: dict[str, AblationResult]  # table -> its group's outcome (absent: every row of it lacked data)
     missing: dict[str, str] = field(default_factory=dict)  # row -> how to get its data
-    planned: dict[str, list[Trial]] = field(default_factory=dict)  # dry run: table -> trials
 
     @property
     def failed(self) -> bool:
@@ -79,6 +97,46 @@ def select_rows(names: Sequence[str], rows: dict[str, PaperRow]) -> list[PaperRo
     return [rows[n] for n in names] if names else list(rows.values())
 
 
+def plan_paper(
+    names: Sequence[str], *, epochs: int | None = None, seeds: int = 1, overrides: dict[str, Any] | None = None
+) -> PaperPlan:
+    """The chosen rows (default: every row) times seeds 0..seeds-1, one list of trials per table.
+
+    Args:
+        names: row names (file stems under recipes/paper/); empty: all.
+        epochs: train every row for this many epochs instead of its own (recorded in each recipe).
+        overrides: further ``--set`` values for every row.
+
+    Raises:
+        RecipeError: an unknown row, or an override that makes a row invalid.
+    """
+    changes = {**(overrides or {}), **({"train.epochs": epochs} if epochs is not None else {})}
+    version = code_version(git_state())
+    tables: dict[str, list[Trial]] = {}
+    for row in select_rows(names, paper_rows()):
+        for seed in range(seeds):
+            recipe = row.recipe.with_overrides({**changes, SEED_KEY: seed})
+            fingerprint = run_fingerprint(recipe, seed, version)
+            tables.setdefault(row.table, []).append(Trial({ROW_AXIS: row.name, SEED_KEY: seed}, recipe, fingerprint))
+    return PaperPlan(tables, changes, seeds, version)
+
+
+def missing_data(plan: PaperPlan) -> dict[str, str]:
+    """``{row: why its data cannot be loaded here}`` for the planned rows whose data is not on this machine.
+
+    Each distinct data setting is loaded once, as a run would load it (an event cache is built).
+    """
+    checked: dict[str, str | None] = {}
+    missing: dict[str, str] = {}
+    for trials in plan.tables.values():
+        for trial in trials:
+            row = trial.values[ROW_AXIS]
+            problem = missing.get(row) or _missing_data(trial.recipe, checked)
+            if problem is not None:
+                missing[row] = problem
+    return missing
+
+
 def _missing_data(recipe: Recipe, checked: dict[str, str | None]) -> str | None:
     """Why this row's data cannot be loaded here (the data package's own message), or None."""
     key = canonical_json(recipe) if recipe.data.dataset == "cifar10dvs" else recipe.data.model_dump_json()
@@ -92,64 +150,35 @@ def _missing_data(recipe: Recipe, checked: dict[str, str | None]) -> str | None:
 
 
 def run_paper(
-    names: Sequence[str],
+    plan: PaperPlan,
     *,
-    registry_url: str,
+    registry: Registry,
     argv: list[str],
-    epochs: int | None = None,
-    seeds: int = 1,
-    overrides: dict[str, Any] | None = None,
-    dry_run: bool = False,
+    missing: dict[str, str],
     work: WorkOptions = WorkOptions(),
-    on_missing: Callable[[str, str], None] | None = None,
 ) -> PaperResult:
-    """Queue and train the chosen rows (default: every row), one group per table, seeds 0..seeds-1.
+    """Queue and train the planned rows whose data is here, one registry group per table.
 
     Args:
-        names: row names (file stems under recipes/paper/); empty: all.
-        epochs: train every row for this many epochs instead of its own (recorded in each recipe).
-        overrides: further ``--set`` values for every row.
-        dry_run: plan only: nothing is checked or written.
+        plan: the rows and seeds (:func:`plan_paper`).
+        registry: where the groups are recorded.
+        argv: the command line, recorded with each group and run.
+        missing: rows left out for want of data (:func:`missing_data`).
         work: how this worker trains the groups (``jobs``, heartbeat, progress callbacks).
-        on_missing: called with (row, message) for each row whose data is not on this machine.
-
-    Raises:
-        RecipeError: an unknown row, or an override that makes a row invalid.
     """
     started_at = datetime.now(timezone.utc)
-    changes = {**(overrides or {}), **({"train.epochs": epochs} if epochs is not None else {})}
-    chosen = select_rows(names, paper_rows())
-    version = code_version(git_state())
-    tables: dict[str, list[Trial]] = {}
-    for row in chosen:
-        for seed in range(seeds):
-            recipe = row.recipe.with_overrides({**changes, SEED_KEY: seed})
-            fingerprint = run_fingerprint(recipe, seed, version)
-            tables.setdefault(row.table, []).append(Trial({ROW_AXIS: row.name, SEED_KEY: seed}, recipe, fingerprint))
-    if dry_run:
-        return PaperResult({}, planned=tables)
-    registry = Registry(registry_url)
-    missing: dict[str, str] = {}
-    checked: dict[str, str | None] = {}
     groups = {}
-    for table, trials in tables.items():
-        key_blob = json.dumps({"table": table, "rows": [t.values for t in trials], "changes": changes}, sort_keys=True)
-        axes = {ROW_AXIS: list(dict.fromkeys(t.values[ROW_AXIS] for t in trials)), SEED_KEY: list(range(seeds))}
+    for table, trials in plan.tables.items():
+        ready = [t for t in trials if t.values[ROW_AXIS] not in missing]
+        if not ready:
+            continue
+        key = {"table": table, "rows": [t.values for t in trials], "changes": plan.changes}
+        key_blob = json.dumps(key, sort_keys=True)
+        axes = {ROW_AXIS: list(dict.fromkeys(t.values[ROW_AXIS] for t in trials)), SEED_KEY: list(range(plan.seeds))}
         group_id = registry.claim_group(
             hashlib.sha256(key_blob.encode()).hexdigest()[:32], f"paper: {table} table", {"table": table}, axes, argv
         )
-        ready = []
-        for trial in trials:
-            row = trial.values[ROW_AXIS]
-            problem = missing.get(row) or _missing_data(trial.recipe, checked)
-            if problem is None:
-                ready.append(trial)
-            elif row not in missing:
-                missing[row] = problem
-                if on_missing is not None:
-                    on_missing(row, problem)
-        if not ready:
-            continue
-        registry.queue_runs(group_id, [run_fields(t.recipe, argv=argv, kind="ablate", version=version) for t in ready])
-        groups[table] = work_on_group(registry, group_id, started_at, registry_url=registry_url, argv=argv, work=work)
+        fields = [run_fields(t.recipe, argv=argv, kind="ablate", version=plan.version) for t in ready]
+        registry.queue_runs(group_id, fields)
+        groups[table] = work_on_group(registry, group_id, started_at, argv=argv, work=work)
     return PaperResult(groups, missing)

@@ -53,8 +53,8 @@ def main() -> None:
             )
             for layer in range(layers)
         ]
-        registry.log_epoch(run_id, epoch, metrics, stats)
-    registry.finish_run(run_id, "FINISHED")
+        registry.log_epoch(run_id, epoch, metrics, stats, attempt=1)
+    registry.finish_run(run_id, "FINISHED", attempt=1)
     registry.close()
     print(run_id, flush=True)
 

@@ -38,7 +38,7 @@ from imloss_cli.registry import (
 )
 from imloss_cli.registry import backend as backend_module
 from imloss_cli.registry import reads as reads_module
-from imloss_cli.registry import store as store_module
+from imloss_cli.registry import writes as writes_module
 from imloss_cli.registry.schema import Meta, Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
 
     def install(ids: list[str]) -> None:
         pending = iter(ids)
-        monkeypatch.setattr(store_module, "new_id", lambda: next(pending))
+        monkeypatch.setattr(writes_module, "new_id", lambda: next(pending))
 
     return install
 
@@ -209,8 +209,11 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
             (0, "stem.lif", {"firing_rate": 0.125, "entropy": 0.6931471805599453}),
             (1, "layer1.0.lif2", {"firing_rate": 1e-12, "membrane_std": -0.3}),
         ],
+        attempt=1,
     )
-    registry.log_epoch(run_id, 1, {"loss": 1.5, "acc": float("inf")}, [(0, "stem.lif", {"firing_rate": 0.2})])
+    registry.log_epoch(
+        run_id, 1, {"loss": 1.5, "acc": float("inf")}, [(0, "stem.lif", {"firing_rate": 0.2})], attempt=1
+    )
 
     run = registry.get_run(run_id)
     assert isinstance(run, RunInfo)
@@ -260,7 +263,7 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
     }
     assert all(pd.api.types.is_string_dtype(layers[name]) for name in ("run_id", "layer", "stat"))
 
-    registry.finish_run(run_id, "FINISHED")
+    registry.finish_run(run_id, "FINISHED", attempt=1)
     done = registry.get_run(run_id)
     assert done.status == done.display_status == "FINISHED" and done.is_terminal
     assert done.ended_at is not None and done.ended_at >= done.started_at  # type: ignore[operator]
@@ -280,7 +283,12 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
 def test_failed_run_keeps_its_error(registry: Registry) -> None:
     run_id = new_run(registry)
     registry.finish_run(
-        run_id, "FAILED", error_type="ValueError", error_message="loss is NaN", traceback="Traceback ...\nValueError"
+        run_id,
+        "FAILED",
+        error_type="ValueError",
+        error_message="loss is NaN",
+        traceback="Traceback ...\nValueError",
+        attempt=1,
     )
     run = registry.get_run(run_id)
     assert (run.status, run.error_type, run.error_message, run.traceback) == (
@@ -290,13 +298,13 @@ def test_failed_run_keeps_its_error(registry: Registry) -> None:
         "Traceback ...\nValueError",
     )
     with pytest.raises(RegistryError, match=f"run {run_id} has already ended as FAILED"):
-        registry.finish_run(run_id, "FINISHED")
+        registry.finish_run(run_id, "FINISHED", attempt=1)
 
 
 def test_finish_rejects_non_terminal_status(registry: Registry) -> None:
     run_id = new_run(registry)
     with pytest.raises(RegistryError, match="finish status must be one of FAILED, FINISHED, KILL"):
-        registry.finish_run(run_id, "RUNNING")
+        registry.finish_run(run_id, "RUNNING", attempt=1)
     assert {"FINISHED", "FAILED", "KILLED"} == TERMINAL
     assert registry.get_run(run_id).status == "RUNNING"
 
@@ -304,10 +312,14 @@ def test_finish_rejects_non_terminal_status(registry: Registry) -> None:
 def test_logging_an_epoch_twice_replaces_it(registry: Registry) -> None:
     run_id = new_run(registry)
     registry.log_epoch(
-        run_id, 0, {"a": 1.0, "b": 2.0}, [(0, "stem.lif", {"firing_rate": 0.1}), (1, "l1", {"firing_rate": 0.2})]
+        run_id,
+        0,
+        {"a": 1.0, "b": 2.0},
+        [(0, "stem.lif", {"firing_rate": 0.1}), (1, "l1", {"firing_rate": 0.2})],
+        attempt=1,
     )
-    registry.log_epoch(run_id, 1, {"a": 10.0}, [(0, "stem.lif", {"firing_rate": 0.5})])
-    registry.log_epoch(run_id, 0, {"a": 3.0}, [(0, "stem.lif", {"firing_rate": 0.3})])
+    registry.log_epoch(run_id, 1, {"a": 10.0}, [(0, "stem.lif", {"firing_rate": 0.5})], attempt=1)
+    registry.log_epoch(run_id, 0, {"a": 3.0}, [(0, "stem.lif", {"firing_rate": 0.3})], attempt=1)
 
     metrics = registry.epoch_metrics([run_id])
     assert list(metrics.itertuples(index=False, name=None)) == [(run_id, 0, "a", 3.0), (run_id, 1, "a", 10.0)]
@@ -321,20 +333,20 @@ def test_logging_an_epoch_twice_replaces_it(registry: Registry) -> None:
 def test_log_epoch_rejects_unknown_runs_repeated_layers_and_non_numbers_writing_nothing(registry: Registry) -> None:
     run_id = new_run(registry)
     with pytest.raises(RegistryError, match="no run with id 'nope'"):
-        registry.log_epoch("nope", 0, {"a": 1.0}, [])
+        registry.log_epoch("nope", 0, {"a": 1.0}, [], attempt=1)
     with pytest.raises(RegistryError, match="layer index 0 appears twice in epoch 3"):
-        registry.log_epoch(run_id, 3, {}, [(0, "a", {"x": 1.0}), (0, "b", {"x": 2.0})])
+        registry.log_epoch(run_id, 3, {}, [(0, "a", {"x": 1.0}), (0, "b", {"x": 2.0})], attempt=1)
     with pytest.raises(RegistryError, match="metric 'acc' must be a number"):
-        registry.log_epoch(run_id, 0, {"acc": "high"}, [])  # type: ignore[dict-item]
+        registry.log_epoch(run_id, 0, {"acc": "high"}, [], attempt=1)  # type: ignore[dict-item]
     with pytest.raises(RegistryError, match="epoch must be an integer"):
-        registry.log_epoch(run_id, 1.5, {}, [])  # type: ignore[arg-type]
+        registry.log_epoch(run_id, 1.5, {}, [], attempt=1)  # type: ignore[arg-type]
     assert registry.epoch_metrics([run_id]).empty
 
 
 def test_heartbeat_advances_and_checkpoint_dir_is_recorded(registry: Registry) -> None:
     run_id = new_run(registry)
     before = registry.get_run(run_id).heartbeat_at
-    registry.heartbeat(run_id)
+    registry.heartbeat(run_id, attempt=1)
     registry.set_checkpoint_dir(run_id, Path("/data/ckpt"))
     run = registry.get_run(run_id)
     assert run.heartbeat_at is not None and before is not None and run.heartbeat_at > before
@@ -358,9 +370,9 @@ def test_create_run_rejects_bad_kind_status_group_or_json_writing_nothing(regist
 def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
     run_id = new_run(registry, status="QUEUED")
     queued = registry.get_run(run_id)
-    assert (queued.status, queued.started_at, queued.attempt) == ("QUEUED", None, 1)
+    assert (queued.status, queued.started_at, queued.attempt) == ("QUEUED", None, 0)  # never started
 
-    registry.mark_running(run_id, environment={"device": "cuda:0"}, argv=["imloss", "x"])
+    assert registry.claim_run(run_id, environment={"device": "cuda:0"}, argv=["imloss", "x"]) == 1
     first = registry.get_run(run_id)
     assert (first.status, first.attempt, first.environment, first.argv) == (
         "RUNNING",
@@ -370,16 +382,16 @@ def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
     )
     assert first.started_at is not None
     with pytest.raises(RegistryError, match="only QUEUED, FAILED, KILLED or LOST runs"):
-        registry.mark_running(run_id)
+        registry.claim_run(run_id)
 
-    registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt")
-    registry.mark_running(run_id, git_commit="def456")
+    registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", attempt=1)
+    assert registry.claim_run(run_id, git_commit="def456") == 2
     second = registry.get_run(run_id)
     assert (second.status, second.attempt, second.error_type, second.ended_at) == ("RUNNING", 2, None, None)
     assert second.git_commit == "def456" and second.environment == {"device": "cuda:0"}
-    registry.finish_run(run_id, "FINISHED")
+    registry.finish_run(run_id, "FINISHED", attempt=2)
     with pytest.raises(RegistryError, match="is FINISHED; only QUEUED"):
-        registry.mark_running(run_id)
+        registry.claim_run(run_id)
 
 
 # ------------------------------------------------------------------------------ lookups
@@ -429,8 +441,8 @@ def test_list_runs_filters_and_order(registry: Registry) -> None:
     t2 = new_run(registry, "t2")
     a2 = new_run(registry, "a2", kind="ablate", group_id=group, fingerprint="same")
     q = new_run(registry, "q", status="QUEUED", fingerprint="same")
-    registry.finish_run(t1, "FINISHED")
-    registry.finish_run(a1, "FAILED")
+    registry.finish_run(t1, "FINISHED", attempt=1)
+    registry.finish_run(a1, "FAILED", attempt=1)
 
     def ids(runs: list[RunInfo]) -> list[str]:
         return [run.id for run in runs]
@@ -498,7 +510,7 @@ def test_dead_process_on_this_host_is_lost(url_registry: Registry, url: str) -> 
     assert url_registry.get_run(run_id).display_status == "RUNNING"
 
     raw_update(url, run_id, host=socket.gethostname())
-    url_registry.mark_running(run_id)  # a LOST run may be resumed
+    url_registry.claim_run(run_id)  # a LOST run may be resumed
     resumed = url_registry.get_run(run_id)
     assert (resumed.display_status, resumed.pid, resumed.attempt) == ("RUNNING", os.getpid(), 2)
 
@@ -506,7 +518,7 @@ def test_dead_process_on_this_host_is_lost(url_registry: Registry, url: str) -> 
 def test_stale_heartbeat_is_lost(url_registry: Registry, url: str) -> None:
     run_id = new_run(url_registry)
     finished = new_run(url_registry, "done")
-    url_registry.finish_run(finished, "FINISHED")
+    url_registry.finish_run(finished, "FINISHED", attempt=1)
     two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
     raw_update(url, run_id, heartbeat_at=two_hours_ago)
     raw_update(url, finished, heartbeat_at=two_hours_ago)
@@ -516,7 +528,7 @@ def test_stale_heartbeat_is_lost(url_registry: Registry, url: str) -> None:
     with Registry(url, stale_after=3 * 3600) as patient:
         assert patient.get_run(run_id).display_status == "RUNNING"
 
-    url_registry.log_epoch(run_id, 0, {"loss": 1.0}, [])  # logging is a heartbeat
+    url_registry.log_epoch(run_id, 0, {"loss": 1.0}, [], attempt=1)  # logging is a heartbeat
     assert url_registry.get_run(run_id).display_status == "RUNNING"
 
 
@@ -529,12 +541,12 @@ def test_layer_stats_last_epoch_only(registry: Registry) -> None:
     metrics_only = new_run(registry, "metrics-only")
     for epoch in range(3):
         registry.log_epoch(
-            short, epoch, {"loss": 1.0}, [(i, f"l{i}", {"firing_rate": epoch + i / 10}) for i in range(2)]
+            short, epoch, {"loss": 1.0}, [(i, f"l{i}", {"firing_rate": epoch + i / 10}) for i in range(2)], attempt=1
         )
     for epoch in (0, 1, 2, 3, 4):
-        registry.log_epoch(long, epoch, {}, [(0, "stem.lif", {"entropy": epoch * 1.5, "firing_rate": 0.01})])
-    registry.log_epoch(long, 1, {}, [(0, "stem.lif", {"entropy": 99.0})])  # re-log an old epoch
-    registry.log_epoch(metrics_only, 5, {"loss": 0.5}, [])
+        registry.log_epoch(long, epoch, {}, [(0, "stem.lif", {"entropy": epoch * 1.5, "firing_rate": 0.01})], attempt=1)
+    registry.log_epoch(long, 1, {}, [(0, "stem.lif", {"entropy": 99.0})], attempt=1)  # re-log an old epoch
+    registry.log_epoch(metrics_only, 5, {"loss": 0.5}, [], attempt=1)
 
     last = registry.layer_stats([short, long, metrics_only, short], last_epoch_only=True)
     expected = sorted(
@@ -564,7 +576,9 @@ def test_layer_stats_last_epoch_only(registry: Registry) -> None:
 def test_many_run_ids_in_one_query(registry: Registry) -> None:
     run_ids = [new_run(registry, f"r{i}") for i in range(40)]
     for index, run_id in enumerate(run_ids):
-        registry.log_epoch(run_id, index % 3, {"m": float(index)}, [(0, "stem.lif", {"firing_rate": float(index)})])
+        registry.log_epoch(
+            run_id, index % 3, {"m": float(index)}, [(0, "stem.lif", {"firing_rate": float(index)})], attempt=1
+        )
     wanted = run_ids + [f"missing{i:05d}" for i in range(2000)]  # beyond SQLite's 999 variables
     metrics = registry.epoch_metrics(wanted)
     assert list(metrics["run_id"]) == sorted(run_ids)
@@ -582,6 +596,7 @@ def test_portable_read_path_matches_driver_cursor_path(registry: Registry, monke
                 epoch,
                 {"loss": 1 / (epoch + 1), "acc": 0.5, "nan": float("nan")},
                 [(0, "stem.lif", {"firing_rate": epoch / 7, "entropy": 0.5}), (1, "l1", {"firing_rate": float("nan")})],
+                attempt=1,
             )
 
     def read() -> list[pd.DataFrame]:
@@ -619,9 +634,13 @@ def test_epoch_metrics_names_filter(registry: Registry) -> None:
     for run_id, offset in ((first, 0.0), (second, 10.0)):
         for epoch in range(3):
             registry.log_epoch(
-                run_id, epoch, {"test_acc": offset + epoch, "k": 2.0 * epoch, "mean_entropy": 0.5, "lr": 0.1}, []
+                run_id,
+                epoch,
+                {"test_acc": offset + epoch, "k": 2.0 * epoch, "mean_entropy": 0.5, "lr": 0.1},
+                [],
+                attempt=1,
             )
-    registry.log_epoch(second, 3, {"lr": 0.01}, [])  # an epoch with none of the wanted names
+    registry.log_epoch(second, 3, {"lr": 0.01}, [], attempt=1)  # an epoch with none of the wanted names
 
     everything = registry.epoch_metrics([first, second])
     chosen = registry.epoch_metrics([second, first], names=["test_acc", "k", "test_acc"])
@@ -655,8 +674,9 @@ def test_layer_stats_stats_filter(registry: Registry) -> None:
             epoch,
             {},
             [(i, f"l{i}", {"entropy": epoch + i / 10, "firing_rate": 0.1, "membrane_mean": -1.0}) for i in range(2)],
+            attempt=1,
         )
-    registry.log_epoch(run_id, 3, {}, [(0, "l0", {"firing_rate": 0.2})])  # no entropy logged
+    registry.log_epoch(run_id, 3, {}, [(0, "l0", {"firing_rate": 0.2})], attempt=1)  # no entropy logged
 
     everything = registry.layer_stats([run_id])
     entropy = registry.layer_stats([run_id], stats=["entropy"])
@@ -697,7 +717,7 @@ def test_reopen_sees_data_and_plain_relative_path(tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path)
     with Registry("runs/registry.db") as first:
         run_id = new_run(first)
-        first.log_epoch(run_id, 0, {"loss": 0.75}, [])
+        first.log_epoch(run_id, 0, {"loss": 0.75}, [], attempt=1)
     assert (tmp_path / "runs" / "registry.db").is_file()
     with Registry(f"sqlite:///{tmp_path / 'runs' / 'registry.db'}") as second:
         assert second.epoch_metrics([run_id])["value"].tolist() == [0.75]
@@ -757,14 +777,37 @@ def test_a_version_1_registry_is_migrated_keeping_its_runs(tmp_path: Path) -> No
         run_id = new_run(reg, group_id=group)
     with sqlite3.connect(path) as db:  # take the tables back to version 1
         db.execute("DROP INDEX ux_groups_key")
-        for table, column in (("groups", "key"), ("runs", "heartbeat_s"), ("runs", "attempts")):
+        v2_and_v3 = [("groups", "key"), ("runs", "heartbeat_s"), ("runs", "attempts")] + V3_COLUMNS
+        for table, column in v2_and_v3:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with Registry(str(path)) as reg:
         run = reg.get_run(run_id)
         assert (run.group_id, run.attempts, run.heartbeat_s) == (group, [], None)
         assert reg.claim_group("k", "g2", {}, {}, []) == reg.claim_group("k", "other", {}, {}, [])
-    assert stored_schema_version(f"sqlite:///{path}") == "2"
+    assert stored_schema_version(f"sqlite:///{path}") == str(SCHEMA_VERSION)
+
+
+V3_COLUMNS = [("epoch_metrics", "attempt"), ("layer_stats", "attempt")]
+
+
+def test_a_version_2_registry_gets_attempts_on_its_epochs_and_unstarted_runs_at_attempt_0(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    with Registry(str(path)) as reg:
+        started = new_run(reg, "started")
+        reg.log_epoch(started, 1, {"loss": 1.0}, [(0, "stem.lif", {"entropy": 0.5})], attempt=1)
+        queued = new_run(reg, "queued", status="QUEUED")
+    with sqlite3.connect(path) as db:  # take the tables back to version 2, as its code wrote them
+        for table, column in V3_COLUMNS:
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        db.execute("UPDATE runs SET attempt = 1")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with Registry(str(path)) as reg:
+        assert (reg.get_run(started).attempt, reg.get_run(queued).attempt) == (1, 0)
+        assert reg.epoch_attempts(started) == {1: None}  # written before fencing: by no known attempt
+        assert reg.claim_run(queued) == 1  # the first claim of a never-started run is attempt 1
+        assert reg.epoch_metrics([started]).value.tolist() == [1.0]
+    assert stored_schema_version(f"sqlite:///{path}") == str(SCHEMA_VERSION)
 
 
 def test_foreign_database_is_refused(url: str) -> None:
@@ -949,7 +992,7 @@ def test_eight_processes_write_one_registry_at_once(url: str) -> None:
 
 def test_values_are_stored_as_numbers(file_registry: Registry, db_path: Path) -> None:
     run_id = new_run(file_registry, seed=123)
-    file_registry.log_epoch(run_id, 2, {"loss": 0.5}, [(3, "stem.lif", {"firing_rate": 0.25})])
+    file_registry.log_epoch(run_id, 2, {"loss": 0.5}, [(3, "stem.lif", {"firing_rate": 0.25})], attempt=1)
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT typeof(seed), typeof(pid), typeof(created_at) FROM runs").fetchone() == (
             "integer",

@@ -83,9 +83,9 @@ def _add_run(
             (i, name, {"entropy": e, "firing_rate": 0.1 * (i + 1), "membrane_mean": -1.0})
             for (i, name), e in zip(LAYERS, entropies)
         ]
-        registry.log_epoch(run_id, epoch, metrics, stats)
+        registry.log_epoch(run_id, epoch, metrics, stats, attempt=1)
     if status != "RUNNING":
-        registry.finish_run(run_id, status)
+        registry.finish_run(run_id, status, attempt=1)
     return run_id
 
 
@@ -427,8 +427,8 @@ def counted() -> Registry:
             metrics = {"test_acc": acc, "sops": sops, "macs": macs, "energy_uj": (macs * 4.6 + sops * 0.9) * 1e-6}
             layers = [] if neuron == "relu" else [(0, "stem.lif", {"sops_per_image": sops / 4, "entropy": 0.5}),
                                                   (1, "block.lif", {"sops_per_image": 3 * sops / 4, "entropy": 0.7})]  # fmt: skip
-            reg.log_epoch(run_id, epoch, metrics, layers)
-        reg.finish_run(run_id, "FINISHED")
+            reg.log_epoch(run_id, epoch, metrics, layers, attempt=1)
+        reg.finish_run(run_id, "FINISHED", attempt=1)
     yield reg
     reg.close()
 
@@ -506,9 +506,10 @@ def test_best_val_reports_the_test_accuracy_at_the_best_validation_epoch() -> No
         1: [(0.88, 0.70), (0.80, 0.75), (0.86, 0.99)],
     }.items():
         recipe = base.with_overrides({"train.seed": seed})
-        run_id = _add_run(reg, recipe, [t for _, t in epochs], group_id=group)
+        run_id = _add_run(reg, recipe, [t for _, t in epochs], group_id=group, status="RUNNING")
         for epoch, (val, test) in enumerate(epochs, start=1):
-            reg.log_epoch(run_id, epoch, {"test_acc": test, "val_acc": val, "mean_entropy": 0.5}, [])
+            reg.log_epoch(run_id, epoch, {"test_acc": test, "val_acc": val, "mean_entropy": 0.5}, [], attempt=1)
+        reg.finish_run(run_id, "FINISHED", attempt=1)  # a run's epochs are written before it ends
     report = build_report(reg, select="best-val")
     assert list(report.runs["epoch"]) == [2, 1]
     assert report.table["test_acc_mean"].item() == pytest.approx((0.82 + 0.70) / 2)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from imloss_cli.cli.app import app
 from imloss_cli.recipe import load_recipe
 from imloss_cli.registry import Registry
-from imloss_cli.train import loop
+from imloss_cli.train import loop, objective
 from imloss_cli.train.checkpoint import load_checkpoint
 from imloss_cli.train.run import train_run
 
@@ -97,13 +97,13 @@ def test_nan_loss_fails_the_run_with_epoch_and_step_and_keeps_the_last_good_chec
         out = original(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 22 + 4:  # digits has 22 steps an epoch: step 4 of epoch 2
-            return loop.StepLoss(out.total * float("nan"), out.ce, out.im, out.logits)
+            return objective.StepLoss(out.total * float("nan"), out.ce, out.im, out.logits)
         return out
 
     monkeypatch.setattr(loop, "loss_step", poisoned)
     recipe = load_recipe(None, {"train.epochs": 3, "train.seed": 0, "model.timesteps": 2})
-    with pytest.raises(loop.DivergedError, match="diverged at epoch 2, step 4"):
-        train_run(recipe, registry_url=registry_url, argv=["test"])
+    with pytest.raises(loop.DivergedError, match="diverged at epoch 2, step 4"), Registry(registry_url) as registry:
+        train_run(recipe, registry=registry, argv=["test"])
     (run,) = Registry(registry_url).list_runs()
     assert run.status == "FAILED" and run.error_message.startswith("diverged at epoch 2, step 4")
     state = load_checkpoint(Path(run.checkpoint_dir) / "last.pt")

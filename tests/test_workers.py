@@ -25,7 +25,7 @@ from imloss_cli.cli.app import app
 from imloss_cli.registry import FINISHED, LOST, RUNNING, Registry, RegistryError
 from imloss_cli.registry import store as store_module
 from imloss_cli.registry.schema import Run
-from imloss_cli.train.run import heartbeat
+from imloss_cli.train.lifecycle import ClaimedRun, heartbeat
 
 from .test_registry import new_run, postgres_admin, postgres_url  # noqa: F401  (fixtures)
 
@@ -117,7 +117,7 @@ def test_a_killed_worker_leaves_its_trial_lost_and_another_worker_completes_the_
 def test_a_run_whose_heartbeat_lapses_is_lost_on_any_host(workdir: Path) -> None:
     reg = Registry(str(workdir / "reg.db"))
     run_id = new_run(reg, status="QUEUED")
-    reg.mark_running(run_id, heartbeat_s=0.2)
+    attempt = reg.claim_run(run_id, heartbeat_s=0.2)
     assert reg.get_run(run_id).display_status == RUNNING
     with reg._write() as s:  # as if another machine holds it: its pid means nothing here
         s.execute(update(Run).where(Run.id == run_id).values(host="another-host", pid=1))
@@ -126,7 +126,7 @@ def test_a_run_whose_heartbeat_lapses_is_lost_on_any_host(workdir: Path) -> None
     with reg._write() as s:
         s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=old))
     assert reg.get_run(run_id).display_status == LOST
-    with heartbeat(reg, run_id, 0.05):
+    with heartbeat(ClaimedRun(reg, run_id, attempt, None), 0.05):
         time.sleep(0.3)
     assert reg.get_run(run_id).display_status == RUNNING  # the background beats brought it back
 
@@ -136,9 +136,9 @@ def test_claiming_a_run_another_live_worker_holds_is_refused(workdir: Path) -> N
 
     reg = Registry(str(workdir / "reg.db"))
     run_id = new_run(reg, status="QUEUED")
-    reg.mark_running(run_id, heartbeat_s=30.0)
+    reg.claim_run(run_id, heartbeat_s=30.0)
     with pytest.raises(RunClaimedError, match=r"is RUNNING on .* \(pid \d+\)"):
-        reg.mark_running(run_id)
+        reg.claim_run(run_id)
     entry = reg.get_run(run_id).attempts
     assert [(a["attempt"], a["how"], a["pid"]) for a in entry] == [(1, "fresh", os.getpid())]
 

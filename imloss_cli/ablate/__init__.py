@@ -7,16 +7,26 @@ Modules:
 """
 
 from imloss_cli.ablate.grid import NAMED_AXES, GridSpec, Trial, plan_trials, split_values
-from imloss_cli.ablate.group import AblationResult, TrialOutcome, WorkOptions, latest_train_recipe, run_ablation
+from imloss_cli.ablate.group import (
+    AblationPlan,
+    AblationResult,
+    TrialOutcome,
+    WorkOptions,
+    latest_train_recipe,
+    plan_ablation,
+    run_ablation,
+)
 
 __all__ = [
     "NAMED_AXES",
+    "AblationPlan",
     "AblationResult",
     "GridSpec",
     "Trial",
     "TrialOutcome",
     "WorkOptions",
     "latest_train_recipe",
+    "plan_ablation",
     "plan_trials",
     "run_ablation",
     "split_values",

@@ -36,21 +36,22 @@ from imloss_cli.registry import (
     Registry,
     RegistryError,
     RunClaimedError,
+    RunFencedError,
     RunInfo,
 )
 from imloss_cli.train.environment import code_version, git_state
 from imloss_cli.train.run import HEARTBEAT_S, Callbacks, resume_run, run_fields
 
 
-def latest_train_recipe(registry_url: str, overrides: dict[str, Any]) -> tuple[str, Recipe]:
+def latest_train_recipe(registry: Registry, overrides: dict[str, Any]) -> tuple[str, Recipe]:
     """The recipe of the most recent ``imloss train`` run, with overrides applied.
 
     Raises:
         RegistryError: the registry holds no train run.
     """
-    run = Registry(registry_url).latest_run(kind="train")
+    run = registry.latest_run(kind="train")
     if run is None:
-        raise RegistryError(f"no train run in the registry {registry_url}; give a recipe: imloss ablate RECIPE ...")
+        raise RegistryError(f"no train run in the registry {registry.url}; give a recipe: imloss ablate RECIPE ...")
     return run.id, validate_recipe(run.recipe, f"run {run.id}").with_overrides(overrides)
 
 
@@ -107,6 +108,8 @@ class WorkOptions:
         on_trial: called as (number, total, trial, run_id) before a trial trains here; returns its callbacks.
         on_outcome: called with each trial's outcome as soon as it is known.
         on_wait: called with the trials running elsewhere whenever that set changes while waiting.
+        on_taken_over: called when a trial this worker trained was taken over by another worker
+            (this one had been paused past its heartbeat); the worker goes on with the grid.
     """
 
     fail_fast: bool = False
@@ -116,51 +119,69 @@ class WorkOptions:
     on_trial: Callable[[int, int, Trial, str], Callbacks] | None = None
     on_outcome: Callable[[TrialOutcome], None] | None = None
     on_wait: Callable[[list[TrialOutcome]], None] | None = None
+    on_taken_over: Callable[[RunFencedError], None] | None = None
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """An ablation's trials, planned from a base recipe and a grid before anything is written."""
+
+    base: Recipe
+    axes: dict[str, list[Any]]
+    seeds: list[int]
+    version: str  # the code version every trial's fingerprint holds
+    trials: list[Trial]
+
+    @property
+    def dry_run(self) -> AblationResult:
+        """What ``--dry-run`` shows: every trial, nothing recorded."""
+        return AblationResult(None, [TrialOutcome(t, None, PLANNED) for t in self.trials])
+
+
+def plan_ablation(base: Recipe, spec: GridSpec) -> AblationPlan:
+    """The trials of ``spec`` over ``base``; no seeds given: the base recipe's seed, or 0.
+
+    Raises:
+        RecipeError: the grid is empty or has invalid combinations (nothing is written).
+    """
+    seeds = spec.seeds if spec.seeds is not None else [base.train.seed or 0]
+    version = code_version(git_state())
+    axes = {k: list(v) for k, v in spec.axes.items()}
+    return AblationPlan(base, axes, list(seeds), version, plan_trials(base, spec.axes, seeds, version))
 
 
 def run_ablation(
-    base: Recipe | None,
-    spec: GridSpec | None,
+    plan: AblationPlan | None,
     *,
-    registry_url: str,
+    registry: Registry,
     argv: list[str],
     group: str | None = None,
-    dry_run: bool = False,
     work: WorkOptions = WorkOptions(),
 ) -> AblationResult:
-    """Plan and queue the grid (or join ``group``), then work on it as one worker among any number.
+    """Queue the planned grid as a group (or join ``group``), then work on it as one worker among any number.
 
     Args:
-        base: the recipe every trial starts from (None with ``group``).
-        spec: the axes (dotted field -> values) and seeds; no seeds: the base recipe's seed, or 0.
-        registry_url: where the group and its runs are recorded.
+        plan: the trials (:func:`plan_ablation`); None with ``group``.
+        registry: where the group and its runs are recorded.
         argv: the command line, recorded with the group and each run.
-        group: join this existing group (id or prefix) instead of planning one.
-        dry_run: only plan; nothing is written.
+        group: join this existing group (id or prefix) instead of queueing a plan.
         work: how this worker works (see :class:`WorkOptions`).
 
     Raises:
-        RecipeError: the grid is empty or has invalid combinations (nothing written).
         RegistryError: no such group.
         KeyboardInterrupt: the current trial was recorded as KILLED; the rest stay as they are.
     """
     started_at = datetime.now(timezone.utc)
-    if group is None:
-        if base is None or spec is None:
-            raise ValueError("run_ablation needs a base recipe and a grid, or a group to join")
-        seeds = spec.seeds if spec.seeds is not None else [base.train.seed or 0]
-        version = code_version(git_state())
-        trials = plan_trials(base, spec.axes, seeds, version)
-        if dry_run:
-            return AblationResult(None, [TrialOutcome(t, None, PLANNED) for t in trials])
-        registry = Registry(registry_url)
-        group_id = claim_group(registry, base, spec.axes, seeds, argv)
-        # One transaction for the whole grid: workers queueing it at once end with one row per trial.
-        registry.queue_runs(group_id, [run_fields(t.recipe, argv=argv, kind="ablate", version=version) for t in trials])
-    else:
-        registry = Registry(registry_url)
+    if group is not None:
         group_id = registry.get_group(group).id
-    return work_on_group(registry, group_id, started_at, registry_url=registry_url, argv=argv, work=work)
+    elif plan is not None:
+        group_id = claim_group(registry, plan.base, plan.axes, plan.seeds, argv)
+        # One transaction for the whole grid: workers queueing it at once end with one row per trial.
+        fields = [run_fields(t.recipe, argv=argv, kind="ablate", version=plan.version) for t in plan.trials]
+        registry.queue_runs(group_id, fields)
+    else:
+        raise ValueError("run_ablation needs a plan, or a group to join")
+    return work_on_group(registry, group_id, started_at, argv=argv, work=work)
 
 
 def work_on_group(
@@ -168,19 +189,18 @@ def work_on_group(
     group_id: str,
     started_at: datetime,
     *,
-    registry_url: str,
     argv: list[str],
     work: WorkOptions = WorkOptions(),
 ) -> AblationResult:
     """Work on a queued group as one worker (with ``work.jobs - 1`` more on this machine)."""
     info = registry.get_group(group_id)
-    worker = _Worker(registry, info, started_at, registry_url, argv, work)
+    worker = _Worker(registry, info, started_at, argv, work)
     if work.jobs > 1:
         options = ["--heartbeat", str(work.heartbeat_s), *(["--fail-fast"] if work.fail_fast else [])]
         first = registry.list_runs(group_id=group_id)[-1]
         log_dir = Path(validate_recipe(first.recipe).train.output_dir) / f"group-{group_id}"
         run_workers(
-            group_id, work.jobs, registry_url=registry_url, options=options, log_dir=log_dir,
+            group_id, work.jobs, registry_url=registry.url_for_subprocesses, options=options, log_dir=log_dir,
             poll_s=worker.poll_s, on_poll=worker.report_new,
         )  # fmt: skip
     worker.work()
@@ -195,14 +215,14 @@ class _Worker:
         registry: Registry,
         group: GroupInfo,
         started_at: datetime,
-        registry_url: str,
         argv: list[str],
         options: WorkOptions,
     ) -> None:
         self.registry, self.group, self.started_at = registry, group, started_at
-        self.registry_url, self.argv, self.options = registry_url, argv, options
+        self.argv, self.options = argv, options
         self.poll_s = min(5.0, options.heartbeat_s)
         self.here: dict[str, TrialOutcome] = {}  # trials this worker trained
+        self.lost_here: set[str] = set()  # trials taken over from this worker: another holds them now
         self.reported: set[str] = set()
 
     def runs(self) -> list[RunInfo]:
@@ -229,11 +249,13 @@ class _Worker:
             time.sleep(self.poll_s)
 
     def _claimable(self, run: RunInfo) -> bool:
+        if run.id in self.here or run.id in self.lost_here:  # tried by this worker in this command
+            return False
         if run.display_status in (QUEUED, LOST):
             return True
         # Failed or killed before this command began: rerunning the ablation retries it.
         ended_before = run.ended_at is not None and run.ended_at < self.started_at
-        return run.status in (FAILED, KILLED) and ended_before and run.id not in self.here
+        return run.status in (FAILED, KILLED) and ended_before
 
     def _train(self, run: RunInfo, runs: list[RunInfo]) -> None:
         trial = self._trial(run)
@@ -242,14 +264,20 @@ class _Worker:
         callbacks = on_trial(number, len(runs), trial, run.id) if on_trial else Callbacks()
         try:
             result = resume_run(
-                run.id, registry_url=self.registry_url, argv=self.argv, callbacks=callbacks,
-                heartbeat_s=self.options.heartbeat_s,
-            )  # fmt: skip
+                self.registry, run.id, argv=self.argv, callbacks=callbacks, heartbeat_s=self.options.heartbeat_s
+            )
         except RunClaimedError:  # another worker claimed it between our read and our claim
             return
-        except Exception as e:  # the group goes on; a trial that failed before its claim is closed here
-            if self.registry.get_run(run.id).status == QUEUED:
-                self.registry.finish_run(run.id, FAILED, error_type=type(e).__name__, error_message=str(e))
+        except RunFencedError as e:  # paused past the heartbeat here, taken over there: the grid goes on
+            self.lost_here.add(run.id)
+            if self.options.on_taken_over is not None:
+                self.options.on_taken_over(e)
+            return
+        except RegistryError:  # the registry itself fails: no trial can be recorded, so no worker goes on
+            raise
+        except Exception as e:
+            # The run was closed as FAILED by its lifecycle (or, failing before its claim, left as it
+            # was, and not retried by this worker); the group goes on.
             outcome = TrialOutcome(trial, run.id, FAILED, error=f"{type(e).__name__}: {e}")
         else:
             acc = result.last.metrics["test_acc"] if result.last is not None else None

@@ -6,6 +6,7 @@ import torch.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,7 +62,7 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:
     """Load and validate a recipe; CLI options given as ``fields`` override it when not None."""
-    overrides = parse_overrides(sets or [])
+    overrides = overrides_of(sets)
     overrides.update({k: v for k, v in fields.items() if v is not None})
     loaded = guarded(lambda: load_recipe(recipe, overrides))
     if recipe is not None and sets_nothing(recipe):
@@ -69,6 +70,22 @@ def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:
             f"{recipe} sets nothing: this is the embedded digits default" + (" with the overrides" if overrides else "")
         )
     return loaded
+
+
+def overrides_of(sets: list[str] | None) -> dict[str, Any]:
+    """The ``--set KEY=VALUE`` options as a dict (a malformed one: exit 2 and one line)."""
+    return guarded(lambda: parse_overrides(sets or []))
+
+
+def open_registry(url: str, *, create: bool = True, write: bool = True) -> Any:
+    """The registry at ``url``, opened once here at the edge and closed on leaving (``with``).
+
+    ``create=False``: a missing SQLite file is an error, not a new empty registry (reading and
+    resuming commands); ``write=False``: nothing is written (reading commands).
+    """
+    from imloss_cli.registry import Registry
+
+    return guarded(lambda: Registry(url, create=create, write=write))
 
 
 @app.command()
@@ -95,6 +112,7 @@ def train(
     ] = None,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes (GPUs) on this machine, via torchrun")] = 1,
     run_id: Annotated[str | None, typer.Option("--run-id", hidden=True)] = None,
+    attempt: Annotated[int | None, typer.Option("--attempt", hidden=True)] = None,
     heartbeat: HeartbeatOpt = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
@@ -110,22 +128,23 @@ def train(
         recipe, set_, **{"train.seed": seed, "train.device": device, "name": name,
                          "train.deterministic": deterministic, "train.keep_last": keep_last},
     )  # fmt: skip
-    if nproc > 1:
-        launched, code = guarded(lambda: launch_distributed(r, nproc, registry_url=registry, argv=sys.argv))
-        console.print(f"run {launched}: torchrun exited with code {code}")
-        raise typer.Exit(0 if code == 0 else 1)
     env = DistEnv.from_environ()
-    with TrainDisplay(console, quiet=env is not None and not env.is_main) as ui:
-        result = guarded(
-            lambda: train_run(
-                r,
-                registry_url=registry,
-                argv=sys.argv,
-                callbacks=ui.callbacks(),
-                queued_run=run_id,
-                **_given(heartbeat_s=heartbeat),
+    main_rank = env is None or env.is_main
+    with open_registry(registry) if main_rank else contextlib.nullcontext() as reg:
+        if nproc > 1:
+            launched = guarded(
+                lambda: launch_distributed(reg, r, nproc, argv=sys.argv, **_given(heartbeat_s=heartbeat))
             )
-        )
+            console.print(f"[bold green]done[/]  run {launched} ({nproc} processes)")
+            return
+        held = (run_id, attempt) if run_id is not None and attempt is not None else None
+        with TrainDisplay(console, quiet=not main_rank) as ui:
+            result = guarded(
+                lambda: train_run(
+                    r, registry=reg, argv=sys.argv, callbacks=ui.callbacks(), held=held,
+                    **_given(heartbeat_s=heartbeat),
+                )
+            )  # fmt: skip
     if result is not None and result.last is not None:
         m = result.last.metrics
         console.print(f"[bold green]done[/]  test accuracy {m['test_acc']:.4f}  run {result.run_id}")
@@ -144,11 +163,9 @@ def resume(
     from imloss_cli.cli.views import TrainDisplay
     from imloss_cli.train.run import resume_run
 
-    with TrainDisplay(console) as ui:
+    with open_registry(registry, create=False) as reg, TrainDisplay(console) as ui:
         result = guarded(
-            lambda: resume_run(
-                run, registry_url=registry, argv=sys.argv, callbacks=ui.callbacks(), **_given(heartbeat_s=heartbeat)
-            )
+            lambda: resume_run(reg, run, argv=sys.argv, callbacks=ui.callbacks(), **_given(heartbeat_s=heartbeat))
         )
     acc = f"test accuracy {result.last.metrics['test_acc']:.4f}  " if result.last else ""
     console.print(f"[bold green]done[/]  {acc}run {result.run_id}")
@@ -179,36 +196,46 @@ def ablate(
 
     Example: imloss ablate recipes/digits.toml --im-weight 0,1,2 --seeds 2
     """
-    from imloss_cli.ablate import run_ablation
+    from imloss_cli.ablate import GridSpec, run_ablation
     from imloss_cli.cli.views import AblationView
 
-    base, spec = (
-        (None, None)
-        if group is not None
-        else _ablation_plan(recipe, set_, registry, im_weight, surrogate, timesteps, grid, seeds, seed)
-    )
-    with AblationView(console) as view:
-        result = guarded(
-            lambda: run_ablation(
-                base, spec, registry_url=registry, argv=sys.argv, group=group, dry_run=dry_run,
-                work=view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **_given(heartbeat_s=heartbeat)),
-            )
-        )  # fmt: skip
-    view.summary(result, _group_table(registry, result.group_id) if result.complete else "")
+    spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
+    # A recipe file is planned before the registry is opened: a bad grid writes nothing.
+    plan = _plan(load(recipe, set_), spec) if recipe is not None and group is None else None
+    if plan is not None and dry_run:
+        AblationView(console).summary(plan.dry_run, "")
+        return
+    # Joining a group or reusing the last run's recipe reads the registry: it must exist.
+    with open_registry(registry, create=plan is not None, write=not dry_run) as reg:
+        if plan is None and group is None:
+            plan = _plan(_latest_train_recipe(reg, set_), spec)
+            if dry_run:
+                AblationView(console).summary(plan.dry_run, "")
+                return
+        with AblationView(console) as view:
+            result = guarded(
+                lambda: run_ablation(
+                    plan, registry=reg, argv=sys.argv, group=group,
+                    work=view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **_given(heartbeat_s=heartbeat)),
+                )
+            )  # fmt: skip
+        view.summary(result, _group_table(reg, result.group_id) if result.complete else "")
     raise typer.Exit(1 if result.failed else 0)
 
 
-def _ablation_plan(recipe: Path | None, sets: list[str] | None, registry: str, *axes: Any) -> tuple[Recipe, Any]:
-    """The base recipe (the file, or the latest train run's) and the grid of the ablate options."""
-    from imloss_cli.ablate import GridSpec, latest_train_recipe
+def _plan(base: Recipe, spec: Any) -> Any:
+    from imloss_cli.ablate import plan_ablation
 
-    im_weight, surrogate, timesteps, grid, seeds, seed = axes
-    spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
-    if recipe is not None:
-        return load(recipe, sets), spec
-    base_run, base = guarded(lambda: latest_train_recipe(registry, parse_overrides(sets or [])))
+    return guarded(lambda: plan_ablation(base, spec))
+
+
+def _latest_train_recipe(registry: Any, sets: list[str] | None) -> Recipe:
+    """The recipe of the registry's most recent train run (ablate without RECIPE), overrides applied."""
+    from imloss_cli.ablate import latest_train_recipe
+
+    base_run, base = guarded(lambda: latest_train_recipe(registry, overrides_of(sets)))
     console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
-    return base, spec
+    return base
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -216,15 +243,14 @@ def _given(**options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _group_table(registry: str, group_id: str | None) -> str:
+def _group_table(registry: Any, group_id: str | None) -> str:
     """The group's report as markdown, or why there is none yet (no finished trial)."""
-    from imloss_cli.registry import Registry
     from imloss_cli.report import ReportError, build_report, render
 
     if group_id is None:
         return ""
     try:
-        return render(build_report(Registry(registry), group=group_id), "markdown")
+        return guarded(lambda: render(build_report(registry, group=group_id), "markdown"))
     except ReportError as e:
         return f"no summary table: {e}"
 
@@ -247,17 +273,26 @@ def paper(
     Example: imloss paper cifar10-resnet19-t2 --epochs 10 --seeds 3
     """
     from imloss_cli.cli.views import AblationView
-    from imloss_cli.paper import run_paper
+    from imloss_cli.paper import missing_data, plan_paper, run_paper
 
-    with AblationView(console) as view:
+    plan = guarded(lambda: plan_paper(rows or [], epochs=epochs, seeds=seeds, overrides=overrides_of(set_)))
+    missing = guarded(lambda: missing_data(plan))
+    view = AblationView(console)
+    for row, message in missing.items():
+        view.missing(row, message)
+    if dry_run:
+        view.paper_plan(plan, missing)
+        return
+    if len(missing) == len(plan.rows):  # nothing to train: no group is created
+        fail(f"no row has its data on this machine ({', '.join(missing)}); put it where the lines above say")
+    with open_registry(registry) as reg, view:
         result = guarded(
             lambda: run_paper(
-                rows or [], registry_url=registry, argv=sys.argv, epochs=epochs, seeds=seeds,
-                overrides=parse_overrides(set_ or []), dry_run=dry_run, on_missing=view.missing,
+                plan, registry=reg, argv=sys.argv, missing=missing,
                 work=view.work_options(jobs=jobs, **_given(heartbeat_s=heartbeat)),
             )
         )  # fmt: skip
-    tables = {t: _group_table(registry, r.group_id) if r.complete else "" for t, r in result.groups.items()}
+        tables = {t: _group_table(reg, r.group_id) if r.complete else "" for t, r in result.groups.items()}
     view.paper_summary(result, tables)
     raise typer.Exit(1 if result.failed else 0)
 
@@ -286,14 +321,10 @@ def runs(
     Example: imloss runs --status FINISHED --limit 10
     """
     from imloss_cli.cli.views import frame_table
-    from imloss_cli.registry import Registry
     from imloss_cli.report import runs_overview
 
-    frame = guarded(
-        lambda: runs_overview(
-            Registry(registry, create=False), status=status and status.upper(), group=group, limit=limit
-        )
-    )
+    with open_registry(registry, create=False, write=False) as reg:
+        frame = guarded(lambda: runs_overview(reg, status=status and status.upper(), group=group, limit=limit))
     console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
 
 
@@ -307,10 +338,10 @@ def show(
     Example: imloss show 3fa2c1
     """
     from imloss_cli.cli.views import render_details
-    from imloss_cli.registry import Registry
     from imloss_cli.report import run_details
 
-    render_details(console, guarded(lambda: run_details(Registry(registry, create=False), run)))
+    with open_registry(registry, create=False, write=False) as reg:
+        render_details(console, guarded(lambda: run_details(reg, run)))
 
 
 @app.command()
@@ -340,33 +371,26 @@ def report(
 
     Example: imloss report --format html --output report.html --e-mac 3.1 --e-ac 0.1
     """
-    from imloss_cli.registry import Registry
     from imloss_cli.report import FORMATS, build_report, energy_constants, render, write_plots
 
     if fmt not in FORMATS:  # before the registry: a typo in the format is the first thing to fix
         fail(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     energy = guarded(lambda: energy_constants(e_mac, e_ac))
-    reg = guarded(lambda: Registry(registry, create=False))
-    rep = guarded(
-        lambda: build_report(
-            reg,
-            group=group,
-            last=last,
-            recipe_name=recipe_name,
-            metric=metric,
-            select=select,
-            energy=energy,
-            paper=paper,
-        )
-    )
-    text = guarded(lambda: render(rep, fmt, reg))
-    for warning in rep.warnings:
-        warn(warning)
-    if output is None:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
-    else:
-        guarded(lambda: write_text_atomically(output, text))
-        console.print(f"wrote {output}")
-    if plots is not None:
-        for path in guarded(lambda: write_plots(rep, reg, plots)):
-            console.print(f"wrote {path}")
+    with open_registry(registry, create=False, write=False) as reg:
+        rep = guarded(
+            lambda: build_report(
+                reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select, energy=energy,
+                paper=paper,
+            )
+        )  # fmt: skip
+        text = guarded(lambda: render(rep, fmt, reg))
+        for warning in rep.warnings:
+            warn(warning)
+        if output is None:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            guarded(lambda: write_text_atomically(output, text))
+            console.print(f"wrote {output}")
+        if plots is not None:
+            for path in guarded(lambda: write_plots(rep, reg, plots)):
+                console.print(f"wrote {path}")

@@ -1,7 +1,8 @@
 """Where library errors become CLI errors: one line on stderr and an exit code.
 
 Exit codes: 2 for anything the user fixes by changing the input (recipe, data, registry path,
-checkpoint, report option), 1 for a run that diverged, 130 for an interrupt.
+checkpoint, report option); 1 for a run that diverged, a torchrun process that failed, or a copy
+of a run that another worker took over; 130 for Ctrl-C and 143 for SIGTERM (128 + the signal).
 """
 
 from __future__ import annotations
@@ -26,9 +27,15 @@ USER_ERRORS = (
     ("imloss_cli.registry", "RegistryError"),
     ("imloss_cli.train.checkpoint", "CheckpointError"),
     ("imloss_cli.report", "ReportError"),
-    ("imloss_cli.train.loop", "TrainingError"),
+    ("imloss_cli.train.errors", "TrainingError"),
 )
-RUN_FAILURES = (("imloss_cli.train.loop", "DivergedError"),)
+# Checked first: some are subclasses of the errors above, but end a run rather than reject an input.
+RUN_FAILURES = (
+    ("imloss_cli.train.errors", "DivergedError"),
+    ("imloss_cli.train.errors", "WorkerFailedError"),
+    ("imloss_cli.registry", "RunFencedError"),
+)
+INTERRUPT_CODES = {"Terminated": 143, "KeyboardInterrupt": 130}
 
 
 def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
@@ -52,8 +59,9 @@ def guarded(call: Callable[[], T]) -> T:
     except RecipeError as e:
         head = f"{e.source}: " if e.source else ""
         fail(head + "invalid recipe\n  " + "\n  ".join(e.problems))
-    except KeyboardInterrupt:
-        fail("interrupted; the run is recorded as KILLED", code=130)
+    except KeyboardInterrupt as e:
+        signal = "SIGTERM" if type(e).__name__ == "Terminated" else "interrupted"
+        fail(f"{signal}: the run is recorded as KILLED", code=INTERRUPT_CODES.get(type(e).__name__, 130))
     except Exception as e:
         if isinstance(e, _loaded(RUN_FAILURES)):
             fail(str(e), code=1)

@@ -15,7 +15,7 @@ from imloss_cli.registry import FAILED, FINISHED, KILLED, LOST, SKIPPED
 
 if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
     from imloss_cli.ablate import AblationResult, Trial, TrialOutcome, WorkOptions
-    from imloss_cli.paper import PaperResult
+    from imloss_cli.paper import PaperPlan, PaperResult
     from imloss_cli.report import RunDetails
     from imloss_cli.snn.catalog import ModelRow
     from imloss_cli.train.loop import EpochRecord
@@ -49,7 +49,7 @@ class TrainDisplay:
         self.console = console
         self.quiet = quiet  # torchrun ranks other than 0 say nothing
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            TextColumn("[bold]epoch {task.fields[epoch]}[/] {task.fields[phase]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -73,7 +73,9 @@ class TrainDisplay:
 
         if self.quiet:
             return Callbacks()
-        return Callbacks(on_start=self.start, on_step=self.step, on_epoch=self.epoch_done)
+        return Callbacks(
+            on_start=self.start, on_step=self.step, on_eval_batch=self.eval_batch, on_epoch=self.epoch_done
+        )
 
     def start(self, run: RunStart) -> None:
         self.epochs = run.epochs
@@ -87,11 +89,22 @@ class TrainDisplay:
             self.console.print(f"resuming at epoch {run.first_epoch}")
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=run.steps_per_epoch, epoch=f"{self.epoch}/{run.epochs}")
+        self.task = self.progress.add_task(
+            "train", total=run.steps_per_epoch, epoch=f"{self.epoch}/{run.epochs}", phase="train"
+        )
 
     def step(self, step: int, steps: int) -> None:
         if self.task is not None:
-            self.progress.update(self.task, completed=step, total=steps, epoch=f"{self.epoch}/{self.epochs}")
+            self.progress.update(
+                self.task, completed=step, total=steps, epoch=f"{self.epoch}/{self.epochs}", phase="train"
+            )
+
+    def eval_batch(self, done: int, total: int) -> None:
+        """The test (and validation) pass after each epoch's training: batches scored."""
+        if self.task is not None:
+            self.progress.update(
+                self.task, completed=done, total=total, epoch=f"{self.epoch}/{self.epochs}", phase="evaluate"
+            )
 
     def epoch_done(self, record: EpochRecord) -> None:
         self.console.print(epoch_line(record, self.epochs), soft_wrap=True, highlight=False)
@@ -150,7 +163,9 @@ class AblationView:
         """The worker's options with this view's progress hooks."""
         from imloss_cli.ablate import WorkOptions
 
-        return WorkOptions(on_trial=self.trial, on_outcome=self.outcome, on_wait=self.waiting, **options)
+        return WorkOptions(
+            on_trial=self.trial, on_outcome=self.outcome, on_wait=self.waiting, on_taken_over=self.taken_over, **options
+        )
 
     def trial(self, number: int, total: int, trial: Trial, run_id: str) -> Callbacks:
         self.console.print(f"[bold]trial {number}/{total}[/]  {trial.label}  run {run_id}", highlight=False)
@@ -169,6 +184,10 @@ class AblationView:
             acc = f"  test accuracy {outcome.test_acc:.4f}" if outcome.test_acc is not None else ""
             self.console.print(f"[green]finished[/]{where}  {label}{acc}", highlight=False)
 
+    def taken_over(self, error: Exception) -> None:
+        """A trial this worker trained was taken over by another worker (this one had been paused)."""
+        self.console.print(str(error), style="yellow", markup=False, highlight=False, soft_wrap=True)
+
     def waiting(self, running: list[TrialOutcome]) -> None:
         """Nothing left to claim: the trials this worker waits for, and who holds them."""
         self.console.print(
@@ -181,12 +200,18 @@ class AblationView:
         """A paper row left out: its data is not on this machine."""
         self.console.print(f"[yellow]no data[/]  {row}: {message}", highlight=False, soft_wrap=True)
 
-    def paper_summary(self, result: PaperResult, tables: dict[str, str]) -> None:
-        """Per table: the planned trials (dry run), or the group's outcome and report."""
-        for table, trials in result.planned.items():
+    def paper_plan(self, plan: PaperPlan, missing: dict[str, str]) -> None:
+        """``imloss paper --dry-run``: per table the planned trials, rows without data marked."""
+        for table, trials in plan.tables.items():
             self.console.print(f"{table} table: {len(trials)} trials (dry run: nothing recorded)", highlight=False)
             for t in trials:
-                self.console.print(f"  {t.label}", highlight=False)
+                mark = "  (no data here)" if plan.row(t) in missing else ""
+                self.console.print(f"  {t.label}{mark}", highlight=False)
+        if missing:
+            self.console.print(f"{len(missing)} row(s) would be left out for want of data: {', '.join(missing)}")
+
+    def paper_summary(self, result: PaperResult, tables: dict[str, str]) -> None:
+        """Per table: the group's outcome and report."""
         for table, group in result.groups.items():
             self.console.print(f"\n[bold]{table} table[/]", highlight=False)
             self.summary(group, tables.get(table, ""))

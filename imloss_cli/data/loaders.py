@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -77,7 +78,11 @@ class _SeededSampler:
         return ((i, _mix(self.key, i)) for i in self.order)
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
+    # SIGTERM to the whole process group (timeout, scancel, a cluster's time limit) must not kill a
+    # worker by signal: the loader would raise "worker killed" in the parent before its own SIGTERM
+    # ends the run as KILLED. The parent decides; it shuts its workers down on the way out.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # torch seeds each worker from the loader's generator; extend that to python and numpy so
     # that any randomness in user transforms is reproducible too.
     seed = torch.initial_seed() % 2**32
@@ -90,7 +95,7 @@ def _loader(dataset: Dataset, sampler: Iterable, batch_size: int, cfg: DataConfi
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
         pin_memory=pin_memory, drop_last=False, persistent_workers=cfg.num_workers > 0,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=_init_worker,
         # An explicit generator: worker seeds follow `key`, and the loader leaves the global RNG
         # untouched (without one it draws its base seed from it).
         generator=torch.Generator().manual_seed(key))

@@ -4,7 +4,10 @@ Only the standard library, SQLAlchemy and pandas are used here, so reading a reg
 listings) never imports torch; and only this package imports SQLAlchemy.
 
 Modules:
-    store    :class:`Registry`, the public face: one short transaction per method.
+    store    :class:`Registry`, the public face: one short transaction per method, made of
+    session  opening the database, the transaction helpers, the displayed status and the fence check,
+    writes   groups, queued runs, claims (each returns its attempt: the fence token) and fenced writes,
+    queries  runs and groups as snapshots, epochs and layers as data frames.
     records  :class:`RunInfo` and :class:`GroupInfo`, the snapshots it returns (run columns
              are defined there once).
     status   every status name (runs: QUEUED ... KILLED, LOST; trials: SKIPPED, PLANNED) and the sets built from them.
@@ -15,7 +18,7 @@ Modules:
     errors   :class:`RegistryError` and the translation of driver errors into it.
 """
 
-from .errors import RegistryError, RunClaimedError
+from .errors import RegistryError, RunClaimedError, RunFencedError
 from .records import GroupInfo, RunInfo
 from .schema import KINDS, SCHEMA_VERSION
 from .status import (
@@ -52,5 +55,6 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RunClaimedError",
+    "RunFencedError",
     "RunInfo",
 ]

@@ -40,7 +40,6 @@ from sqlalchemy.pool import StaticPool
 from .errors import BUSY_TIMEOUT_MS, RegistryError
 from .schema import MIGRATIONS, SCHEMA_VERSION, Base, Meta
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _IMMEDIATE = "imloss_begin_immediate"  # execution option marking the write engine
 # pg_advisory_xact_lock key held while a PostgreSQL registry's schema is created or checked
 # ("imloss" in ASCII); any constant works as long as every imloss uses the same one.
@@ -79,11 +78,16 @@ def sqlite_file(url: URL) -> Path | None:
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Fail early and clearly on a path that cannot hold a registry.
+    """Fail early and clearly on a path that cannot hold a registry: a directory, or an uncreatable folder.
+
+    The file itself is never opened here. POSIX advisory locks belong to the process, and closing
+    any descriptor of a database file drops all of them, including those that this process's
+    SQLite connections hold; another process may then checkpoint and delete the WAL under them
+    ("disk I/O error"). Whether the file is a SQLite database is left to SQLite, which answers
+    "file is not a database" when it is not (:func:`.errors.db_errors` says it plainly).
 
     Raises:
-        RegistryError: the directory cannot be created, the path is a directory, or the file
-            exists and is not a SQLite database.
+        RegistryError: the directory cannot be created, or the path is a directory.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,15 +97,6 @@ def check_sqlite_file(path: Path) -> None:
         ) from exc
     if path.is_dir():
         raise RegistryError(f"registry path {path} is a directory, not a registry file")
-    if not path.exists():
-        return
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(len(_SQLITE_MAGIC))
-    except OSError as exc:
-        raise RegistryError(f"registry file {path} is not readable ({exc.strerror or exc})") from exc
-    if header and header != _SQLITE_MAGIC:  # an empty file is a valid empty database
-        raise RegistryError(f"file is not an imloss registry (not a SQLite database): {path}")
 
 
 def open_engine(url: URL, where: str) -> Engine:
@@ -138,6 +133,17 @@ def for_writes(engine: Engine) -> Engine:
     return engine.execution_options(**{_IMMEDIATE: True})
 
 
+def schema_version(conn: Connection) -> int | None:
+    """The schema version a registry database records; None: no (valid) version, or no meta table."""
+    if "meta" not in inspect(conn).get_table_names():
+        return None
+    stored = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
+    try:
+        return int(json.loads(stored)) if stored is not None else None
+    except (ValueError, TypeError):
+        return None
+
+
 def prepare_schema(conn: Connection, where: str) -> None:
     """Create, check or migrate the schema inside the opening write transaction.
 
@@ -158,12 +164,9 @@ def prepare_schema(conn: Connection, where: str) -> None:
         Base.metadata.create_all(conn)
         conn.execute(insert(Meta).values(key="schema_version", value=json.dumps(SCHEMA_VERSION)))
         return
-    stored = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
-    try:
-        version = int(json.loads(stored)) if stored is not None else None
-    except (ValueError, TypeError):
-        version = None
+    version = schema_version(conn)
     if version is None:
+        stored = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar()
         raise RegistryError(
             f"{where} is not an imloss registry: no valid schema_version in its meta table (found {stored!r})"
         )

@@ -20,6 +20,19 @@ class RunClaimedError(RegistryError):
     """The run is RUNNING in a live process, here or on another host: another worker holds it."""
 
 
+class RunFencedError(RegistryError):
+    """This process's attempt at a run is no longer the current one: another worker took it over.
+
+    Raised by every write that belongs to a run (epoch rows, heartbeats, status changes,
+    checkpoint promotion) when the attempt it carries is not the run's attempt any more; nothing
+    was written. The holder of the current attempt is named, so the stale copy can say who has it.
+    """
+
+    def __init__(self, run_id: str, host: str, pid: int, attempt: int) -> None:
+        self.run_id, self.host, self.pid, self.attempt = run_id, host, pid, attempt
+        super().__init__(f"run {run_id} was taken over by {host} pid {pid} (attempt {attempt}); stopping this copy")
+
+
 @contextmanager
 def db_errors(where: str, *, opening: bool = False) -> Iterator[None]:
     """Turn database driver errors into RegistryError with a message naming the registry.
@@ -44,11 +57,15 @@ def db_errors(where: str, *, opening: bool = False) -> Iterator[None]:
         elif "database is locked" in low:
             message = (
                 f"registry {where} stayed locked by another process for more than "
-                f"{BUSY_TIMEOUT_MS // 1000} s ({detail})"
+                f"{BUSY_TIMEOUT_MS // 1000} s ({detail}); is a process holding it paused? continue or end it, "
+                "then run the command again"
             )
         elif opening and isinstance(exc, OperationalError) and not isinstance(exc.orig, sqlite3.Error):
             # Server backends: refused connection, unknown database or role, bad password.
             message = f"cannot connect to registry {where} ({' '.join(detail.split())})"
         else:
-            message = f"registry {where}: {detail}"
+            message = (
+                f"registry {where}: {detail}; check its disk (free space, permissions) and run the command again "
+                "(what was recorded is kept; a stopped run goes on with imloss resume RUN)"
+            )
         raise RegistryError(message) from exc

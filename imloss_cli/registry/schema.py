@@ -40,7 +40,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .status import STATUSES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the schema defined here; stored in ``meta`` under the key ``schema_version``."""
 
 KINDS: tuple[str, ...] = ("train", "ablate")
@@ -58,7 +58,15 @@ def _v1_to_v2(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]'")
 
 
-MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _v1_to_v2})
+def _v2_to_v3(conn: Connection) -> None:
+    """Version 3: fencing. Each epoch's rows carry the attempt that wrote them (NULL: written before
+    version 3), and a run that was never started is at attempt 0, so every claim increments it."""
+    conn.exec_driver_sql("ALTER TABLE epoch_metrics ADD COLUMN attempt INTEGER")
+    conn.exec_driver_sql("ALTER TABLE layer_stats ADD COLUMN attempt INTEGER")
+    conn.exec_driver_sql("UPDATE runs SET attempt = 0 WHERE started_at IS NULL")
+
+
+MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _v1_to_v2, 2: _v2_to_v3})
 """``{from_version: step}``: ``step`` upgrades a registry from ``from_version`` to
 ``from_version + 1``."""
 
@@ -164,7 +172,8 @@ class Run(Base):
     environment: Mapped[str] = mapped_column(Text)
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # The fence token: every claim (first start, resume, takeover) increments it; 0 = never started.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
     error_type: Mapped[str | None] = mapped_column(String(255))
     error_message: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
@@ -183,6 +192,7 @@ class EpochMetric(Base):
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(_key(255), primary_key=True)
     value: Mapped[float | None] = mapped_column(Float)
+    attempt: Mapped[int | None] = mapped_column(Integer)  # the run's attempt that wrote it (None: before v3)
 
 
 class LayerStat(Base):
@@ -197,3 +207,4 @@ class LayerStat(Base):
     stat: Mapped[str] = mapped_column(_key(64), primary_key=True)
     layer: Mapped[str] = mapped_column(String(255))
     value: Mapped[float | None] = mapped_column(Float)
+    attempt: Mapped[int | None] = mapped_column(Integer)  # the run's attempt that wrote it (None: before v3)

@@ -89,12 +89,17 @@ def restore_rng(state: dict[str, Any]) -> None:
 class CheckpointDir:
     """``epoch-NNNN.pt`` for the last ``keep_last`` epochs, ``last.pt`` and ``best.pt`` beside them.
 
-    ``last.pt`` and ``best.pt`` are hard links to epoch files (replaced atomically by rename), so
-    keeping them costs no extra write; a pruned epoch file lives on through its links.
+    An epoch's checkpoint is written in two steps. :meth:`write` puts it in a file of this attempt's
+    own (``.epoch-NNNN.TAG.pt``), which no other process writes; :meth:`promote` then renames it to
+    ``epoch-NNNN.pt`` and points ``last.pt`` (and ``best.pt``) at it. A run's owner promotes under
+    the registry's fence, so a copy that was taken over can write its own file but never replace
+    the current attempt's ``last.pt``. ``last.pt`` and ``best.pt`` are hard links to epoch files
+    (replaced atomically by rename): keeping them costs no extra write, and a pruned epoch file
+    lives on through its links.
     """
 
-    def __init__(self, path: Path, keep_last: int) -> None:
-        self.path, self.keep_last = path, keep_last
+    def __init__(self, path: Path, keep_last: int, tag: str = "0") -> None:
+        self.path, self.keep_last, self.tag = path, keep_last, tag
         path.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -105,9 +110,16 @@ class CheckpointDir:
     def best(self) -> Path:
         return self.path / "best.pt"
 
-    def save(self, epoch: int, state: dict[str, Any], is_best: bool) -> None:
+    def write(self, epoch: int, state: dict[str, Any]) -> Path:
+        """Write the epoch's checkpoint to this attempt's own file; returns it, not yet promoted."""
+        pending = self.path / f".epoch-{epoch:04d}.{self.tag}.pt"
+        save_checkpoint(pending, state)
+        return pending
+
+    def promote(self, pending: Path, epoch: int, is_best: bool) -> None:
+        """Make a written checkpoint the run's: ``epoch-NNNN.pt``, ``last.pt``, ``best.pt`` if best."""
         epoch_file = self.path / f"epoch-{epoch:04d}.pt"
-        save_checkpoint(epoch_file, state)
+        os.replace(pending, epoch_file)
         self._link(epoch_file, self.last)
         if is_best:
             self._link(epoch_file, self.best)

@@ -12,44 +12,40 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from imloss_cli import data as data_mod
 from imloss_cli.data.resident import ResidentSet, resident_eval_batches, resident_sets, resident_train_batches
 from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recipe
 from imloss_cli.snn.energy import energy_uj
-from imloss_cli.snn.im_loss import im_loss, input_im_loss, rate_im_loss
-from imloss_cli.snn.models import BasicBlock, build_model
+from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.ops import plan_ops
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
-from imloss_cli.snn.surrogate import esg_k
-from imloss_cli.snn.triton_lif import triton_available
 from imloss_cli.train.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
 from imloss_cli.train.distributed import DistEnv, all_reduce_sum, broadcast_buffers
+from imloss_cli.train.errors import DivergedError, TrainingError
 from imloss_cli.train.graphs import GraphedStep
+from imloss_cli.train.objective import im_layers, input_layers, loss_step, surrogate_k
+from imloss_cli.train.optim import build_optimizer
+from imloss_cli.train.placement import (
+    autocast_dtype,
+    lif_kernels,
+    make_deterministic,
+    neuron_steps_per_image,
+    place_model,
+    resolve_device,
+    wrap_ddp,
+)
+from imloss_cli.train.scoring import BatchCallback, score
 
 StepCallback = Callable[[int, int], None]
-# Where torch.compile of the LIF loops starts to pay on CPU (compile ~20 s cold, saves ~5-15 ns a neuron-step).
-COMPILE_PAYS_NEURON_STEPS = 2e9
-
-
-class TrainingError(Exception):
-    """The run cannot go on (bad device request, divergence, unusable checkpoint)."""
-
-
-class DivergedError(TrainingError):
-    def __init__(self, epoch: int, step: int) -> None:
-        self.epoch, self.step = epoch, step
-        super().__init__(f"diverged at epoch {epoch}, step {step}: the loss became NaN or infinite")
 
 
 @dataclass(frozen=True)
@@ -61,85 +57,9 @@ class EpochRecord:
     layers: list[LayerStats] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class StepLoss:
-    total: Tensor
-    ce: Tensor
-    im: Tensor
-    logits: Tensor
-
-
-def surrogate_k(recipe: Recipe, epoch: int) -> float:
-    """K for epoch ``epoch`` (1-based, as i = 1..I in Algorithm 1), so the last epoch has K_max."""
-    s = recipe.surrogate
-    if s.schedule == "fixed":
-        return s.k_fixed
-    return esg_k(epoch, recipe.train.epochs, s.k_min, s.k_max)
-
-
-def resolve_device(name: str, dist: DistEnv | None = None) -> torch.device:
-    """The recipe's device; under torchrun, each process takes the GPU of its local rank."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", dist.local_rank if dist is not None else torch.cuda.current_device())
-
-
-def _make_deterministic() -> None:
-    """Bit-exact reruns on CUDA: the CPU path is deterministic already."""
-    # cuBLAS reads this when it initialises; harmless if it already did on CPU-only machines.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """The RNG seed of one epoch: epochs are independent, so a resumed run replays them exactly."""
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
-
-
-def im_layers(model: torch.nn.Module, choice: str) -> list[LIF]:
-    """The hidden spiking layers IM-Loss averages over ("all", or "blocks": stem and block outputs)."""
-    layers = [m for _, m in spiking_layers(model)]
-    return layers if choice == "all" else [m for m in layers if m.block_output]
-
-
-def input_layers(model: torch.nn.Module) -> list[LIF]:
-    """The LIFs whose input current the authors'-code IM-Loss penalises: the stem's, then every
-    residual block's output LIF (its input is bn2(conv2(.)) + shortcut), in network order.
-
-    Raises:
-        TrainingError: the network has no residual block.
-    """
-    blocks = [m.lif2 for m in model.modules() if isinstance(m, BasicBlock)]
-    if not blocks:
-        raise TrainingError(
-            "loss.im_target = 'input' is the authors' residual-block loss: it needs a resnet architecture"
-        )
-    return [model.encoder.lif, *blocks]
-
-
-def loss_step(model: torch.nn.Module, x: Tensor, y: Tensor, layers: list[LIF], recipe: Recipe) -> StepLoss:
-    """Forward pass and L_total = L_CE + lambda * L_IM (Algorithm 1, lines 3-9).
-
-    ``layers`` must have ``store_v_seq`` set, so the forward pass leaves their potentials behind.
-    Without layers (the ANN twin) there is no IM term: L_total = L_CE.
-    """
-    logits = model(x)
-    ce = F.cross_entropy(logits, y)
-    if not layers:
-        return StepLoss(ce, ce, torch.zeros_like(ce.detach()), logits)
-    if recipe.loss.im_target == "membrane":
-        im = im_loss([m.v_mean for m in layers], recipe.neuron.v_threshold)
-    elif recipe.loss.im_target == "input":
-        im = input_im_loss([m.x_mean for m in layers], recipe.model.timesteps)
-    else:
-        im = rate_im_loss([m.spike_seq.float().mean() for m in layers], recipe.model.timesteps)
-    if recipe.loss.im_weight == 0:
-        im = im.detach()  # logged for comparison, but the baseline trains on CE alone
-    return StepLoss(ce + recipe.loss.im_weight * im, ce, im, logits)
 
 
 class Trainer:
@@ -165,6 +85,9 @@ class Trainer:
         self.recipe, self.seed = recipe, seed
         self.checkpoint_dir = checkpoint_dir if recipe.train.checkpoint else None
         self.on_step = on_step
+        self.on_eval_batch: BatchCallback | None = None  # progress of the test and validation passes
+        self.checkpoint_tag = "0"  # names this process's unpromoted checkpoint files
+        self.fence: Callable[[], contextlib.AbstractContextManager[None]] | None = None
         self.dist = dist
         self.rank, self.world_size = (dist.rank, dist.world_size) if dist else (0, 1)
         self.device = resolve_device(recipe.train.device, dist)
@@ -175,7 +98,7 @@ class Trainer:
             )
         self.graphed: GraphedStep | None = None  # captured at the first training step
         if recipe.train.deterministic:
-            _make_deterministic()
+            make_deterministic()
         self.start_epoch = 1
         self.best_acc = -math.inf
         self._setup_data()
@@ -207,12 +130,13 @@ class Trainer:
         self.model = build_model(self.recipe, self.data.num_classes, self.data.in_channels, self.data.image_size)
         # Which layer reads which spike map, and with what fan-out: a probe of one test image.
         self.ops_plan = plan_ops(self.model, self.data.test[0][0].unsqueeze(0))
-        self.autocast_dtype = self._autocast_dtype()
-        self.lif_kernels = self._lif_kernels()
+        self.autocast_dtype = autocast_dtype(self.recipe, self.device)
+        self.lif_kernels = lif_kernels(self.recipe, self.device, self._run_neuron_steps)
         for _, layer in spiking_layers(self.model):
             layer.kernels = self.lif_kernels
-        self.model = self._place(self.model)  # the bare network: evaluation, checkpoints, layer names
-        self.step_model = self._wrap_ddp(self.model)
+        # The bare network (evaluation, checkpoints, layer names) and what the step calls (DDP under torchrun).
+        self.model = place_model(self.model, self.recipe, self.device, self.dist)
+        self.step_model = wrap_ddp(self.model, self.device, self.dist)
         self.hidden_layers = spiking_layers(self.model)
         self.im_layers = (
             input_layers(self.model)
@@ -220,88 +144,16 @@ class Trainer:
             else im_layers(self.model, self.recipe.loss.im_layers)
         )
 
-    def _autocast_dtype(self) -> torch.dtype | None:
-        """bf16 autocast when asked, or by default on CUDA; None: fp32."""
-        precision = self.recipe.train.precision
-        bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
-        return torch.bfloat16 if bf16 else None
-
-    def _lif_kernels(self) -> str:
-        """The LIF kernel set: ``train.lif_kernels``; under "auto", triton on CUDA where it imports, else
-        the torch.compile'd loops where ``train.compile`` says so (always on CUDA under "auto", on CPU
-        only where it pays), else the eager loops."""
-        choice, cuda = self.recipe.train.lif_kernels, self.device.type == "cuda"
-        if choice == "triton" and not (cuda and triton_available()):
-            raise TrainingError("train.lif_kernels = 'triton' needs a CUDA device and triton; use 'auto'")
-        if choice != "auto":
-            return choice
-        if cuda and triton_available():
-            return "triton"
-        compile_ = self.recipe.train.compile
-        on = compile_ == "on" or (compile_ == "auto" and (cuda or self._compile_pays()))
-        return "compiled" if on else "eager"
-
-    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model with sync-BN when asked, in channels_last, on the device."""
-        if self.recipe.train.sync_bn:
-            if not (self.dist and self.device.type == "cuda"):
-                raise TrainingError("train.sync_bn needs several CUDA processes (torchrun); set it to false")
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # channels_last on CPU too: oneDNN convolutions skip their NCHW reorders (ResNet-19 steps 4-11% faster).
-        return model.to(memory_format=torch.channels_last).to(self.device)
-
-    def _wrap_ddp(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What the training step calls: the model itself, or under torchrun its DDP wrapper."""
-        if self.dist is None:
-            return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def _compile_pays(self) -> bool:
-        """On CPU, compile the LIF loops only when the run is long enough to earn back the compile.
-
-        Compiling costs tens of seconds once; it saves tens of nanoseconds per neuron and time
-        step. A run's neuron-steps are counted from one forward pass of a single image, times the
-        images the run will train on (``train.max_steps_per_epoch`` included).
-        """
-        layers = [m for _, m in spiking_layers(self.model)]
-        x, _ = self.data.test[0]
-        self.model.eval()
-        for m in layers:
-            m.store_v_seq = True
-        with torch.no_grad():
-            self.model(x.unsqueeze(0))
-        neuron_steps_per_image = sum(m.v_seq.numel() for m in layers if m.v_seq is not None)
-        for m in layers:
-            m.store_v_seq = False
-            m.clear()
-        self.model.train()
+    def _run_neuron_steps(self) -> int:
+        """Membrane updates the whole run will train (what decides whether compiling pays on CPU)."""
+        per_image = neuron_steps_per_image(self.model, self.data.test[0][0])
         images_per_epoch = min(len(self.data.train), self.steps_per_epoch() * self.recipe.data.batch_size)
-        total = neuron_steps_per_image * images_per_epoch * self.recipe.train.epochs
-        return total > COMPILE_PAYS_NEURON_STEPS
+        return per_image * images_per_epoch * self.recipe.train.epochs
 
     def _setup_optimizer(self) -> None:
-        o = self.recipe.optim
-        decay, no_decay = [], []
-        for p in self.step_model.parameters():
-            (no_decay if o.no_decay_norm_bias and p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o.weight_decay}]
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        if o.name == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0
-            )
-        elif o.name == "adam":
-            self.optimizer = torch.optim.Adam(groups, lr=o.lr)
-        else:
-            self.optimizer = torch.optim.AdamW(groups, lr=o.lr)
-        if o.scheduler == "cosine":
-            self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=self.recipe.train.epochs
-            )
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.step_model.parameters(), self.recipe.optim, self.recipe.train.epochs
+        )
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -337,9 +189,22 @@ class Trainer:
         except (ValueError, RecipeError):
             return False
 
-    def _save(self, epoch: int, k: float, test_acc: float) -> None:
+    def checkpoints_to(
+        self, directory: Path | None, *, tag: str, fence: Callable[[], contextlib.AbstractContextManager[None]]
+    ) -> None:
+        """Write checkpoints to ``directory`` as one attempt of a claimed run (``train.lifecycle``).
+
+        Each epoch's file is written under this attempt's ``tag`` and promoted to ``last.pt`` only
+        after the epoch's record was taken (stored in the registry), inside ``fence()``: a copy of
+        the run that was taken over never replaces the current attempt's checkpoint.
+        """
+        self.checkpoint_dir = directory if self.recipe.train.checkpoint else None
+        self.checkpoint_tag, self.fence = tag, fence
+
+    def _write_checkpoint(self, epoch: int, k: float, test_acc: float) -> tuple[Path, bool] | None:
+        """This epoch's checkpoint in the attempt's own file; (file, is it the best so far), or None."""
         if self.checkpoint_dir is None:
-            return
+            return None
         is_best = test_acc > self.best_acc
         self.best_acc = max(self.best_acc, test_acc)
         state = {
@@ -353,8 +218,13 @@ class Trainer:
             "recipe": canonical_json(self.recipe),
             "best_acc": self.best_acc,
             "rng": rng_state(),
+            "written_by": self.checkpoint_tag,  # which attempt of the run wrote it
         }
-        CheckpointDir(self.checkpoint_dir, self.recipe.train.keep_last).save(epoch, state, is_best)
+        return self._checkpoints().write(epoch, state), is_best
+
+    def _checkpoints(self) -> CheckpointDir:
+        assert self.checkpoint_dir is not None
+        return CheckpointDir(self.checkpoint_dir, self.recipe.train.keep_last, self.checkpoint_tag)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -372,7 +242,12 @@ class Trainer:
         return steps if limit is None else min(steps, limit)
 
     def fit(self) -> Iterator[EpochRecord]:
-        """Train from ``start_epoch`` to the recipe's last epoch, yielding each epoch's record."""
+        """Train from ``start_epoch`` to the recipe's last epoch, yielding each epoch's record.
+
+        Without a fence the epoch's checkpoint is promoted before its record is yielded; with one
+        (a claimed run) after the caller has taken the record, so the registry never lags behind
+        ``last.pt``: a run stopped in between resumes from the epoch before and logs this one again.
+        """
         for epoch in range(self.start_epoch, self.recipe.train.epochs + 1):
             start = time.perf_counter()
             k = surrogate_k(self.recipe, epoch)
@@ -385,7 +260,7 @@ class Trainer:
             if self.data.val is not None:
                 test_metrics |= self.validate()
             self.scheduler.step()
-            self._save(epoch, k, test_metrics["test_acc"])
+            written = self._write_checkpoint(epoch, k, test_metrics["test_acc"])
             metrics = {**train_metrics, **test_metrics}
             if layers:  # the ANN twin has no spiking layer: no K, IM term or entropy to log
                 metrics |= {
@@ -396,7 +271,21 @@ class Trainer:
             else:
                 del metrics["im"]
             metrics |= {"lr": lr, "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - start}
-            yield EpochRecord(epoch, metrics, layers)
+            record = EpochRecord(epoch, metrics, layers)
+            if written is None:
+                yield record
+                continue
+            pending, is_best = written
+            try:
+                if self.fence is None:
+                    self._checkpoints().promote(pending, epoch, is_best)
+                    yield record
+                else:
+                    yield record
+                    with self.fence():
+                        self._checkpoints().promote(pending, epoch, is_best)
+            finally:  # not promoted (stopped, or taken over): the attempt's own file goes
+                pending.unlink(missing_ok=True)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.autocast_dtype is None:
@@ -477,6 +366,17 @@ class Trainer:
             raise DivergedError(epoch, bad_step)
         return {"loss": loss / samples, "ce": ce / samples, "im": im / samples, "train_acc": correct / samples}
 
+    def _eval_batches(self, batches: Sized) -> int:
+        """How many batches of an evaluation set are scored (``train.max_eval_batches`` caps it)."""
+        limit = self.recipe.train.max_eval_batches
+        return len(batches) if limit is None else min(len(batches), limit)
+
+    def _score(self, batches: Iterable[tuple[Tensor, Tensor]], after_batch: Callable[[], None] | None = None) -> Tensor:
+        return score(
+            self.model, batches, total=self._eval_batches(batches), device=self.device,  # type: ignore[arg-type]
+            to_device=self._to_device, autocast=self._autocast, after_batch=after_batch, on_batch=self.on_eval_batch,
+        )  # fmt: skip
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss and accuracy on the validation set held out of the training data (``data.val_fraction``).
@@ -486,17 +386,11 @@ class Trainer:
         """
         assert self.data.val is not None, "validate() needs data.val_fraction > 0"
         self.model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # [loss, correct, images]
         loader = data_mod.eval_loader(
             self.data.val, self.recipe.data, rank=self.rank, world_size=self.world_size,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
-        for x, y in loader:
-            x, y = self._to_device(x, y)
-            with self._autocast():
-                logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, reduction="sum")
-            sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(len(y))])
+        sums = self._score(loader)
         for _, m in self.hidden_layers:
             m.clear()
         all_reduce_sum([sums])
@@ -517,8 +411,6 @@ class Trainer:
         layers = [m for _, m in self.hidden_layers]
         self._store(layers)
         stats = LayerStatsAccumulator(self.hidden_layers, self.ops_plan)
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss, correct]
-        seen = 0
         loader: Iterable[tuple[Tensor, Tensor]]
         if self.resident is not None:
             loader = resident_eval_batches(
@@ -530,16 +422,8 @@ class Trainer:
                 pin_memory=self.device.type == "cuda",
             )  # fmt: skip
         with stats.watch(self.model):
-            for x, y in loader:
-                x, y = self._to_device(x, y)
-                with self._autocast():
-                    logits = self.model(x)
-                stats.update()
-                seen += y.shape[0]
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
-                sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double()])
+            sums = self._score(loader, after_batch=stats.update)
         self._store([])
-        sums = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64, device=self.device)])
         counted = torch.tensor([float(stats.samples)], dtype=torch.float64, device=self.device)
         all_reduce_sum([sums, counted, *stats.raw_tensors()])
         loss, correct, images = sums.tolist()

@@ -1,9 +1,10 @@
-"""One training run from recipe to registry: the library call behind ``imloss train``.
+"""One training run from recipe to registry: the library calls behind ``imloss train`` and ``resume``.
 
-Order matters: the registry is opened (and proven writable) and the data and model are built
-before a run row exists, so a bad registry path, missing data or an impossible device request
-costs no epoch of work and leaves nothing behind. From the first row on, every way out of the
-loop ends the run with a status: FINISHED, FAILED (with the traceback) or KILLED (Ctrl-C, SIGTERM).
+Order matters: the registry is opened (and proven writable) by the caller, and the data and model
+are built before a run row exists, so a bad registry path, missing data or an impossible device
+request costs no epoch of work and leaves nothing behind. From the claim on, the run lives in
+:func:`~imloss_cli.train.lifecycle.claimed_run`: every way out ends it with one status, FINISHED,
+FAILED (with the traceback) or KILLED (Ctrl-C, SIGTERM), and a copy that was taken over stops.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,24 +24,16 @@ import torch.distributed as dist
 
 from imloss_cli import data as data_mod
 from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, to_toml, validate_recipe
-from imloss_cli.registry import (
-    FAILED,
-    FINISHED,
-    KILLED,
-    QUEUED,
-    RESUMABLE,
-    RUNNING,
-    Registry,
-    RegistryError,
-    RunClaimedError,
-    RunInfo,
-)
+from imloss_cli.registry import QUEUED, RESUMABLE, RUNNING, Registry, RunClaimedError, RunInfo
 from imloss_cli.train.distributed import DistEnv, process_group
-from imloss_cli.train.environment import code_version, environment, git_state
-from imloss_cli.train.loop import EpochRecord, StepCallback, Trainer, TrainingError, resolve_device
+from imloss_cli.train.environment import code_version, git_state
+from imloss_cli.train.errors import TrainingError, WorkerFailedError
+from imloss_cli.train.lifecycle import HEARTBEAT_S, ClaimedRun, claimed_run
+from imloss_cli.train.loop import EpochRecord, StepCallback, Trainer
+from imloss_cli.train.placement import resolve_device
+from imloss_cli.train.scoring import BatchCallback
 
-HEARTBEAT_S = 30.0
-"""Seconds between a training run's heartbeats (``--heartbeat``); LOST after a few missed ones."""
+__all__ = ["HEARTBEAT_S", "Callbacks", "RunResult", "RunStart", "launch_distributed", "resume_run", "train_run"]
 
 
 @dataclass(frozen=True)
@@ -69,50 +60,8 @@ class Callbacks:
 
     on_start: Callable[[RunStart], None] | None = None
     on_step: StepCallback | None = None
+    on_eval_batch: BatchCallback | None = None
     on_epoch: Callable[[EpochRecord], None] | None = None
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, turned into an exception so the run is closed as KILLED like Ctrl-C."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def heartbeat(registry: Registry, run_id: str, interval: float) -> Iterator[None]:
-    """Refresh the run's heartbeat from a background thread every ``interval`` seconds.
-
-    Epochs can last hours; the beat shows every machine that the run is alive in between. A beat
-    that fails (the database briefly unreachable) is retried at the next interval.
-    """
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            with contextlib.suppress(RegistryError):
-                registry.heartbeat(run_id)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def resolve_seed(recipe: Recipe) -> Recipe:
@@ -148,110 +97,130 @@ def run_fields(recipe: Recipe, *, argv: list[str], kind: str, version: str | Non
 
 
 def queue_run(registry: Registry, recipe: Recipe, *, argv: list[str], kind: str, group_id: str | None) -> str:
-    """Record a run as QUEUED (``--nproc`` queues the run before torchrun starts its processes)."""
+    """Record a run of ``recipe`` as QUEUED (attempt 0): the next claim starts it."""
     return registry.create_run(**run_fields(recipe, argv=argv, kind=kind), group_id=group_id, status=QUEUED)
 
 
 def train_run(
     recipe: Recipe,
     *,
-    registry_url: str,
+    registry: Registry | None,
     argv: list[str],
     callbacks: Callbacks = Callbacks(),
-    queued_run: str | None = None,
+    held: tuple[str, int] | None = None,
     heartbeat_s: float = HEARTBEAT_S,
 ) -> RunResult | None:
-    """Train ``recipe`` and record it in the registry at ``registry_url``.
+    """Train ``recipe`` as a new run recorded in ``registry``.
 
-    Under torchrun every rank trains; only rank 0 touches the registry and writes checkpoints
-    (the other ranks return None).
+    Under torchrun every rank trains; only rank 0 is given the registry and writes to it and to the
+    checkpoints (the other ranks pass None and get None back).
 
     Args:
         recipe: the resolved recipe (a missing seed is drawn and recorded).
-        registry_url: SQLAlchemy URL or SQLite path.
+        registry: the open registry (None: a torchrun rank other than 0).
         argv: the command line, recorded with the run.
         callbacks: progress hooks for a front end.
-        queued_run: id of a QUEUED run row to fill instead of creating a new one; its owner (the
-            ``--nproc`` launcher) closes it if this process is interrupted.
+        held: ``(run id, attempt)`` of a run the ``--nproc`` launcher holds: rank 0 writes into it
+            with that attempt's token, and the launcher ends it.
         heartbeat_s: seconds between heartbeats while the run trains.
 
     Raises:
         RegistryError, DataError, TrainingError: before any row is written (except divergence).
         KeyboardInterrupt: after the run was recorded as KILLED.
+        RunFencedError: another worker took the run over; nothing more was written.
     """
     env = DistEnv.from_environ()
     with process_group(env, resolve_device(recipe.train.device, env)):
-        registry = Registry(registry_url) if env is None or env.is_main else None
         recipe = resolve_seed(recipe)
-        trainer = Trainer(recipe, recipe.train.seed or 0, on_step=callbacks.on_step, dist=env)
+        trainer = Trainer(recipe, recipe.train.seed or 0, dist=env)
         if registry is None:
             for _ in trainer.fit():
                 pass
             return None
-        run_id = queued_run or queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
-        checkpoint_dir = Path(recipe.train.output_dir) / run_id if recipe.train.checkpoint else None
-        _start(registry, run_id, trainer.device, checkpoint_dir, argv, heartbeat_s, "fresh")
-        trainer.checkpoint_dir = checkpoint_dir
-        with heartbeat(registry, run_id, heartbeat_s):
-            return _execute(registry, run_id, trainer, callbacks, close_on_interrupt=queued_run is None)
+        if held is not None:
+            run_id, attempt = held
+            return _execute(ClaimedRun(registry, run_id, attempt, _run_dir(recipe, run_id)), trainer, callbacks)
+        run_id = queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
+        with claimed_run(
+            registry, run_id, how="fresh", heartbeat_s=heartbeat_s, device=trainer.device,
+            checkpoint_dir=_run_dir(recipe, run_id), argv=argv,
+        ) as run:  # fmt: skip
+            return _execute(run, trainer, callbacks)
 
 
-def launch_distributed(recipe: Recipe, nproc: int, *, registry_url: str, argv: list[str]) -> tuple[str, int]:
-    """``imloss train --nproc N``: torchrun N processes on this machine, own their run row.
+def launch_distributed(
+    registry: Registry, recipe: Recipe, nproc: int, *, argv: list[str], heartbeat_s: float = HEARTBEAT_S
+) -> str:
+    """``imloss train --nproc N``: hold a new run while torchrun's N processes train it.
 
-    The launcher records the run (QUEUED) and its resolved recipe, then starts
-    ``torchrun --standalone --nproc-per-node N -m imloss_cli train ... --run-id ID``. Rank 0 fills
-    the row; if any process fails, torchrun stops the others and the launcher marks the run FAILED.
+    This process records the run, claims it (it beats and ends it), writes the resolved recipe
+    beside its checkpoints and starts ``torchrun --standalone --nproc-per-node N -m imloss_cli
+    train ... --run-id ID --attempt A``: rank 0 writes epochs and checkpoints with this claim's
+    token. If any process fails, torchrun stops the others and the run ends FAILED.
 
     Returns:
-        (run id, torchrun's exit code).
+        The run id.
+
+    Raises:
+        WorkerFailedError: torchrun ended with an error (the run is FAILED).
+        KeyboardInterrupt: the run was recorded as KILLED after torchrun stopped.
     """
-    registry = Registry(registry_url)
     recipe = resolve_seed(recipe)
     # A data problem fails here, before any row or process (and an event cache is built once, not per rank).
     data_mod.build_datasets(recipe.data, timesteps=recipe.model.timesteps)
     run_id = queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
     run_dir = Path(recipe.train.output_dir) / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recipe_file = run_dir / "recipe.toml"
-    recipe_file.write_text(to_toml(recipe))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-        "-m", "imloss_cli", "train", str(recipe_file), "--registry", registry_url, "--run-id", run_id,
-    ]  # fmt: skip
+    with claimed_run(
+        registry, run_id, how=f"fresh: torchrun, {nproc} processes", heartbeat_s=heartbeat_s,
+        device=resolve_device(recipe.train.device), checkpoint_dir=run_dir, argv=argv,
+    ) as run:  # fmt: skip
+        recipe_file = run_dir / "recipe.toml"
+        recipe_file.write_text(to_toml(recipe))
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "imloss_cli", "train", str(recipe_file), "--registry", registry.url_for_subprocesses,
+            "--run-id", run_id, "--attempt", str(run.attempt),
+        ]  # fmt: skip
+        code = _wait_for(subprocess.Popen(command), run)
+        if code != 0:
+            raise WorkerFailedError(f"a training process failed (torchrun exit code {code}); its output is above")
+    return run_id
+
+
+def _wait_for(proc: subprocess.Popen[bytes], run: ClaimedRun) -> int:
+    """torchrun's exit code; on an interrupt or a takeover it is stopped first (it stops its workers)."""
     try:
-        code = subprocess.call(command)
-    except KeyboardInterrupt:
-        if not registry.get_run(run_id).is_terminal:
-            registry.finish_run(run_id, KILLED, error_type="KeyboardInterrupt", error_message="interrupted")
+        while True:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return proc.wait(timeout=1.0)
+            run.check()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
         raise
-    if code != 0 and not registry.get_run(run_id).is_terminal:
-        registry.finish_run(
-            run_id, FAILED, error_type="WorkerFailed",
-            error_message=f"a training process failed (torchrun exit code {code}); its output is above",
-        )  # fmt: skip
-    return run_id, code
 
 
 def resume_run(
+    registry: Registry,
     run: str,
     *,
-    registry_url: str,
     argv: list[str],
     callbacks: Callbacks = Callbacks(),
     heartbeat_s: float = HEARTBEAT_S,
 ) -> RunResult:
     """Continue a QUEUED, KILLED, FAILED or LOST run in the same row: claim it, then train.
 
-    The claim comes first (``Registry.mark_running``), so of several workers reaching for one run
-    only one builds data and model. It resumes from the run's last checkpoint when that file is
-    reachable here, and restarts from epoch 1 otherwise; the run's attempts record which.
+    The claim comes first, so of several workers reaching for one run only one builds data and
+    model. It resumes from the run's last checkpoint when that file is reachable here, and restarts
+    from epoch 1 otherwise; the run's attempts record which.
 
     Raises:
         RegistryError: no such run. RunClaimedError: another live process holds it.
-        TrainingError: the run is finished or still running.
+        TrainingError: the run is finished. RunFencedError: it was taken over while this trained.
     """
-    registry = Registry(registry_url)
     info = registry.get_run(run)
     if info.display_status not in RESUMABLE:
         held = info.display_status == RUNNING
@@ -260,17 +229,19 @@ def resume_run(
         raise error(f"run {info.id} is {info.display_status}{where}; only {', '.join(RESUMABLE)} runs can be resumed")
     recipe = validate_recipe(info.recipe, f"run {info.id}")
     checkpoint_dir, how = _checkpoint_plan(info, recipe)
-    _start(registry, info.id, resolve_device(recipe.train.device), checkpoint_dir, argv, heartbeat_s, how)
-    # Beat from the claim on: building data and model can take longer than the beats that make a run LOST.
-    with heartbeat(registry, info.id, heartbeat_s):
-        try:
-            trainer = Trainer(recipe, info.seed, on_step=callbacks.on_step, checkpoint_dir=checkpoint_dir)
-            if checkpoint_dir is not None and (checkpoint_dir / "last.pt").is_file():
-                trainer.resume(checkpoint_dir / "last.pt")
-        except BaseException as e:  # claimed but never trained: close the row, as _execute would
-            _close(registry, info.id, e)
-            raise
-        return _execute(registry, info.id, trainer, callbacks)
+    with claimed_run(
+        registry, info.id, how=how, heartbeat_s=heartbeat_s, device=resolve_device(recipe.train.device),
+        checkpoint_dir=checkpoint_dir, argv=argv,
+    ) as claimed:  # fmt: skip
+        trainer = Trainer(recipe, info.seed)
+        if checkpoint_dir is not None and (checkpoint_dir / "last.pt").is_file():
+            trainer.resume(checkpoint_dir / "last.pt")
+        return _execute(claimed, trainer, callbacks)
+
+
+def _run_dir(recipe: Recipe, run_id: str) -> Path | None:
+    """Where a new run keeps its checkpoints: OUTPUT_DIR/<run id>, or None without checkpoints."""
+    return Path(recipe.train.output_dir) / run_id if recipe.train.checkpoint else None
 
 
 def _checkpoint_plan(info: RunInfo, recipe: Recipe) -> tuple[Path | None, str]:
@@ -288,69 +259,29 @@ def _checkpoint_plan(info: RunInfo, recipe: Recipe) -> tuple[Path | None, str]:
     return recorded or local, "restarted: no checkpoint had been written"
 
 
-def _start(
-    registry: Registry,
-    run_id: str,
-    device: torch.device,
-    checkpoint_dir: Path | None,
-    argv: list[str],
-    heartbeat_s: float,
-    how: str,
-) -> None:
-    """Claim the run for this process (RUNNING, environment, attempt) and prepare its checkpoint folder."""
-    git = git_state()
-    registry.mark_running(
-        run_id, environment=environment(device), argv=argv, git_commit=git.commit, git_dirty=git.dirty,
-        checkpoint_dir=checkpoint_dir, heartbeat_s=heartbeat_s, how=how,
-    )  # fmt: skip
-    if checkpoint_dir is not None:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if git.dirty:
-            (checkpoint_dir / "code.diff").write_text(git.diff)
+def _execute(run: ClaimedRun, trainer: Trainer, callbacks: Callbacks) -> RunResult:
+    """Train the held run epoch by epoch, each epoch's rows stored before its checkpoint is promoted."""
+    trainer.checkpoints_to(run.checkpoint_dir, tag=f"attempt-{run.attempt}", fence=run.fence)
+    on_step = callbacks.on_step
 
+    def step(done: int, steps: int) -> None:
+        run.check()  # a copy that was taken over stops at its next step
+        if on_step is not None:
+            on_step(done, steps)
 
-def _close(registry: Registry, run_id: str, error: BaseException) -> None:
-    """End a claimed run that stopped with ``error``: KILLED for an interrupt, FAILED otherwise."""
-    if isinstance(error, KeyboardInterrupt):
-        registry.finish_run(run_id, KILLED, error_type="KeyboardInterrupt", error_message="interrupted")
-    else:
-        registry.finish_run(
-            run_id, FAILED, error_type=type(error).__name__, error_message=str(error), traceback=traceback.format_exc()
-        )
-
-
-def _execute(
-    registry: Registry,
-    run_id: str,
-    trainer: Trainer,
-    callbacks: Callbacks,
-    close_on_interrupt: bool = True,
-) -> RunResult:
-    """Train the claimed run epoch by epoch and close it with a status (the caller keeps it beating)."""
+    trainer.on_step, trainer.on_eval_batch = step, callbacks.on_eval_batch
     recipe = trainer.recipe
     if callbacks.on_start is not None:
-        callbacks.on_start(
-            RunStart(
-                run_id,
-                trainer.seed,
-                str(trainer.device),
-                recipe.train.epochs,
-                trainer.steps_per_epoch(),
-                trainer.start_epoch,
-            )
-        )
+        start = RunStart(
+            run.run_id, trainer.seed, str(trainer.device), recipe.train.epochs, trainer.steps_per_epoch(),
+            trainer.start_epoch,
+        )  # fmt: skip
+        callbacks.on_start(start)
     last: EpochRecord | None = None
-    with sigterm_as_interrupt():
-        try:
-            for record in trainer.fit():
-                layers = [(s.index, s.name, s.as_dict()) for s in record.layers]
-                registry.log_epoch(run_id, record.epoch, record.metrics, layers)
-                last = record
-                if callbacks.on_epoch is not None:
-                    callbacks.on_epoch(record)
-        except BaseException as e:
-            if close_on_interrupt or not isinstance(e, KeyboardInterrupt):
-                _close(registry, run_id, e)
-            raise
-    registry.finish_run(run_id, FINISHED)
-    return RunResult(run_id, trainer.seed, last, trainer.checkpoint_dir)
+    with contextlib.closing(trainer.fit()) as epochs:
+        for record in epochs:
+            run.log_epoch(record)
+            last = record
+            if callbacks.on_epoch is not None:
+                callbacks.on_epoch(record)
+    return RunResult(run.run_id, trainer.seed, last, trainer.checkpoint_dir)

@@ -1,23 +1,16 @@
-"""Recipes: the pydantic models that describe a run completely.
+"""The sections of a recipe: pydantic models that describe a run completely.
 
-Every default of the project lives in these fields and nowhere else. A recipe is read from TOML,
-patched with ``--set section.key=value`` overrides, validated as a whole (every problem reported at
-once, each with its field path), and reduced to a canonical JSON form whose hash groups seeds.
-
-This module imports nothing else from imloss_cli, so every layer may read it.
+Every default of the project lives in these fields and nowhere else. Each section is strict and
+frozen; :func:`validate_recipe` reports every problem at once, each with its field path.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
-from pathlib import Path
 from typing import Any, Literal
 
-import tomli_w
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError, describe
 
 ARCHITECTURES = ("convnet3", "resnet19", "resnet19-tet", "resnet19-guo", "resnet20", "vgg16", "resnet34")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
@@ -42,16 +35,6 @@ NON_SEMANTIC_FIELDS = (
     "data.cache_dir",
     "paper",
 )
-
-
-class RecipeError(Exception):
-    """A recipe that cannot be used; ``problems`` holds one "field.path: reason" line each."""
-
-    def __init__(self, problems: list[str], source: str | None = None) -> None:
-        self.problems = problems
-        self.source = source
-        head = f"{source}: " if source else ""
-        super().__init__(head + "; ".join(problems))
 
 
 class _Section(BaseModel):
@@ -206,6 +189,12 @@ class TrainConfig(_Section):
         "epoch is dropped",
     )
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke runs)")
+    max_eval_batches: int | None = Field(
+        None,
+        ge=1,
+        description="score at most this many batches of the test (and validation) set each epoch (smoke runs: "
+        "the accuracy is then that of a subset); None: the whole set",
+    )
     deterministic: bool = Field(
         False, description="CUDA: deterministic algorithms, no cuDNN autotuning (slower, bit-exact reruns)"
     )
@@ -258,7 +247,7 @@ class Recipe(_Section):
         """A validated copy with dotted-path values replaced (``{"loss.im_weight": 0}``)."""
         data = self.model_dump(mode="json")
         for path, value in overrides.items():
-            _set_path(data, path, value)
+            set_path(data, path, value)
         return validate_recipe(data)
 
 
@@ -297,79 +286,7 @@ def load_energy(values: dict[str, Any]) -> EnergyConfig:
     try:
         return EnergyConfig.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as e:
-        raise RecipeError([_describe(err) for err in e.errors()], "energy constants") from None
-
-
-# --- loading -------------------------------------------------------------------------------------
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["loss.im_weight=0", "data.root=/x"]`` into a dict; values are read as TOML.
-
-    A value that is not valid TOML (``data.root=/tmp/x``) is taken as a plain string.
-
-    Raises:
-        RecipeError: an item without '=' or with an empty key.
-    """
-    out: dict[str, Any] = {}
-    problems = []
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. loss.im_weight=0")
-            continue
-        out[key] = parse_value(raw.strip())
-    if problems:
-        raise RecipeError(problems)
-    return out
-
-
-def parse_value(raw: str) -> Any:
-    """A command-line value read as TOML (0 -> int, 0.5 -> float, [1, 2] -> list), else a string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read a TOML recipe (None: the embedded digits default), apply overrides, validate.
-
-    Raises:
-        RecipeError: unreadable file, TOML syntax error, or any invalid field (all listed).
-    """
-    source = str(path) if path is not None else "<default recipe>"
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise RecipeError([f"recipe file not found: {p}"]) from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise RecipeError([f"cannot read recipe {p}: {e}"]) from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise RecipeError([f"TOML syntax error: {e}"], source) from None
-    problems = []
-    for key, value in (overrides or {}).items():
-        try:
-            _set_path(data, key, value)
-        except RecipeError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise RecipeError(problems, source)
-    return validate_recipe(data, source)
-
-
-def sets_nothing(path: str | Path) -> bool:
-    """Whether a readable recipe file sets no field at all (it would train the embedded default)."""
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8")) == {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return False  # load_recipe reports those
+        raise RecipeError([describe(err, EnergyConfig) for err in e.errors()], "energy constants") from None
 
 
 def validate_recipe(data: dict[str, Any], source: str | None = None) -> Recipe:
@@ -377,10 +294,10 @@ def validate_recipe(data: dict[str, Any], source: str | None = None) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as e:
-        raise RecipeError([_describe(err) for err in e.errors()], source) from None
+        raise RecipeError([describe(err, Recipe) for err in e.errors()], source) from None
 
 
-def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     node = data
     for i, part in enumerate(parents):
@@ -390,70 +307,3 @@ def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
             raise RecipeError([f"{path}: {where} is a value, not a section"])
         node = child
     node[leaf] = value
-
-
-def _describe(err: Any) -> str:
-    loc = [str(p) for p in err["loc"]]
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key" + _did_you_mean(loc)
-    elif err["type"] == "value_error":
-        msg = msg.removeprefix("Value error, ")
-        # Model-level checks name their field as "field: reason"; fold it into the path.
-        field, sep, reason = msg.partition(": ")
-        if sep and field.isidentifier():
-            loc, msg = [*loc, field], reason
-    elif err["type"] == "literal_error":
-        msg = f"{err['input']!r} is not one of: " + msg.removeprefix("Input should be ")
-    elif "input" in err and not isinstance(err["input"], dict):
-        msg = f"{msg} (got {err['input']!r})"
-    return f"{'.'.join(loc) or '<recipe>'}: {msg}"
-
-
-def _did_you_mean(loc: list[str]) -> str:
-    model: type[BaseModel] = Recipe
-    for part in loc[:-1]:
-        field = model.model_fields.get(part)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return ""
-        model = field.annotation
-    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(model.model_fields)}"
-
-
-# --- identity ------------------------------------------------------------------------------------
-
-
-def canonical_json(recipe: Recipe) -> str:
-    """The recipe as sorted, compact JSON: equal recipes give equal strings."""
-    return json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-
-
-def config_hash(recipe: Recipe) -> str:
-    """Hash of what the run computes: the recipe without seed, names and placement fields."""
-    data = recipe.model_dump(mode="json")
-    for path in NON_SEMANTIC_FIELDS:
-        *parents, leaf = path.split(".")
-        node = data
-        for part in parents:
-            node = node[part]
-        node.pop(leaf)
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def run_fingerprint(recipe: Recipe, seed: int, code_version: str) -> str:
-    """Identity of one trial: configuration + seed + code version."""
-    blob = f"{config_hash(recipe)}|{seed}|{code_version}"
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def to_toml(recipe: Recipe) -> str:
-    """The resolved recipe as TOML (fields that are None are left out, as TOML has no null)."""
-    return tomli_w.dumps(_drop_none(recipe.model_dump(mode="json")))
-
-
-def _drop_none(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _drop_none(v) for k, v in node.items() if v is not None}
-    return node
