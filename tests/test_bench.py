@@ -133,7 +133,7 @@ def test_each_listed_memory_format_gets_its_own_rows_in_that_layout() -> None:
     assert [r.variant for r in result.rows] == names
     assert [r.memory_format for r in result.rows] == [f for f in formats for _ in range(3)]
     assert [r.static_encoder for r in result.rows] == [True, True, False, True, True, False]
-    runners, inputs, _ = bench.run._setup(bench.run._resolve(o), 2, names)
+    runners, inputs, _ = bench.run._setup(bench.options.resolve_options(o), 2, names)
     for name in names:
         cl = "@" not in name
         conv = runners[name].model.encoder.layers[0]

@@ -777,7 +777,7 @@ def test_a_version_1_registry_is_migrated_keeping_its_runs(tmp_path: Path) -> No
         run_id = new_run(reg, group_id=group)
     with sqlite3.connect(path) as db:  # take the tables back to version 1
         db.execute("DROP INDEX ux_groups_key")
-        v2_and_v3 = [("groups", "key"), ("runs", "heartbeat_s"), ("runs", "attempts")] + V3_COLUMNS
+        v2_and_v3 = [("groups", "key"), ("runs", "heartbeat_s"), ("runs", "attempts"), *V3_COLUMNS]
         for table, column in v2_and_v3:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")

@@ -16,8 +16,9 @@ Example:
 """
 
 from imloss_cli.bench.gate import GATE_TOL, GateCheck, correctness_gate
+from imloss_cli.bench.options import BenchOptions, BenchResult, VariantResult
 from imloss_cli.bench.output import format_table, to_json
-from imloss_cli.bench.run import BenchOptions, BenchResult, VariantResult, memory_probe, run_benchmark
+from imloss_cli.bench.run import memory_probe, run_benchmark
 from imloss_cli.bench.variants import KNOWN, BenchError, SpikingJellyLIF, build_variant
 
 __all__ = [

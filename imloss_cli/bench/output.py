@@ -6,7 +6,8 @@ import dataclasses
 import json
 
 from imloss_cli.bench.gate import GATE_TOL
-from imloss_cli.bench.run import BenchResult, VariantResult, split_row_name
+from imloss_cli.bench.options import BenchResult, VariantResult
+from imloss_cli.bench.run import split_row_name
 
 
 def _fmt(v: float | None, spec: str) -> str:

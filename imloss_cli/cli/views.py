@@ -235,6 +235,7 @@ class AblationView:
 # Per image: sops and macs are operation counts, energy_uj their estimate at the default constants.
 _SHOWN_EPOCH_COLUMNS = (
     "loss", "ce", "im", "train_acc", "test_acc", "k", "lr", "mean_entropy", "sops", "macs", "energy_uj", "epoch_seconds",
+    "attempt",
 )  # fmt: skip
 
 
@@ -258,8 +259,9 @@ def render_details(console: Console, details: RunDetails) -> None:
     if run.error_message:
         console.print(f"[red]{run.error_type}: {run.error_message}[/]", highlight=False)
     for a in run.attempts:
+        took_over = f"; took over from {a['took_over']}, whose heartbeat had stopped" if "took_over" in a else ""
         console.print(
-            f"attempt {a['attempt']}: {a['started_at']} on {a['host']} (pid {a['pid']}), {a['how']}",
+            f"attempt {a['attempt']}: {a['started_at']} on {a['host']} (pid {a['pid']}), {a['how']}{took_over}",
             highlight=False,
             markup=False,
         )

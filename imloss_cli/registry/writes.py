@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from .errors import RegistryError, RunClaimedError
 from .schema import KINDS, EpochMetric, Group, LayerStat, Run
 from .session import RegistryBase
-from .status import QUEUED, RESUMABLE, RUNNING, TERMINAL
+from .status import LOST, QUEUED, RESUMABLE, RUNNING, TERMINAL
 from .values import as_float, as_int, check_choice, dumps, new_id, now
 
 
@@ -195,7 +195,8 @@ class RegistryWrites(RegistryBase):
 
         Increments ``attempt`` (0 for a run never started), sets it RUNNING with started_at,
         heartbeat, host and pid, clears the end time and error, and appends to ``attempts`` one
-        entry (attempt, host, pid, started_at, ``how``). Arguments left as None keep the stored
+        entry (attempt, host, pid, started_at, ``how``, and for a LOST run ``took_over``: the host and
+        pid that held it). Arguments left as None keep the stored
         value. The check and the update are one transaction holding the row's lock: of several
         workers claiming one run, one wins and the others get :class:`RunClaimedError`; a worker
         that held an earlier attempt is fenced off from then on.
@@ -221,13 +222,17 @@ class RegistryWrites(RegistryBase):
                 error = RunClaimedError if shown == RUNNING else RegistryError
                 raise error(
                     f"run {row.id} is {row.status}{where}; only "
-                    f"{', '.join(RESUMABLE[:-1])} or {RESUMABLE[-1]} runs can be started"
+                    f"{', '.join(RESUMABLE[:-1])} or {RESUMABLE[-1]} runs can be started or resumed"
                 )
+            # A LOST run's holder may only be paused: from now on its writes are fenced off.
+            took_over = f"{row.host} (pid {row.pid})" if shown == LOST else None
             row.attempt += 1
             row.status, row.started_at, row.ended_at, row.heartbeat_at = RUNNING, at, None, at
             row.host, row.pid = self._host, os.getpid()
             row.heartbeat_s = heartbeat_s
             entry = {"attempt": row.attempt, "host": row.host, "pid": row.pid, "started_at": at.isoformat(), "how": how}
+            if took_over is not None:
+                entry["took_over"] = took_over
             row.attempts = dumps([*json.loads(row.attempts or "[]"), entry], "attempts")
             row.error_type = row.error_message = row.traceback = None
             if environment is not None:

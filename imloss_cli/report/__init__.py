@@ -12,7 +12,10 @@ Everything here returns data or strings; printing (and sending warnings to stder
 job.
 
 Modules:
-    build     :class:`Report` and :func:`build_report`.
+    build     :class:`Report` and :func:`build_report`: select -> choose epochs -> enrich -> tables.
+    selection which runs (group, recipe, all) and their configurations (seeds pooled by config hash).
+    epochs    which epoch of each run (best, last, best-val) and what is read there.
+    errors    :class:`ReportError`.
     formats   :func:`render`: markdown, CSV, LaTeX (booktabs), JSON, HTML.
     html      the HTML page: one self-contained file, figures embedded, sortable tables.
     plots     :func:`figures` and :func:`write_plots` (matplotlib is loaded only there).
@@ -21,7 +24,9 @@ Modules:
 Nothing here imports torch.
 """
 
-from .build import FORMATS, SELECTIONS, Report, ReportError, build_report, energy_constants
+from .build import FORMATS, Report, build_report, energy_constants
+from .epochs import SELECTIONS
+from .errors import ReportError
 from .formats import render
 from .listings import RunDetails, run_details, runs_overview
 from .plots import PLOTS, figures, write_plots

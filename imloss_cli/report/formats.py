@@ -10,7 +10,10 @@ import pandas as pd
 
 from imloss_cli.registry import Registry
 
-from .build import _CONFIG_COLUMN, _ENTROPY_METRIC, _VAL_METRIC, FORMATS, Report, ReportError
+from .build import FORMATS, Report
+from .epochs import ENTROPY_METRIC, VAL_METRIC
+from .errors import ReportError
+from .selection import CONFIG_COLUMN
 from .text import _count_text, _header, _number_text, _scale, _value_text
 
 
@@ -87,14 +90,14 @@ def _subtitle(report: Report) -> str:
 
 
 def _layer_caption(report: Report) -> str:
-    which = {"best": f"best-{report.metric} epoch", "last": "last epoch", "best-val": f"best-{_VAL_METRIC} epoch"}[
+    which = {"best": f"best-{report.metric} epoch", "last": "last epoch", "best-val": f"best-{VAL_METRIC} epoch"}[
         report.select
     ]
     return f"Per-layer entropy (bits) at each run's {which}, mean over seeds"
 
 
 def _sops_caption(report: Report) -> str:
-    which = {"best": f"best-{report.metric} epoch", "last": "last epoch", "best-val": f"best-{_VAL_METRIC} epoch"}[
+    which = {"best": f"best-{report.metric} epoch", "last": "last epoch", "best-val": f"best-{VAL_METRIC} epoch"}[
         report.select
     ]
     return f"Per-layer synaptic operations per image (millions) at each run's {which}, mean over seeds"
@@ -108,7 +111,7 @@ def _varying(report: Report) -> list[str]:
 def _machine_table(report: Report) -> pd.DataFrame:
     m = report.metric
     counts = [f"{c}_{s}" for c in report.efficiency for s in ("mean", "std")]
-    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", _ENTROPY_METRIC, *counts, "paper_top1", "delta_pp"]
+    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", ENTROPY_METRIC, *counts, "paper_top1", "delta_pp"]
     columns.append("config_hash")
     return report.table[[c for c in columns if c in report.table.columns]]
 
@@ -118,8 +121,8 @@ def _display_table(report: Report) -> pd.DataFrame:
     shown = pd.DataFrame({c: report.table[c].map(_value_text) for c in varying})
     shown[_header(m)] = report.table[m]
     shown["n"] = report.table["n"].astype(str)
-    if _ENTROPY_METRIC in report.table.columns and m != _ENTROPY_METRIC:
-        shown[_ENTROPY_METRIC] = report.table[_ENTROPY_METRIC].map(_number_text)
+    if ENTROPY_METRIC in report.table.columns and m != ENTROPY_METRIC:
+        shown[ENTROPY_METRIC] = report.table[ENTROPY_METRIC].map(_number_text)
     for c in report.efficiency:
         shown[_header(c)] = report.table[c]
     if "paper_top1" in report.table.columns:
@@ -137,7 +140,7 @@ def _markdown(frame: pd.DataFrame) -> str:
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|")
 
-    left = {"layer", _CONFIG_COLUMN}
+    left = {"layer", CONFIG_COLUMN}
     lines = [
         "| " + " | ".join(cell(c) for c in frame.columns) + " |",
         "|" + "|".join(" :--- " if c in left else " ---: " for c in frame.columns) + "|",
@@ -168,7 +171,7 @@ def _latex_escape(value: Any) -> str:
 
 def _latex(frame: pd.DataFrame, bold: tuple[int, int] | None = None) -> str:
     """A booktabs table (``\\usepackage{booktabs}``), the cell at ``bold`` (row, column) in bold."""
-    spec = "".join("l" if c in ("layer", _CONFIG_COLUMN) else "r" for c in frame.columns)
+    spec = "".join("l" if c in ("layer", CONFIG_COLUMN) else "r" for c in frame.columns)
     lines = [
         rf"\begin{{tabular}}{{{spec}}}",
         r"\toprule",

@@ -21,7 +21,7 @@ KEY_FIELDS = {
 @dataclass(frozen=True)
 class RunDetails:
     run: RunInfo
-    epochs: pd.DataFrame  # one row per epoch, one column per metric
+    epochs: pd.DataFrame  # one row per epoch, one column per metric, and the attempt that wrote it
     layers: pd.DataFrame  # last epoch: one row per layer, one column per statistic
 
 
@@ -59,6 +59,9 @@ def run_details(registry: Registry, run: str) -> RunDetails:
     info = registry.get_run(run)
     metrics = registry.epoch_metrics([info.id])
     epochs = metrics.pivot(index="epoch", columns="name", values="value") if len(metrics) else pd.DataFrame()
+    if len(epochs):  # which attempt wrote each epoch: a takeover shows as the attempt changing
+        attempts = registry.epoch_attempts(info.id)
+        epochs["attempt"] = pd.array([attempts.get(int(e)) for e in epochs.index], dtype="Int64")
     stats = registry.layer_stats([info.id], last_epoch_only=True)
     layers = (
         stats.pivot_table(index=["layer_index", "layer"], columns="stat", values="value").reset_index(

@@ -15,7 +15,8 @@ import pandas as pd
 
 from imloss_cli.registry import Registry
 
-from .build import Report, ReportError
+from .build import Report
+from .errors import ReportError
 
 _MAX_LEGEND = 12  # more series than this get no legend
 

@@ -24,10 +24,10 @@ import torch.distributed as dist
 
 from imloss_cli import data as data_mod
 from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, to_toml, validate_recipe
-from imloss_cli.registry import QUEUED, RESUMABLE, RUNNING, Registry, RunClaimedError, RunInfo
+from imloss_cli.registry import QUEUED, Registry, RunInfo
 from imloss_cli.train.distributed import DistEnv, process_group
 from imloss_cli.train.environment import code_version, git_state
-from imloss_cli.train.errors import TrainingError, WorkerFailedError
+from imloss_cli.train.errors import WorkerFailedError
 from imloss_cli.train.lifecycle import HEARTBEAT_S, ClaimedRun, claimed_run
 from imloss_cli.train.loop import EpochRecord, StepCallback, Trainer
 from imloss_cli.train.placement import resolve_device
@@ -218,15 +218,10 @@ def resume_run(
     from epoch 1 otherwise; the run's attempts record which.
 
     Raises:
-        RegistryError: no such run. RunClaimedError: another live process holds it.
-        TrainingError: the run is finished. RunFencedError: it was taken over while this trained.
+        RegistryError: no such run, or it is FINISHED. RunClaimedError: another live process holds it.
+        RunFencedError: it was taken over while this trained.
     """
     info = registry.get_run(run)
-    if info.display_status not in RESUMABLE:
-        held = info.display_status == RUNNING
-        error = RunClaimedError if held else TrainingError
-        where = f" on {info.host} (pid {info.pid})" if held else ""
-        raise error(f"run {info.id} is {info.display_status}{where}; only {', '.join(RESUMABLE)} runs can be resumed")
     recipe = validate_recipe(info.recipe, f"run {info.id}")
     checkpoint_dir, how = _checkpoint_plan(info, recipe)
     with claimed_run(
