@@ -93,7 +93,7 @@ def select_rows(names: Sequence[str], rows: dict[str, PaperRow]) -> list[PaperRo
     """
     unknown = [n for n in names if n not in rows]
     if unknown:
-        raise RecipeError([f"unknown paper row {n!r}; known rows: {', '.join(rows)}" for n in unknown], "paper")
+        raise RecipeError([f"unknown paper row {n!r}; known rows: {', '.join(rows)}" for n in unknown])
     return [rows[n] for n in names] if names else list(rows.values())
 
 

@@ -59,9 +59,9 @@ def test_ablation_gives_six_runs_and_a_three_row_report_of_their_means(ablation:
     assert list(table["n"]) == [2, 2, 2]
     metrics = reg.epoch_metrics([r.id for r in runs])
     best = metrics[metrics.name == "test_acc"].groupby("run_id").value.max()
-    for weight, mean in zip(table["loss.im_weight"], table["test_acc_mean"]):
+    for weight, mean in zip(table["loss.im_weight"], table["test_acc_mean_pct"]):
         ids = [r.id for r in runs if r.recipe["loss"]["im_weight"] == weight]
-        assert mean == pytest.approx(best[ids].mean(), abs=1e-12)
+        assert mean == pytest.approx(best[ids].mean() * 100, abs=1e-10)
 
     code, markdown = invoke("report", "--registry", registry_url)
     assert code == 0

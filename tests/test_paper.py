@@ -76,7 +76,7 @@ def test_paper_runs_the_cifar10_rows_and_the_report_prints_each_rows_figure(work
         table = json.loads(out.stdout)["rows"]
         assert sorted(r["paper_top1"] for r in table) == sorted(PAPER[n][1] for n in rows)
         for r in table:
-            assert r["delta_pp"] == pytest.approx(r["test_acc_mean"] * 100 - r["paper_top1"])
+            assert r["delta_pp"] == pytest.approx(r["test_acc_mean_pct"] - r["paper_top1"])
     text = CliRunner().invoke(app, ["report", "--group", groups["paper: main table"], "--registry", registry]).output
     assert re.search(r"\| paper \| delta \(pp\) \|", text) and "| 95.49 |" in text
     again = CliRunner().invoke(app, args)  # a rerun resumes the groups: nothing trains twice

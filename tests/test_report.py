@@ -184,7 +184,7 @@ def test_single_seed_shows_only_the_mean() -> None:
         report = build_report(reg)
         assert list(report.table["test_acc"]) == ["75.00", "50.00"]
         assert report.table["test_acc_std"].isna().all()
-        assert json.loads(render(report, "json"))["rows"][0]["test_acc_std"] is None
+        assert json.loads(render(report, "json"))["rows"][0]["test_acc_std_pct"] is None
 
 
 def test_only_semantic_fields_that_differ_become_columns() -> None:
@@ -301,18 +301,18 @@ def test_mixed_code_versions_and_dirty_trees_are_warned_about() -> None:
 # ----------------------------------------------------------------------------- formats
 
 
-def test_csv_is_the_numeric_main_table(registry: Registry) -> None:
+def test_csv_is_the_numeric_main_table_accuracy_in_percent_as_named(registry: Registry) -> None:
     frame = pd.read_csv(io.StringIO(render(build_report(registry), "csv")))
     assert list(frame.columns) == [
         "loss.im_weight",
-        "test_acc_mean",
-        "test_acc_std",
+        "test_acc_mean_pct",
+        "test_acc_std_pct",
         "n",
         "mean_entropy",
         "config_hash",
     ]
-    assert len(frame) == 3 and pd.api.types.is_float_dtype(frame["test_acc_mean"])
-    assert frame["test_acc_mean"].tolist() == pytest.approx([0.89, 0.94, 0.79])
+    assert len(frame) == 3 and pd.api.types.is_float_dtype(frame["test_acc_mean_pct"])
+    assert frame["test_acc_mean_pct"].tolist() == pytest.approx([89.0, 94.0, 79.0])
     assert frame["n"].tolist() == [2, 2, 2]
 
 
@@ -321,7 +321,7 @@ def test_json_has_rows_layers_and_numbers(registry: Registry) -> None:
     data = json.loads(render(report, "json"))
     assert data["title"] == report.title and data["metric"] == "test_acc" and data["select"] == "last"
     assert [row["loss.im_weight"] for row in data["rows"]] == [0.0, 1.0, 2.0]
-    assert data["rows"][1]["test_acc_mean"] == pytest.approx(0.92)
+    assert data["rows"][1]["test_acc_mean_pct"] == pytest.approx(92.0)
     assert data["rows"][1]["n"] == 2
     assert [layer["layer"] for layer in data["layers"]] == ["stem.lif", "block.lif"]
     assert data["layers"][1]["loss.im_weight=2.0"] == pytest.approx(1.705)

@@ -67,7 +67,7 @@ class GridSpec:
         if seed_list is not None and not all(isinstance(s, int) and s >= 0 for s in seed_list):
             problems.append(f"--seed: seeds are non-negative integers, got {seed!r}")
         if problems:
-            raise RecipeError(problems, "ablate")
+            raise RecipeError(problems)  # the command line, not a recipe: the messages name the options
         return cls(axes, seed_list)
 
 
@@ -98,7 +98,7 @@ def plan_trials(base: Recipe, axes: dict[str, Sequence[Any]], seeds: Sequence[in
     if not seeds:
         empty.append("seeds: no seeds given")
     if empty:
-        raise RecipeError(empty, "ablation")
+        raise RecipeError(empty)
     grid = {**axes, SEED_KEY: list(seeds)}
     trials, problems, planned = [], [], set()
     for combo in itertools.product(*grid.values()):

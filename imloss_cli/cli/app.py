@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from imloss_cli.cli.bench import bench
-from imloss_cli.cli.errors import fail, guarded, warn
+from imloss_cli.cli.errors import RecipeCommand, fail, guarded, note, warn
 from imloss_cli.recipe import EnergyConfig, Recipe, load_recipe, parse_overrides, sets_nothing, to_toml
 
 app = typer.Typer(
@@ -54,7 +54,9 @@ RegistryOpt = Annotated[
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a failure leaves no half-written file."""
+    """Write ``text`` to ``path`` (its folder created) through a temporary file, so a failure leaves no
+    half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -88,7 +90,7 @@ def open_registry(url: str, *, create: bool = True, write: bool = True) -> Any:
     return guarded(lambda: Registry(url, create=create, write=write))
 
 
-@app.command()
+@app.command(cls=RecipeCommand)
 def validate(recipe: RecipeArg = None, set_: SetOpt = None) -> None:
     """Check a recipe without running anything and print it fully resolved.
 
@@ -97,7 +99,7 @@ def validate(recipe: RecipeArg = None, set_: SetOpt = None) -> None:
     console.print(to_toml(load(recipe, set_)), highlight=False, markup=False)
 
 
-@app.command()
+@app.command(cls=RecipeCommand)
 def train(
     recipe: RecipeArg = None,
     set_: SetOpt = None,
@@ -143,7 +145,8 @@ def train(
                 lambda: train_run(
                     r, registry=reg, argv=sys.argv, callbacks=ui.callbacks(), held=held,
                     **_given(heartbeat_s=heartbeat),
-                )
+                ),
+                before_message=ui.stop,
             )  # fmt: skip
     if result is not None and result.last is not None:
         m = result.last.metrics
@@ -165,15 +168,19 @@ def resume(
 
     with open_registry(registry, create=False) as reg, TrainDisplay(console) as ui:
         result = guarded(
-            lambda: resume_run(reg, run, argv=sys.argv, callbacks=ui.callbacks(), **_given(heartbeat_s=heartbeat))
+            lambda: resume_run(reg, run, argv=sys.argv, callbacks=ui.callbacks(), **_given(heartbeat_s=heartbeat)),
+            before_message=ui.stop,
         )
     acc = f"test accuracy {result.last.metrics['test_acc']:.4f}  " if result.last else ""
     console.print(f"[bold green]done[/]  {acc}run {result.run_id}")
 
 
-@app.command()
+@app.command(cls=RecipeCommand)
 def ablate(
-    recipe: RecipeArg = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Argument(help="TOML recipe; omitted: the recipe of the last `imloss train` run", show_default=False),
+    ] = None,
     im_weight: Annotated[str | None, typer.Option("--im-weight", help="loss.im_weight values, e.g. 0,1,2")] = None,
     surrogate: Annotated[str | None, typer.Option(help="surrogate.schedule values: esg,fixed")] = None,
     timesteps: Annotated[str | None, typer.Option(help="model.timesteps values, e.g. 2,4")] = None,
@@ -217,7 +224,8 @@ def ablate(
                 lambda: run_ablation(
                     plan, registry=reg, argv=sys.argv, group=group,
                     work=view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **_given(heartbeat_s=heartbeat)),
-                )
+                ),
+                before_message=view.stop,
             )  # fmt: skip
         view.summary(result, _group_table(reg, result.group_id) if result.complete else "")
     raise typer.Exit(1 if result.failed else 0)
@@ -255,7 +263,7 @@ def _group_table(registry: Any, group_id: str | None) -> str:
         return f"no summary table: {e}"
 
 
-@app.command()
+@app.command(cls=RecipeCommand)
 def paper(
     rows: Annotated[list[str] | None, typer.Argument(help="rows (recipes/paper/ file names); default: all")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="train every row this many epochs (recorded)")] = None,
@@ -290,7 +298,8 @@ def paper(
             lambda: run_paper(
                 plan, registry=reg, argv=sys.argv, missing=missing,
                 work=view.work_options(jobs=jobs, **_given(heartbeat_s=heartbeat)),
-            )
+            ),
+            before_message=view.stop,
         )  # fmt: skip
         tables = {t: _group_table(reg, r.group_id) if r.complete else "" for t, r in result.groups.items()}
     view.paper_summary(result, tables)
@@ -390,7 +399,7 @@ def report(
             console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
             guarded(lambda: write_text_atomically(output, text))
-            console.print(f"wrote {output}")
-        if plots is not None:
+            note(f"wrote {output}")
+        if plots is not None:  # stdout holds only the report: a JSON or CSV report stays parseable
             for path in guarded(lambda: write_plots(rep, reg, plots)):
-                console.print(f"wrote {path}")
+                note(f"wrote {path}")

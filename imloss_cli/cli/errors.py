@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 
-from imloss_cli.recipe import RecipeError
+from imloss_cli.recipe import RecipeError, field_paths
 
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -48,23 +49,58 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def note(message: str) -> None:
+    """A message about what was done (``wrote FILE``), on stderr: stdout holds only the command's data."""
+    err_console.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def guarded(call: Callable[[], T]) -> T:
-    """Run a library call, turning its errors into one-line messages and exit codes."""
+def guarded(call: Callable[[], T], *, before_message: Callable[[], None] | None = None) -> T:
+    """Run a library call, turning its errors into one-line messages and exit codes.
+
+    ``before_message`` runs before an error is printed: a live progress display stops there, so
+    the message does not land on its last line.
+    """
     try:
         return call()
-    except RecipeError as e:
-        head = f"{e.source}: " if e.source else ""
-        fail(head + "invalid recipe\n  " + "\n  ".join(e.problems))
-    except KeyboardInterrupt as e:
-        signal = "SIGTERM" if type(e).__name__ == "Terminated" else "interrupted"
-        fail(f"{signal}: the run is recorded as KILLED", code=INTERRUPT_CODES.get(type(e).__name__, 130))
-    except Exception as e:
-        if isinstance(e, _loaded(RUN_FAILURES)):
-            fail(str(e), code=1)
-        if isinstance(e, (*_loaded(USER_ERRORS), OSError)):
-            fail(str(e))
-        raise
+    except (Exception, KeyboardInterrupt) as e:
+        if before_message is not None:
+            before_message()
+        _fail_for(e)
+
+
+def _fail_for(e: BaseException) -> NoReturn:
+    """Print the error's one-line message and exit with its code; an unexpected error is raised on."""
+    if isinstance(e, RecipeError):
+        # A recipe (a file, the default, a stored run's) is named with what is wrong in it; a bad
+        # command-line value is named by its own message.
+        head = f"{e.source}: invalid recipe\n  " if e.source else ""
+        fail(head + "\n  ".join(e.problems))
+    if isinstance(e, KeyboardInterrupt):
+        name = type(e).__name__
+        fail(f"{'SIGTERM' if name == 'Terminated' else 'interrupted'}: the run is recorded as KILLED",
+             code=INTERRUPT_CODES.get(name, 130))  # fmt: skip
+    if isinstance(e, _loaded(RUN_FAILURES)):
+        fail(str(e), code=1)
+    if isinstance(e, (*_loaded(USER_ERRORS), OSError)):
+        fail(str(e))
+    raise e
+
+
+class RecipeCommand(typer.core.TyperCommand):
+    """A command that takes a recipe: an unknown option named like a recipe field points to ``--set``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[arg-type]
+        except Exception as e:  # click's NoSuchOption (typer vendors click: matched by name)
+            name = getattr(e, "option_name", None)
+            if type(e).__name__ == "NoSuchOption" and isinstance(name, str):
+                leaf = name.lstrip("-").replace("-", "_")
+                fields = [f for f in field_paths() if f.rsplit(".", 1)[-1] == leaf]
+                if fields:
+                    e.message = f"{e.message}; a recipe field is set with --set {fields[0]}=VALUE"  # type: ignore[attr-defined]
+            raise

@@ -68,6 +68,10 @@ class TrainDisplay:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.progress.__exit__(et, ev, tb)
 
+    def stop(self) -> None:
+        """Take the progress bar off the screen now (before an error message is printed)."""
+        self.progress.stop()
+
     def callbacks(self) -> Callbacks:
         from imloss_cli.train.run import Callbacks
 
@@ -158,6 +162,10 @@ class AblationView:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.display.__exit__(et, ev, tb)
+
+    def stop(self) -> None:
+        """Take the progress bar off the screen now (before an error message is printed)."""
+        self.display.stop()
 
     def work_options(self, **options: Any) -> WorkOptions:
         """The worker's options with this view's progress hooks."""

@@ -35,6 +35,7 @@ from .sections import (
     Recipe,
     SurrogateConfig,
     TrainConfig,
+    field_paths,
     load_energy,
     validate_recipe,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "TrainConfig",
     "canonical_json",
     "config_hash",
+    "field_paths",
     "load_energy",
     "load_recipe",
     "parse_overrides",

@@ -57,7 +57,7 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise RecipeError([f"recipe file not found: {p}"]) from None
+            raise RecipeError([f"recipe file not found: {p}{_did_you_mean_file(p)}"]) from None
         except (OSError, UnicodeDecodeError) as e:
             raise RecipeError([f"cannot read recipe {p}: {e}"]) from None
         try:
@@ -73,6 +73,14 @@ def load_recipe(path: str | Path | None, overrides: dict[str, Any] | None = None
     if problems:
         raise RecipeError(problems, source)
     return validate_recipe(data, source)
+
+
+def _did_you_mean_file(path: Path) -> str:
+    """ "; did you mean recipes/NAME.toml?" when the user named a recipe by its name alone."""
+    for candidate in (Path("recipes") / f"{path.name}.toml", Path("recipes") / path.name, path.with_suffix(".toml")):
+        if candidate != path and candidate.is_file():
+            return f"; did you mean {candidate}?"
+    return ""
 
 
 def sets_nothing(path: str | Path) -> bool:

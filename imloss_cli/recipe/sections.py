@@ -297,6 +297,18 @@ def validate_recipe(data: dict[str, Any], source: str | None = None) -> Recipe:
         raise RecipeError([describe(err, Recipe) for err in e.errors()], source) from None
 
 
+def field_paths() -> list[str]:
+    """Every settable field of a recipe as a dotted path ("train.epochs", "loss.im_weight", "name")."""
+    paths = []
+    for name, info in Recipe.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            paths += [f"{name}.{leaf}" for leaf in section.model_fields]
+        else:
+            paths.append(name)
+    return paths
+
+
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     node = data

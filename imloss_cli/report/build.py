@@ -96,10 +96,12 @@ class Report:
     def energy_rule(self) -> str:
         """How the energy column was computed, in words."""
         e = self.energy
-        return (
-            f"energy per image E = MACs × {e.e_mac_pj:g} pJ + SOPs × {e.e_ac_pj:g} pJ "
-            "(45 nm figures: Horowitz 2014, unless changed with --e-mac/--e-ac)"
+        source = (
+            "45 nm figures: Horowitz 2014"
+            if e == EnergyConfig()
+            else "constants given with --e-mac/--e-ac, not the 45 nm figures of Horowitz 2014"
         )
+        return f"energy per image E = MACs × {e.e_mac_pj:g} pJ + SOPs × {e.e_ac_pj:g} pJ ({source})"
 
     @property
     def selection_rule(self) -> str:

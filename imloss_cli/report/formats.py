@@ -14,7 +14,7 @@ from .build import FORMATS, Report
 from .epochs import ENTROPY_METRIC, VAL_METRIC
 from .errors import ReportError
 from .selection import CONFIG_COLUMN
-from .text import _count_text, _header, _number_text, _scale, _value_text
+from .text import _count_text, _header, _is_accuracy, _number_text, _scale, _value_text
 
 
 def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
@@ -109,11 +109,18 @@ def _varying(report: Report) -> list[str]:
 
 
 def _machine_table(report: Report) -> pd.DataFrame:
+    """The numbers of the table (CSV, JSON). An accuracy is in percent, as in every other format and as
+    the paper's column, and its columns say so (``test_acc_mean_pct``); counts and energy as stored."""
     m = report.metric
     counts = [f"{c}_{s}" for c in report.efficiency for s in ("mean", "std")]
     columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", ENTROPY_METRIC, *counts, "paper_top1", "delta_pp"]
     columns.append("config_hash")
-    return report.table[[c for c in columns if c in report.table.columns]]
+    table = report.table[[c for c in columns if c in report.table.columns]].copy()
+    if _is_accuracy(m):
+        for stat in ("mean", "std"):
+            table[f"{m}_{stat}"] = table[f"{m}_{stat}"] * 100.0
+        table = table.rename(columns={f"{m}_mean": f"{m}_mean_pct", f"{m}_std": f"{m}_std_pct"})
+    return table
 
 
 def _display_table(report: Report) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from imloss_cli.registry import Registry
 
 from .build import Report
 from .plots import figures
-from .text import _count_text, _header, _number_text
+from .text import _count_text, _header, _number_text, _scale
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
@@ -182,10 +182,11 @@ def _layers(table: pd.DataFrame, text: Callable[[float], str] = _number_text) ->
 
 
 def _runs(report: Report) -> str:
-    header = ["run", "configuration", "seed", "status", "selected epoch", report.metric, "duration (s)", "host"]
+    header = ["run", "configuration", "seed", "status", "selected epoch", _header(report.metric), "duration (s)", "host"]
+    scale = _scale(report.metric)[0]  # the unit of the comparison table (accuracies in %)
     rows = []
     for r in report.runs.itertuples(index=False):
-        value = getattr(r, report.metric)
+        value = getattr(r, report.metric) * scale
         epoch = "" if pd.isna(r.epoch) else str(r.epoch)
         rows.append(
             [(r.run_id, None), (r.config, None), (str(r.seed), str(r.seed)), ("FINISHED", None), (epoch, epoch or None),
