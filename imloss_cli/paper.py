@@ -13,30 +13,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from imloss_cli import data as data_mod
 from imloss_cli.ablate.grid import SEED_KEY, Trial
 from imloss_cli.ablate.group import AblationResult, WorkOptions, work_on_group
-from imloss_cli.recipe import PAPER_TABLES, Recipe, RecipeError, canonical_json, load_recipe, run_fingerprint
+from imloss_cli.recipe import Recipe, canonical_json, run_fingerprint
+from imloss_cli.recipe.rows import paper_rows, select_rows
 from imloss_cli.registry import Registry
-from imloss_cli.train.environment import SOURCE_ROOT, code_version, git_state
+from imloss_cli.train.environment import code_version, git_state
 from imloss_cli.train.run import run_fields
 
-PAPER_DIR = SOURCE_ROOT / "recipes" / "paper"
 ROW_AXIS = "paper.row"
-
-
-@dataclass(frozen=True)
-class PaperRow:
-    name: str  # the file's stem, what `imloss paper ROW` takes
-    recipe: Recipe  # its [paper] section is set
-
-    @property
-    def table(self) -> str:
-        assert self.recipe.paper is not None
-        return self.recipe.paper.table
 
 
 @dataclass(frozen=True)
@@ -66,35 +54,6 @@ class PaperResult:
     @property
     def failed(self) -> bool:
         return any(r.failed for r in self.groups.values())
-
-
-def paper_rows(directory: Path = PAPER_DIR) -> dict[str, PaperRow]:
-    """Every row recipe under ``directory``, by name, in table order (main first) then file name.
-
-    Raises:
-        RecipeError: the folder is missing, or a file is not a valid recipe with a [paper] section.
-    """
-    if not directory.is_dir():
-        raise RecipeError([f"no paper recipes at {directory}: run imloss from a checkout of the project"])
-    rows = {}
-    for path in sorted(directory.glob("*.toml")):
-        recipe = load_recipe(path)
-        if recipe.paper is None:
-            raise RecipeError([f"{path}: a paper row needs a [paper] section (table, row, top1)"])
-        rows[path.stem] = PaperRow(path.stem, recipe)
-    return dict(sorted(rows.items(), key=lambda item: PAPER_TABLES.index(item[1].table)))
-
-
-def select_rows(names: Sequence[str], rows: dict[str, PaperRow]) -> list[PaperRow]:
-    """The named rows (all of them when ``names`` is empty).
-
-    Raises:
-        RecipeError: an unknown name (the message lists the known ones).
-    """
-    unknown = [n for n in names if n not in rows]
-    if unknown:
-        raise RecipeError([f"unknown paper row {n!r}; known rows: {', '.join(rows)}" for n in unknown])
-    return [rows[n] for n in names] if names else list(rows.values())
 
 
 def plan_paper(

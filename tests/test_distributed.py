@@ -116,4 +116,9 @@ def test_parallel_ablation_gives_the_same_group_as_sequential(tiny_recipe: Path,
     ablate(workdir, str(workdir / "two.db"), jobs=2)
     one, two = group_results(str(workdir / "one.db")), group_results(str(workdir / "two.db"))
     assert len(one) == 4 and one == two
+    group = Registry(str(workdir / "two.db")).latest_group().id
+    logs = sorted(p.name for p in (workdir / "runs" / f"group-{group}").iterdir())
+    assert logs == ["worker-0.log", "worker-1.log"]  # where the README says the --jobs logs are
+    trainers = {a["pid"] for r in Registry(str(workdir / "two.db")).list_runs() for a in r.attempts}
+    assert len(trainers) >= 2  # the job workers trained trials, not only this process
     assert {r.status for r in Registry(str(workdir / "two.db")).list_runs()} == {"FINISHED"}

@@ -42,7 +42,9 @@ def _worker(workdir: Path, recipe: Path, registry: str, *extra: str) -> subproce
 def _report(registry: str) -> list[dict[str, object]]:
     result = CliRunner().invoke(app, ["report", "--format", "json", "--registry", registry])
     assert result.exit_code == 0, result.output
-    return [{k: row[k] for k in ("loss.im_weight", "test_acc_mean_pct", "n")} for row in json.loads(result.stdout)["rows"]]
+    return [
+        {k: row[k] for k in ("loss.im_weight", "test_acc_mean_pct", "n")} for row in json.loads(result.stdout)["rows"]
+    ]
 
 
 def _three_workers_share_the_grid(workdir: Path, tiny_recipe: Path, url: str) -> None:

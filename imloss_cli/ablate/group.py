@@ -110,6 +110,8 @@ class WorkOptions:
         on_wait: called with the trials running elsewhere whenever that set changes while waiting.
         on_taken_over: called when a trial this worker trained was taken over by another worker
             (this one had been paused past its heartbeat); the worker goes on with the grid.
+        on_job_failed: called with the log and exit code of a ``--jobs`` worker that ended in an
+            error of its own (not a failed trial); this worker trains what it left.
     """
 
     fail_fast: bool = False
@@ -120,6 +122,7 @@ class WorkOptions:
     on_outcome: Callable[[TrialOutcome], None] | None = None
     on_wait: Callable[[list[TrialOutcome]], None] | None = None
     on_taken_over: Callable[[RunFencedError], None] | None = None
+    on_job_failed: Callable[[Path, int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -199,10 +202,14 @@ def work_on_group(
         options = ["--heartbeat", str(work.heartbeat_s), *(["--fail-fast"] if work.fail_fast else [])]
         first = registry.list_runs(group_id=group_id)[-1]
         log_dir = Path(validate_recipe(first.recipe).train.output_dir) / f"group-{group_id}"
-        run_workers(
+        codes = run_workers(
             group_id, work.jobs, registry_url=registry.url_for_subprocesses, options=options, log_dir=log_dir,
             poll_s=worker.poll_s, on_poll=worker.report_new,
         )  # fmt: skip
+        for slot, code in enumerate(codes):
+            # A trial failing is reported as its outcome (exit 1); anything else is the worker's own failure.
+            if code not in (0, 1) and work.on_job_failed is not None:
+                work.on_job_failed(log_dir / f"worker-{slot}.log", code)
     worker.work()
     return AblationResult(group_id, worker.outcomes())
 

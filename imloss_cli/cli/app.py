@@ -123,13 +123,15 @@ def train(
     Example: imloss train recipes/digits.toml --set loss.im_weight=0
     """
     from imloss_cli.cli.views import TrainDisplay
-    from imloss_cli.train.distributed import DistEnv
+    from imloss_cli.train.distributed import DistEnv, rank_batch_size
     from imloss_cli.train.run import launch_distributed, train_run
 
     r = load(
         recipe, set_, **{"train.seed": seed, "train.device": device, "name": name,
                          "train.deterministic": deterministic, "train.keep_last": keep_last},
     )  # fmt: skip
+    if nproc > 1:  # before the registry: a batch that does not divide is the first thing to fix
+        guarded(lambda: rank_batch_size(r.data.batch_size, nproc))
     env = DistEnv.from_environ()
     main_rank = env is None or env.is_main
     with open_registry(registry) if main_rank else contextlib.nullcontext() as reg:
@@ -206,16 +208,22 @@ def ablate(
     from imloss_cli.ablate import GridSpec, run_ablation
     from imloss_cli.cli.views import AblationView
 
-    spec = guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
+    overrides = overrides_of(set_)
+    joining = group is not None  # a worker of an existing group: the group holds recipe and axes
+    spec = (
+        None
+        if joining
+        else guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
+    )
     # A recipe file is planned before the registry is opened: a bad grid writes nothing.
-    plan = _plan(load(recipe, set_), spec) if recipe is not None and group is None else None
+    plan = _plan(load(recipe, set_), spec) if recipe is not None and not joining else None
     if plan is not None and dry_run:
         AblationView(console).summary(plan.dry_run, "")
         return
     # Joining a group or reusing the last run's recipe reads the registry: it must exist.
     with open_registry(registry, create=plan is not None, write=not dry_run) as reg:
-        if plan is None and group is None:
-            plan = _plan(_latest_train_recipe(reg, set_), spec)
+        if plan is None and not joining:
+            plan = _plan(_latest_train_recipe(reg, overrides), spec)
             if dry_run:
                 AblationView(console).summary(plan.dry_run, "")
                 return
@@ -237,11 +245,11 @@ def _plan(base: Recipe, spec: Any) -> Any:
     return guarded(lambda: plan_ablation(base, spec))
 
 
-def _latest_train_recipe(registry: Any, sets: list[str] | None) -> Recipe:
+def _latest_train_recipe(registry: Any, overrides: dict[str, Any]) -> Recipe:
     """The recipe of the registry's most recent train run (ablate without RECIPE), overrides applied."""
     from imloss_cli.ablate import latest_train_recipe
 
-    base_run, base = guarded(lambda: latest_train_recipe(registry, overrides_of(sets)))
+    base_run, base = guarded(lambda: latest_train_recipe(registry, overrides))
     console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
     return base
 

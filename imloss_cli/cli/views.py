@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +173,12 @@ class AblationView:
         from imloss_cli.ablate import WorkOptions
 
         return WorkOptions(
-            on_trial=self.trial, on_outcome=self.outcome, on_wait=self.waiting, on_taken_over=self.taken_over, **options
+            on_trial=self.trial,
+            on_outcome=self.outcome,
+            on_wait=self.waiting,
+            on_taken_over=self.taken_over,
+            on_job_failed=self.job_failed,
+            **options,
         )
 
     def trial(self, number: int, total: int, trial: Trial, run_id: str) -> Callbacks:
@@ -195,6 +201,13 @@ class AblationView:
     def taken_over(self, error: Exception) -> None:
         """A trial this worker trained was taken over by another worker (this one had been paused)."""
         self.console.print(str(error), style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    def job_failed(self, log: Path, code: int) -> None:
+        """A ``--jobs`` worker ended in an error of its own; its trials are left to the others."""
+        self.console.print(
+            f"a worker process exited with code {code}; its output is in {log}", style="yellow", markup=False,
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
 
     def waiting(self, running: list[TrialOutcome]) -> None:
         """Nothing left to claim: the trials this worker waits for, and who holds them."""

@@ -9,6 +9,7 @@ recording or a full disk leaves no partial cache under the final name. Readers m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -77,10 +78,12 @@ def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 def _build(path: Path, recordings: Sequence[Recording], timesteps: int, split: Split, side: int) -> None:
     shape = (len(recordings), timesteps, 2, side, side)
     where = "set data.cache_dir to a writable folder with room for it"
+    created = not path.parent.exists()  # a folder made here goes again if nothing is cached in it
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
+        _remove_if_empty(path.parent, created)
         raise DataError(f"cannot write the frame cache in {path.parent} ({e}); {where}") from None
     per_chunk = max(1, _CHUNK_BYTES // (timesteps * 2 * 128 * 128 * 4))
     try:
@@ -96,7 +99,16 @@ def _build(path: Path, recordings: Sequence[Recording], timesteps: int, split: S
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
+        _remove_if_empty(path.parent, created)
         raise DataError(f"cannot write the frame cache {path} ({e}); {where}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        _remove_if_empty(path.parent, created)
         raise
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    """Take back a cache folder this build created, when the build failed before anything was cached."""
+    if created:
+        with contextlib.suppress(OSError):  # not empty, or already gone: leave it
+            folder.rmdir()

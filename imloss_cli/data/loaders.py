@@ -9,6 +9,7 @@ resumed at epoch E sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 from collections.abc import Iterable, Iterator
@@ -90,11 +91,18 @@ def _init_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def loader_workers(asked: int) -> int:
+    """``data.num_workers`` capped at the cores this process may use: more workers than cores only
+    compete for them, and the number of workers changes no batch."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(asked, cores)
+
+
 def _loader(dataset: Dataset, sampler: Iterable, batch_size: int, cfg: DataConfig, key: int,
             pin_memory: bool) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        pin_memory=pin_memory, drop_last=False, persistent_workers=cfg.num_workers > 0,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=(workers := loader_workers(cfg.num_workers)),
+        pin_memory=pin_memory, drop_last=False, persistent_workers=workers > 0,
         worker_init_fn=_init_worker,
         # An explicit generator: worker seeds follow `key`, and the loader leaves the global RNG
         # untouched (without one it draws its base seed from it).

@@ -107,7 +107,9 @@ class DataConfig(_Section):
     download: bool = Field(False, description="let torchvision download CIFAR into root")
     batch_size: int = Field(64, ge=1, le=65536)
     eval_batch_size: int = Field(256, ge=1, le=65536)
-    num_workers: int = Field(0, ge=0, le=128)
+    num_workers: int = Field(
+        0, ge=0, le=128, description="data loader processes, capped at the cores available (no batch changes with it)"
+    )
     device_resident: Literal["auto", "on", "off"] = Field(
         "auto",
         description="hold an in-memory data set (digits; CIFAR at 32 px, augment none or crop_flip) on the "

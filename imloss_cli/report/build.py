@@ -9,13 +9,12 @@ build_report takes about 0.5 s on two cores (benchmarks/report_speed.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 
 from imloss_cli.recipe import EnergyConfig, RecipeError, load_energy
-from imloss_cli.registry import FINISHED, Registry, RunInfo
+from imloss_cli.registry import FINISHED, Registry
 from imloss_cli.snn.energy import energy_uj
 
 from .epochs import (
@@ -29,6 +28,7 @@ from .epochs import (
     read_layer_values,
 )
 from .errors import ReportError
+from .paper import add_paper_columns
 from .selection import (
     CONFIG_COLUMN,
     configurations,
@@ -38,7 +38,7 @@ from .selection import (
     runs_frame,
     select_runs,
 )
-from .text import _is_accuracy, _mean_std_text
+from .text import _mean_std_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
 EFFICIENCY = ("sops", ENERGY)  # the table's columns of operation counts, where the runs logged them
@@ -181,7 +181,7 @@ def build_report(
     warnings += _missing_warnings(runs, metric) + provenance_warnings(runs)
     # 4. tables
     table = _aggregate(runs, configs, varying, metric)
-    _add_paper_columns(table, finished, metric, required=paper)
+    warnings += add_paper_columns(table, finished, metric, required=paper)
     valid = runs.dropna(subset=[metric])
     labels = list(configs["config"])
 
@@ -250,23 +250,6 @@ def energy_constants(e_mac_pj: float | None = None, e_ac_pj: float | None = None
         return load_energy({"e_mac_pj": e_mac_pj, "e_ac_pj": e_ac_pj})
     except RecipeError as exc:
         raise ReportError(str(exc)) from None
-
-
-def _add_paper_columns(table: pd.DataFrame, runs: Sequence[RunInfo], metric: str, *, required: bool) -> None:
-    """``paper_top1`` and ``delta_pp`` (our mean - the paper's, in percentage points) where runs carry a figure.
-
-    Raises:
-        ReportError: ``required`` and no run carries a paper figure, or the metric is not an accuracy.
-    """
-    figures = {r.config_hash: r.recipe["paper"]["top1"] for r in runs if r.recipe.get("paper")}
-    if required and not figures:
-        raise ReportError("no run here carries a paper figure: train the rows of recipes/paper/ (imloss paper)")
-    if required and not _is_accuracy(metric):
-        raise ReportError(f"the paper prints top-1 accuracy: compare test_acc (or another *_acc), not {metric!r}")
-    if not figures or not _is_accuracy(metric):
-        return
-    table["paper_top1"] = table["config_hash"].map(figures).astype("float64")
-    table["delta_pp"] = table[f"{metric}_mean"] * 100.0 - table["paper_top1"]
 
 
 def _aggregate(runs: pd.DataFrame, configs: pd.DataFrame, varying: list[str], metric: str) -> pd.DataFrame:

@@ -113,7 +113,8 @@ def _machine_table(report: Report) -> pd.DataFrame:
     the paper's column, and its columns say so (``test_acc_mean_pct``); counts and energy as stored."""
     m = report.metric
     counts = [f"{c}_{s}" for c in report.efficiency for s in ("mean", "std")]
-    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", ENTROPY_METRIC, *counts, "paper_top1", "delta_pp"]
+    paper = ["paper_row", "paper_top1", "delta_pp", "paper_deviation"]
+    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", ENTROPY_METRIC, *counts, *paper]
     columns.append("config_hash")
     table = report.table[[c for c in columns if c in report.table.columns]].copy()
     if _is_accuracy(m):
@@ -133,8 +134,14 @@ def _display_table(report: Report) -> pd.DataFrame:
     for c in report.efficiency:
         shown[_header(c)] = report.table[c]
     if "paper_top1" in report.table.columns:
+        shown["paper row"] = report.table["paper_row"].map(lambda v: "–" if pd.isna(v) else v)
         shown["paper"] = report.table["paper_top1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
-        shown["delta (pp)"] = report.table["delta_pp"].map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
+        # A configuration that is not the paper's setting (fewer epochs, another field): marked, and
+        # named in the report's warnings.
+        shown["delta (pp)"] = [
+            "–" if pd.isna(d) else f"{d:+.2f}" + (" (not the paper's setting)" if isinstance(dev, str) and dev else "")
+            for d, dev in zip(report.table["delta_pp"], report.table["paper_deviation"])
+        ]
     return shown
 
 

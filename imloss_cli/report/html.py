@@ -155,7 +155,7 @@ def _comparison(report: Report) -> str:
     header = [*labels, _header(m), "n", *(["mean_entropy (bits)"] if "mean_entropy" in t.columns else [])]
     header += [_header(c) for c in report.efficiency]
     paper = "paper_top1" in t.columns
-    header += ["paper", "delta (pp)"] if paper else []
+    header += ["paper row", "paper", "delta (pp)"] if paper else []
     rows = []
     for i in range(len(t)):
         row = [(str(t[c].iloc[i]), None) for c in labels]
@@ -166,8 +166,11 @@ def _comparison(report: Report) -> str:
         row += [(t[c].iloc[i], _key(t[f"{c}_mean"].iloc[i])) for c in report.efficiency]
         if paper:
             top1, delta = t["paper_top1"].iloc[i], t["delta_pp"].iloc[i]
+            label, deviation = t["paper_row"].iloc[i], t["paper_deviation"].iloc[i]
+            mark = " (not the paper's setting)" if isinstance(deviation, str) and deviation else ""
+            row += [("–" if pd.isna(label) else str(label), None)]
             row += [("–" if pd.isna(top1) else f"{top1:.2f}", _key(top1))]
-            row += [("–" if pd.isna(delta) else f"{delta:+.2f}", _key(delta))]
+            row += [("–" if pd.isna(delta) else f"{delta:+.2f}{mark}", _key(delta))]
         rows.append(row)
     return _table(header, rows, labels=len(labels), best=report.best_row)
 
@@ -182,7 +185,16 @@ def _layers(table: pd.DataFrame, text: Callable[[float], str] = _number_text) ->
 
 
 def _runs(report: Report) -> str:
-    header = ["run", "configuration", "seed", "status", "selected epoch", _header(report.metric), "duration (s)", "host"]
+    header = [
+        "run",
+        "configuration",
+        "seed",
+        "status",
+        "selected epoch",
+        _header(report.metric),
+        "duration (s)",
+        "host",
+    ]
     scale = _scale(report.metric)[0]  # the unit of the comparison table (accuracies in %)
     rows = []
     for r in report.runs.itertuples(index=False):

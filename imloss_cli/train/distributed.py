@@ -1,7 +1,8 @@
 """torch.distributed plumbing: who am I, the process group, and the few collectives training needs.
 
 Launched by torchrun (``imloss train --nproc N`` runs it for you), every process reads RANK,
-WORLD_SIZE and LOCAL_RANK from its environment. NCCL on CUDA, gloo on CPU.
+WORLD_SIZE and LOCAL_RANK from its environment. NCCL on CUDA, gloo on CPU. ``data.batch_size`` is
+the global batch: each process trains ``batch_size / world_size`` samples a step.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from imloss_cli.train.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,21 @@ def process_group(env: DistEnv | None, device: torch.device) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global batch ``data.batch_size``, so a recipe trains the same
+    batches at any number of processes.
+
+    Raises:
+        TrainingError: the global batch does not divide among the processes.
+    """
+    if batch_size % world_size:
+        raise TrainingError(
+            f"data.batch_size = {batch_size} is the global batch and must divide among the {world_size} "
+            f"processes; use a multiple of {world_size} (e.g. --set data.batch_size={batch_size - batch_size % world_size or world_size})"
+        )
+    return batch_size // world_size
 
 
 def all_reduce_sum(tensors: list[Tensor]) -> None:

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import torch
 
-from imloss_cli import __version__
-
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the checkout: imloss_cli/train/environment.py
+from imloss_cli import SOURCE_ROOT, __version__
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.ops import plan_ops
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
 from imloss_cli.train.checkpoint import CheckpointDir, load_checkpoint, restore_rng, rng_state
-from imloss_cli.train.distributed import DistEnv, all_reduce_sum, broadcast_buffers
+from imloss_cli.train.distributed import DistEnv, all_reduce_sum, broadcast_buffers, rank_batch_size
 from imloss_cli.train.errors import DivergedError, TrainingError
 from imloss_cli.train.graphs import GraphedStep
 from imloss_cli.train.objective import im_layers, input_layers, loss_step, surrogate_k
@@ -90,6 +90,10 @@ class Trainer:
         self.fence: Callable[[], contextlib.AbstractContextManager[None]] | None = None
         self.dist = dist
         self.rank, self.world_size = (dist.rank, dist.world_size) if dist else (0, 1)
+        # data.batch_size is the global batch: each of the world_size processes trains its share.
+        self.train_data = recipe.data.model_copy(
+            update={"batch_size": rank_batch_size(recipe.data.batch_size, self.world_size)}
+        )
         self.device = resolve_device(recipe.train.device, dist)
         if recipe.train.cuda_graphs and (self.device.type != "cuda" or dist is not None):
             raise TrainingError(
@@ -147,7 +151,7 @@ class Trainer:
     def _run_neuron_steps(self) -> int:
         """Membrane updates the whole run will train (what decides whether compiling pays on CPU)."""
         per_image = neuron_steps_per_image(self.model, self.data.test[0][0])
-        images_per_epoch = min(len(self.data.train), self.steps_per_epoch() * self.recipe.data.batch_size)
+        images_per_epoch = min(len(self.data.train), self.steps_per_epoch() * self.train_data.batch_size)
         return per_image * images_per_epoch * self.recipe.train.epochs
 
     def _setup_optimizer(self) -> None:
@@ -231,7 +235,7 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         """Training steps an epoch; with CUDA graphs the last partial batch is dropped (static shapes)."""
         per_rank = math.ceil(len(self.data.train) / self.world_size)
-        batch = self.recipe.data.batch_size
+        batch = self.train_data.batch_size
         steps = per_rank // batch if self.recipe.train.cuda_graphs else math.ceil(per_rank / batch)
         if steps == 0:
             raise TrainingError(
@@ -309,9 +313,9 @@ class Trainer:
         kw = {"seed": self.seed, "epoch": epoch, "rank": self.rank, "world_size": self.world_size}
         if self.resident is not None:
             return resident_train_batches(
-                self.resident[0], self.recipe.data, drop_last=self.recipe.train.cuda_graphs, **kw
+                self.resident[0], self.train_data, drop_last=self.recipe.train.cuda_graphs, **kw
             )
-        return data_mod.train_loader(self.data, self.recipe.data, pin_memory=self.device.type == "cuda", **kw)
+        return data_mod.train_loader(self.data, self.train_data, pin_memory=self.device.type == "cuda", **kw)
 
     def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Forward, loss and backward of one batch (no optimizer step); (total, ce, im, logits), detached."""

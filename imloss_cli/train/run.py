@@ -25,7 +25,7 @@ import torch.distributed as dist
 from imloss_cli import data as data_mod
 from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, to_toml, validate_recipe
 from imloss_cli.registry import QUEUED, Registry, RunInfo
-from imloss_cli.train.distributed import DistEnv, process_group
+from imloss_cli.train.distributed import DistEnv, process_group, rank_batch_size
 from imloss_cli.train.environment import code_version, git_state
 from imloss_cli.train.errors import WorkerFailedError
 from imloss_cli.train.lifecycle import HEARTBEAT_S, ClaimedRun, claimed_run
@@ -165,6 +165,7 @@ def launch_distributed(
         WorkerFailedError: torchrun ended with an error (the run is FAILED).
         KeyboardInterrupt: the run was recorded as KILLED after torchrun stopped.
     """
+    rank_batch_size(recipe.data.batch_size, nproc)  # before any row or process
     recipe = resolve_seed(recipe)
     # A data problem fails here, before any row or process (and an event cache is built once, not per rank).
     data_mod.build_datasets(recipe.data, timesteps=recipe.model.timesteps)
