@@ -262,7 +262,9 @@ def test_a_recipe_named_without_its_path_and_an_option_that_is_a_field_get_hints
 
 
 def test_usage_errors_are_not_called_invalid_recipes(tiny_recipe: Path, workdir: Path) -> None:
-    code, _, err = cli("ablate", str(tiny_recipe), "--im-weight", "0", "--seeds", "0", "--registry", str(workdir / "r.db"))
+    code, _, err = cli(
+        "ablate", str(tiny_recipe), "--im-weight", "0", "--seeds", "0", "--registry", str(workdir / "r.db")
+    )
     assert code == 2
     assert one_line_error(err) == "error: --seeds: must be at least 1, got 0"
 
