@@ -58,3 +58,71 @@ def assert_kernels_equal_the_naive_loop(
     backward([s_ref, v_ref, v_ref.mean()])
     backward([s, v, v_mean])
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6 if reads == "v_mean only" else 1e-5)
+
+
+# Variants of the neuron the kernels run: the spike test, the surrogate's shape, a learnable decay.
+VARIANTS = {
+    "strict threshold": {"strict": True},
+    "guo surrogate": {"surrogate": "guo"},
+    "authors' neuron (strict, guo)": {"strict": True, "surrogate": "guo"},
+    "learnable decay (PLIF)": {"learn_decay": True},
+    "PLIF, soft reset": {"learn_decay": True, "reset": "soft"},
+}
+
+
+def assert_variant_equals_the_naive_loop(kernels: LIFKernels, variant: str, T: int = 4) -> None:
+    """Spikes and potentials bitwise and dL/dx (and dL/d(decay) for PLIF) within tolerance of the
+    naive loop's autograd, for a loss reading spikes, potentials and v_mean."""
+    options = VARIANTS[variant]
+    strict, surrogate, reset = (
+        options.get("strict", False),
+        options.get("surrogate", "tanh"),
+        options.get("reset", "hard"),
+    )
+    k = 3.0
+    x_ref = lif_input(T, seed=7, shape=(3, 4, 5))
+    x = x_ref.detach().clone().requires_grad_(True)
+    x_ref.data[0, 0, 0, :2] = V_TH  # exactly at the threshold: the strict test and >= disagree there
+    x.data[0, 0, 0, :2] = V_TH
+    decay_ref: float | torch.Tensor = DECAY
+    decay: float | torch.Tensor = DECAY
+    if options.get("learn_decay"):
+        decay_ref = torch.tensor(DECAY, requires_grad=True)
+        decay = torch.tensor(DECAY, requires_grad=True)
+    g = torch.Generator().manual_seed(11)
+    upstream = [torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g), torch.tensor(-1.5)]
+
+    s_ref, v_ref = lif_naive(x_ref, k, decay_ref, V_TH, reset, False, strict, surrogate)
+    s, v, v_mean = MultiStepLIFFunction.apply(
+        x, torch.tensor(k), decay, V_TH, reset == "soft", False, kernels, strict, surrogate
+    )
+    assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
+    assert s[0, 0, 0, :2].tolist() == ([0.0, 0.0] if strict else [1.0, 1.0])
+    torch.autograd.backward([s_ref, v_ref, v_ref.mean()], upstream)
+    torch.autograd.backward([s, v, v_mean], upstream)
+    assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    if isinstance(decay, torch.Tensor):
+        assert decay.grad is not None and decay_ref.grad is not None  # type: ignore[union-attr]
+        assert_close(decay.grad, decay_ref.grad, rtol=1e-5, atol=1e-5)  # type: ignore[union-attr]
+
+
+def im_share_of_the_input_gradient(kernels: LIFKernels, dtype: torch.dtype) -> float:
+    """What IM-Loss adds to dL/dx, summed: a realistic per-element IM gradient (1e-9) beside CE
+    gradients of 1e-5, the difference of dL/dx with and without the IM term."""
+    x = lif_input(4, seed=3, shape=(64, 256), dtype=dtype).detach()
+    g = torch.Generator().manual_seed(5)
+    grad_spike = (torch.randn(x.shape, generator=g) * 1e-5).to(dtype)
+    k = torch.tensor(2.0, dtype=dtype)
+
+    def input_grad(with_im: bool) -> torch.Tensor:
+        xi = x.clone().requires_grad_(True)
+        s, _, v_mean = MultiStepLIFFunction.apply(xi, k, DECAY, V_TH, False, False, kernels)
+        outputs, grads = [s], [grad_spike]
+        if with_im:
+            outputs.append(v_mean)
+            grads.append(torch.tensor(1e-9 * x.numel(), dtype=v_mean.dtype))
+        torch.autograd.backward(outputs, grads)
+        assert xi.grad is not None
+        return xi.grad.double()
+
+    return float((input_grad(True) - input_grad(False)).sum())

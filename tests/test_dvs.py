@@ -173,11 +173,31 @@ def test_time_split_counts_out_of_order_events_by_their_own_timestamp(tmp_path: 
 
 def test_resize_keeps_uniform_frames_and_full_size_counts() -> None:
     frames = np.full((3, 2, 128, 128), 2.5, np.float32)
-    small = resize(frames, 48)
-    assert small.shape == (3, 2, 48, 48) and small.dtype == np.float32
-    np.testing.assert_allclose(small, 2.5, rtol=1e-6)
-    counts = np.random.default_rng(0).poisson(1.0, (2, 2, 128, 128)).astype(np.float32)
-    assert np.array_equal(resize(counts, 128), counts)
+    for kernel in ("nearest", "bilinear"):
+        small = resize(frames, 48, kernel)
+        assert small.shape == (3, 2, 48, 48) and small.dtype == np.float32
+        np.testing.assert_allclose(small, 2.5, rtol=1e-6)
+        counts = np.random.default_rng(0).poisson(1.0, (2, 2, 128, 128)).astype(np.float32)
+        assert np.array_equal(resize(counts, 128, kernel), counts)
+
+
+def test_nearest_resize_equals_the_authors_torchvision_resize_and_keeps_whole_counts() -> None:
+    from torchvision.transforms import InterpolationMode, Resize
+
+    frames = np.zeros((2, 2, 128, 128), np.float32)
+    rng = np.random.default_rng(1)
+    for _ in range(40):  # single hot pixels: nearest picks some, bilinear smears them into fractions
+        t, p, y, x = rng.integers(0, 2), rng.integers(0, 2), rng.integers(0, 128), rng.integers(0, 128)
+        frames[t, p, y, x] = float(rng.integers(1, 9))
+    ours = resize(frames, 48, "nearest")
+    theirs = Resize((48, 48), interpolation=InterpolationMode.NEAREST)(torch.from_numpy(frames)).numpy()
+    assert np.array_equal(ours, theirs)
+    # pixel floor(i * 128 / 48) of each row and column: whole counts, by hand
+    rows = [i * 128 // 48 for i in range(48)]
+    assert np.array_equal(ours, frames[..., rows, :][..., :, rows])
+    assert np.array_equal(ours, np.round(ours)) and ours.max() > 0
+    smeared = resize(frames, 48, "bilinear")
+    assert not np.array_equal(smeared, np.round(smeared))  # bilinear averages counts into fractions
 
 
 # --- the dataset: tree, cache, split -------------------------------------------------------------
@@ -201,9 +221,10 @@ def test_bundle_frames_equal_the_recordings_integrated_and_resized(tmp_path: Pat
             rec = files[ds.rows[i]]
             assert y == CIFAR10DVS_CLASSES.index(rec.parent.name)
             assert x.dtype == torch.float32 and x.shape == (3, 2, 16, 16)
-            assert torch.equal(x, torch.from_numpy(resize(integrate(read_aedat(rec), 3, "number"), 16)))
+            assert torch.equal(x, torch.from_numpy(resize(integrate(read_aedat(rec), 3, "number"), 16, "nearest")))
+            assert torch.equal(x, x.round())  # the nearest kernel (the default) keeps whole event counts
     (cache,) = (tmp_path / "imloss-frames").iterdir()
-    assert cache.name.startswith("cifar10dvs-T3-number-16px-") and cache.suffix == ".npy"
+    assert cache.name.startswith("cifar10dvs-T3-number-16px-nearest-") and cache.suffix == ".npy"
 
 
 def test_cache_is_reused_and_rebuilt_when_t_split_size_or_a_file_changes(
@@ -233,18 +254,19 @@ def test_cache_is_reused_and_rebuilt_when_t_split_size_or_a_file_changes(
         (base, 3),
         (base.model_copy(update={"frames_split": "time"}), 2),
         (base.model_copy(update={"image_size": 24}), 2),
+        (base.model_copy(update={"resize": "bilinear"}), 2),  # another kernel: its own cache
     ]
     for n, (cfg, T) in enumerate(settings, start=2):
         got, rec = first_test_sample(cfg, T)
         assert len(calls) == 20 * n and len(_caches(cache)) == n
         # what is read is the new setting's frames, not a stale cache's
-        fresh = resize(integrate(read_aedat(rec), T, cfg.frames_split), cfg.image_size)
+        fresh = resize(integrate(read_aedat(rec), T, cfg.frames_split), cfg.image_size, cfg.resize)
         assert torch.equal(got, torch.from_numpy(fresh))
     # a recording that changes size (an event appended) invalidates the cache
     changed = root / "cat" / "cifar10_cat_1.aedat"
     changed.write_bytes(changed.read_bytes() + np.array([1, 99_999_999], ">u4").tobytes())
     first_test_sample(base, 2)
-    assert len(calls) == 20 * 5 and len(_caches(cache)) == 5
+    assert len(calls) == 20 * 6 and len(_caches(cache)) == 6
     assert not list(cache.glob(".*"))  # no temporary file left behind
 
 

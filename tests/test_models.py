@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -194,12 +195,17 @@ def test_build_model_reads_neuron_and_time_settings_from_recipe() -> None:
     assert lif0.v_seq.shape[0] == 3  # T = 3 steps
 
 
-def test_build_model_tdbn_scales_norm_to_threshold() -> None:
+def test_build_model_tdbn_normalises_to_the_threshold_with_lambda_from_one() -> None:
+    from imloss_cli.snn.norm import TdBatchNorm2d
+
     recipe = load_recipe(None, {"model.norm": "tdbn", "neuron.v_threshold": 0.75})
     model = build_model(recipe, num_classes=10, in_channels=1, image_size=8)
     bn = model.encoder.layers[1]
-    assert isinstance(bn, nn.BatchNorm2d)
-    assert_close(bn.weight.detach(), torch.full_like(bn.weight, 0.75))
+    assert isinstance(bn, TdBatchNorm2d)
+    assert_close(bn.weight.detach(), torch.ones_like(bn.weight))  # lambda starts at 1
+    assert float(bn.scale) == 0.75  # alpha * V_th, alpha = 1 outside the residual sums
+    block = create_model("resnet19", dataclasses.replace(_spec("resnet19"), norm="tdbn", v_threshold=0.75)).body[0]
+    assert float(block.conv2[1].scale) == pytest.approx(0.75 / math.sqrt(2))  # the two summed branches
 
 
 def test_im_layers_blocks_selects_stem_and_block_outputs_of_resnet19() -> None:
@@ -254,3 +260,72 @@ def test_resnet19_variants_have_the_literature_parameter_count_and_spiking_layer
 def test_im_layers_blocks_keeps_every_layer_of_plain_nets() -> None:
     model = create_model("vgg16", _spec("vgg16"))
     assert len(im_layers(model, "blocks")) == len(im_layers(model, "all")) == 13
+
+
+def test_tdbn_equals_a_hand_written_tdbn_after_two_sgd_steps_and_differs_from_a_scaled_init() -> None:
+    """tdBN (Zheng et al.): y = lambda * (alpha * V_th * x_hat) + beta, alpha * V_th fixed, lambda from 1,
+    statistics over time and batch (the folded batch). Trained two SGD steps with momentum and weight
+    decay, it equals the formula written out by hand; a BatchNorm whose weight merely starts at
+    alpha * V_th drifts away from both."""
+    from imloss_cli.snn.norm import TdBatchNorm2d
+
+    torch.manual_seed(0)
+    alpha, v_th, channels = 1 / math.sqrt(2), 0.5, 3
+    scale = alpha * v_th
+    xs = [torch.randn(2 * 4, channels, 5, 5) * 2 + 1 for _ in range(3)]  # [T*B, C, H, W], T = 2, B = 4
+    targets = [torch.randn(2 * 4, channels, 5, 5) for _ in range(2)]
+    tdbn = TdBatchNorm2d(channels, scale)
+    lam = torch.ones(channels, requires_grad=True)
+    beta = torch.zeros(channels, requires_grad=True)
+
+    def by_hand(x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        x_hat = (x - mean) / torch.sqrt(var + 1e-5)
+        return lam.view(1, -1, 1, 1) * (scale * x_hat) + beta.view(1, -1, 1, 1)
+
+    scaled_init = torch.nn.BatchNorm2d(channels)
+    torch.nn.init.constant_(scaled_init.weight, scale)
+    options = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-2}
+    optimizers = [torch.optim.SGD(m, **options) for m in (tdbn.parameters(), [lam, beta], scaled_init.parameters())]
+    for x, target in zip(xs, targets):
+        for out, opt in zip((tdbn(x), by_hand(x), scaled_init(x)), optimizers):
+            opt.zero_grad()
+            ((out - target) ** 2).mean().backward()
+            opt.step()
+    torch.testing.assert_close(tdbn(xs[2]), by_hand(xs[2]))
+    torch.testing.assert_close(tdbn.weight, lam.detach())
+    torch.testing.assert_close(tdbn.bias, beta.detach())
+    assert not torch.allclose(scaled_init(xs[2]), by_hand(xs[2]), atol=1e-3)  # the former "tdbn"
+    assert float(tdbn.scale) == pytest.approx(scale) and "scale" in tdbn.state_dict()
+
+
+def test_the_authors_weight_init_and_resnet34_stem_pool_are_recipe_choices() -> None:
+    torch.manual_seed(0)
+    guo = load_recipe(None, {"model.arch": "resnet19-guo", "model.init": "guo"})
+    model = build_model(guo, num_classes=10, in_channels=3, image_size=32)
+    conv = model.body[0].conv1[0]  # 128 -> 128, 3x3: std sqrt(2 / (9 * 128))
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 128)), rel=0.02)
+    fc = model.readout.fc  # 512 -> 10: std 1 / 512, bias 0
+    assert fc.weight.std().item() == pytest.approx(1 / 512, rel=0.1) and torch.all(fc.bias == 0)
+    torch.manual_seed(0)
+    default = build_model(guo.with_overrides({"model.init": "torch"}), num_classes=10, in_channels=3, image_size=32)
+    assert default.body[0].conv1[0].weight.std().item() == pytest.approx(1 / math.sqrt(3 * 9 * 128), rel=0.02)
+
+    avg = create_model("resnet34", _spec("resnet34", stem_pool="avg"))
+    assert isinstance(avg.body[0][0], nn.AvgPool2d) and (avg.body[0][0].kernel_size, avg.body[0][0].stride) == (3, 2)
+    assert avg.body[0][0].padding == 1
+    assert isinstance(create_model("resnet34", _spec("resnet34")).body[0][0], nn.MaxPool2d)
+
+
+def test_the_authors_code_recipe_takes_their_surrogate_spike_test_init_and_constants() -> None:
+    from .conftest import REPO
+
+    guo = load_recipe(REPO / "recipes" / "cifar10-guo.toml")
+    assert (guo.surrogate.schedule, guo.surrogate.k_fixed, guo.neuron.strict_threshold) == ("guo", 3.0, True)
+    assert (guo.model.arch, guo.model.init, guo.model.norm) == ("resnet19-guo", "guo", "bn")
+    assert guo.data.mean == (0.4914, 0.4822, 0.4465) and guo.data.std == (0.2023, 0.1994, 0.2010)
+    lifs = [m for m in build_model(guo, 10, 3, 32).modules() if isinstance(m, LIF)]
+    assert all(m.strict_threshold and m.surrogate == "guo" for m in lifs)
+    imagenet = load_recipe(REPO / "recipes" / "paper" / "imagenet-resnet34-t6.toml")
+    assert imagenet.model.stem_pool == "avg"

@@ -21,7 +21,16 @@ from imloss_cli.snn.neuron import (
 )
 from imloss_cli.snn.reference import lif_naive
 
-from .lif_cases import CASES, DECAY, READ_OUTPUTS, V_TH, assert_kernels_equal_the_naive_loop
+from .lif_cases import (
+    CASES,
+    DECAY,
+    READ_OUTPUTS,
+    V_TH,
+    VARIANTS,
+    assert_kernels_equal_the_naive_loop,
+    assert_variant_equals_the_naive_loop,
+    im_share_of_the_input_gradient,
+)
 
 
 def _input(T: int, seed: int = 0, shape: tuple[int, ...] = (3, 5), dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -330,3 +339,29 @@ def test_one_compiled_kernel_per_direction_serves_every_layer_size_and_layout() 
     finally:
         torch._dynamo.reset()
         compiled_kernels.cache_clear()
+
+
+# --- variants: the authors' spike test and surrogate, PLIF; bf16 IM gradient --------------------
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_eager_kernels_run_every_neuron_variant_as_the_naive_loop(variant: str) -> None:
+    assert_variant_equals_the_naive_loop(EAGER_KERNELS, variant)
+
+
+def test_bf16_keeps_the_im_loss_share_of_the_input_gradient() -> None:
+    fp32 = im_share_of_the_input_gradient(EAGER_KERNELS, torch.float32)
+    bf16 = im_share_of_the_input_gradient(EAGER_KERNELS, torch.bfloat16)
+    assert fp32 > 0 and abs(bf16 - fp32) < 0.1 * fp32  # accumulated in fp32, rounded once
+
+
+def test_plif_decay_is_sigmoid_of_a_learnable_weight_starting_at_the_recipes_decay() -> None:
+    lif = LIF(DECAY, V_TH, learn_decay=True)
+    assert [name for name, _ in lif.named_parameters()] == ["w"]
+    assert float(lif.leak().detach()) == pytest.approx(DECAY)
+    assert float(lif.w.detach()) == pytest.approx(math.log(DECAY / (1 - DECAY)))
+    x = _input(3, seed=2, shape=(4, 6))
+    lif(x).sum().backward()
+    assert lif.w.grad is not None and lif.w.grad != 0
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        LIF(1.0, V_TH, learn_decay=True)

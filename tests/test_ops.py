@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from imloss_cli.recipe import EnergyConfig, Recipe
 from imloss_cli.snn.energy import energy_uj
-from imloss_cli.snn.models import MODELS, BasicBlock, Folded, NetSpec, create_model
+from imloss_cli.snn.models import MODELS, BasicBlock, Folded, NetSpec, Readout, create_model
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.ops import OpsError, plan_ops
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
@@ -166,23 +166,52 @@ def test_the_stem_macs_count_once_per_image_behind_the_static_encoder_and_t_time
 
 
 @pytest.mark.parametrize("arch", list(MODELS))
-def test_every_layer_of_every_snn_but_the_stem_and_a_pooled_readout_reads_spikes(arch: str) -> None:
+def test_every_layer_of_every_snn_but_the_stem_reads_spikes_and_every_hidden_lif_has_a_reader(arch: str) -> None:
+    """Global average pooling of spikes is linear (its 1/HW folds into the next weights), so a pooled
+    readout and the tdBN/TET FC-256 head read spikes too: only the stem, on pixels, costs MACs."""
     cin, side, _ = INPUTS[arch]
     model = create_model(arch, NetSpec.from_recipe(Recipe(), 10, cin, side, timesteps=2))
     plan = plan_ops(model, torch.zeros(1, cin, side, side))
     weights = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    real = {"encoder.layers.0"} | ({"readout.fc"} if model.readout.pool else set())
-    # The tdBN/TET head's FC-256 reads the globally pooled maps: real values, like a pooled readout.
-    real |= {
-        f"body.{i}.2"
-        for i, m in enumerate(model.body)
-        if isinstance(m, Folded) and isinstance(m[0], nn.AdaptiveAvgPool2d)
-    }
-    assert set(plan.dense) == real
-    assert sorted(r for m in plan.maps for r in m.readers) == sorted(set(weights) - real)
-    # the pooled readout is what it computes: T steps x features x classes
-    if model.readout.pool:
-        assert plan.dense["readout.fc"] == 2 * model.readout.fc.weight.numel()
+    assert set(plan.dense) == {"encoder.layers.0"}
+    assert sorted(r for m in plan.maps for r in m.readers) == sorted(set(weights) - {"encoder.layers.0"})
+    assert {m.owner for m in plan.maps} == {name for name, _ in spiking_layers(model)}
+
+
+def test_a_spike_map_read_through_avgpool_adaptive_pool_or_the_readouts_mean_costs_the_same() -> None:
+    T, C, H = 2, 3, 4
+
+    class Head(nn.Module):
+        def __init__(self, pool: nn.Module | None) -> None:
+            super().__init__()
+            self.lif = _lif()
+            self.pool = pool
+            self.readout = Readout(C, 5, pool=pool is None)  # None: the readout's own global mean
+
+        def forward(self, x_seq: Tensor) -> Tensor:
+            s = self.lif(x_seq)
+            if self.pool is not None:
+                s = Folded(self.pool)(s)
+            return self.readout(s)
+
+    x = torch.rand(T, 1, C, H, H) * 1.2
+    heads = [Head(nn.AvgPool2d(H)), Head(nn.AdaptiveAvgPool2d(1)), Head(None)]
+    plans = [plan_ops(head, x) for head in heads]
+    for plan in plans:
+        assert plan.dense == {}
+        (spikes,) = plan.maps
+        assert spikes.owner == "lif" and spikes.readers == ("readout.fc",)
+        assert torch.equal(spikes.fanout, torch.full((C, H, H), 5.0, dtype=torch.float64))  # each spike: 5 classes
+    sops = []
+    for head, plan in zip(heads, plans):
+        head.lif.store_v_seq = True
+        acc = LayerStatsAccumulator(spiking_layers(head), plan)
+        with acc.watch(head), torch.no_grad():
+            head(x)
+            acc.update()
+        (layer,) = acc.compute(1, 1)
+        sops.append(layer.sops_per_image)
+    assert sops[0] == sops[1] == sops[2] == pytest.approx(float(head.lif.spike_seq.sum()) * 5)
 
 
 @pytest.mark.parametrize("arch", list(MODELS))

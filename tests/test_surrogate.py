@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -159,3 +160,27 @@ def test_surrogate_integrates_to_one() -> None:
     for k in (1.0, 2.5, 10.0):
         area = torch.trapezoid(surrogate_grad(u, k, V_TH), u).item()
         assert area == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_authors_surrogate_by_hand() -> None:
+    """yfguo91/IM-Loss spike_activation at temperature 3: the gradient of
+    (tanh(3 (clamp(s, 0, 1) - 1/2)) + tanh 1.5) / (2 tanh 1.5), s = u / (2 V_th): at V_th = 0.5,
+    3 / (2 tanh 1.5) = 1.657187 at the threshold, 3 (1 - tanh(1.5)^2) / (2 tanh 1.5) = 0.299465 at
+    both ends of the window (clamp passes them), and nothing outside it."""
+    u = torch.tensor([-0.01, 0.0, 0.25, 0.5, 1.0, 1.01], dtype=torch.float64)
+    got = surrogate_grad(u, 3.0, 0.5, "guo")
+    t15 = math.tanh(1.5)
+    end = 3 * (1 - t15**2) / (2 * t15)
+    quarter = 3 * (1 - math.tanh(-0.75) ** 2) / (2 * t15)  # s = 0.25
+    assert got.tolist() == pytest.approx([0.0, end, quarter, 3 / (2 * t15), end, 0.0], rel=1e-12)
+    assert got[3].item() == pytest.approx(1.657187, abs=1e-6) and got[1].item() == pytest.approx(0.299465, abs=1e-6)
+    # at another threshold the window and the slope scale with it: dO/du = dg/ds / (2 V_th)
+    assert surrogate_grad(torch.tensor([1.0], dtype=torch.float64), 3.0, 1.0, "guo").item() == pytest.approx(
+        3 / (2 * t15) / 2.0
+    )
+
+
+def test_the_strict_spike_test_does_not_fire_at_the_threshold() -> None:
+    u = torch.tensor([0.49, 0.5, 0.51])
+    assert spike(u, 3.0, 0.5).tolist() == [0.0, 1.0, 1.0]
+    assert spike(u, 3.0, 0.5, strict=True).tolist() == [0.0, 0.0, 1.0]

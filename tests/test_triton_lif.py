@@ -19,7 +19,16 @@ from imloss_cli.snn import triton_lif
 from imloss_cli.snn.neuron import LIF, TRITON_KERNELS, MultiStepLIFFunction, StepLayout, kernel_set
 from imloss_cli.snn.reference import lif_naive
 
-from .lif_cases import CASES, DECAY, READ_OUTPUTS, V_TH, assert_kernels_equal_the_naive_loop
+from .lif_cases import (
+    CASES,
+    DECAY,
+    READ_OUTPUTS,
+    V_TH,
+    VARIANTS,
+    assert_kernels_equal_the_naive_loop,
+    assert_variant_equals_the_naive_loop,
+    im_share_of_the_input_gradient,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -109,9 +118,10 @@ def test_bf16_input_carries_the_potential_in_fp32_and_reads_spikes_off_the_store
     # the sum of the fp32 potentials, not of their bf16 copies (those differ by ~1e-3 here)
     assert_close(v_sum, total, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(v_sum, v.float().sum(0), rtol=1e-6, atol=1e-6)
-    grad = triton_lif.lif_backward_triton(
+    grad, no_decay_grad = triton_lif.lif_backward_triton(
         torch.ones_like(s), None, None, v, torch.tensor(2.0), DECAY, V_TH, False, False
     )
+    assert no_decay_grad is None
     assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
 
 
@@ -130,3 +140,22 @@ def test_the_lif_module_runs_the_triton_kernels_by_name() -> None:
     (s_ref.sum() + v_ref.mean()).backward()
     assert torch.equal(s, s_ref)
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_triton_kernels_run_every_neuron_variant_as_the_naive_loop(variant: str) -> None:
+    assert_variant_equals_the_naive_loop(TRITON_KERNELS, variant)
+
+
+def test_triton_bf16_keeps_the_im_loss_share_of_the_input_gradient() -> None:
+    fp32 = im_share_of_the_input_gradient(TRITON_KERNELS, torch.float32)
+    bf16 = im_share_of_the_input_gradient(TRITON_KERNELS, torch.bfloat16)
+    assert fp32 > 0 and abs(bf16 - fp32) < 0.1 * fp32
+
+
+def test_row_offsets_are_int64_past_two_to_the_31() -> None:
+    """T*N reaches 2^31 elements at ImageNet sizes: the kernels' offsets must not wrap in int32."""
+    t, stride_t, stride_n = 3, 2**30, 5  # row 3 starts at 3 * 2^30 > 2^31
+    offsets = triton_lif.row_offsets(t, stride_t, stride_n, 8)
+    assert offsets.tolist() == [t * stride_t + i * stride_n for i in range(8)]
+    assert offsets.dtype == torch.int64 and int(offsets.max()) > 2**31

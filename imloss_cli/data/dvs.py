@@ -76,8 +76,8 @@ def _cifar10dvs(cfg: DataConfig, timesteps: int | None) -> DataBundle:
     recordings, labels = _recordings(root)
     train_rows, test_rows = split_per_class(recordings, labels, cfg.test_fraction, cfg.split_seed)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir is not None else root / "imloss-frames"
-    path = cache_file(cache_dir, "cifar10dvs", recordings, timesteps, cfg.frames_split, cfg.image_size)
-    frames = cached_frames(path, recordings, timesteps, cfg.frames_split, cfg.image_size)
+    path = cache_file(cache_dir, "cifar10dvs", recordings, timesteps, cfg.frames_split, cfg.image_size, cfg.resize)
+    frames = cached_frames(path, recordings, timesteps, cfg.frames_split, cfg.image_size, cfg.resize)
     return DataBundle(
         train=EventFrames(path, train_rows, labels[train_rows], cfg.augment == "flip_roll", frames),
         test=EventFrames(path, test_rows, labels[test_rows], False, frames),

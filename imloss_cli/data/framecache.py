@@ -1,6 +1,7 @@
 """The frame cache: every recording of a dataset integrated once into one ``.npy`` file.
 
-The file name carries a key over everything that changes the frames (T, the split rule, the side,
+The file name carries a key over everything that changes the frames (T, the split rule, the side and
+resize kernel,
 each recording's relative path and size, and ``FORMAT``, the version of the framing code), so a
 changed setting or a changed file finds no cache and builds its own: a stale cache is never read.
 Building writes a temporary file in the same folder and renames it into place, so a crash, a bad
@@ -36,8 +37,8 @@ class Recording:
 
 
 def cache_file(cache_dir: Path, prefix: str, recordings: Sequence[Recording], timesteps: int, split: Split,
-               side: int) -> Path:  # fmt: skip
-    """Where the frames of these recordings and settings are cached."""
+               side: int, kernel: str) -> Path:  # fmt: skip
+    """Where the frames of these recordings and settings (``kernel``: the resize) are cached."""
     key = {
         "format": FORMAT,
         "timesteps": timesteps,
@@ -45,12 +46,15 @@ def cache_file(cache_dir: Path, prefix: str, recordings: Sequence[Recording], ti
         "side": side,
         "files": [[r.name, r.size] for r in recordings],
     }
+    if side != 128:  # the kernel changes nothing at the sensor's own size
+        key["resize"] = kernel
     digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()[:16]
-    return cache_dir / f"{prefix}-T{timesteps}-{split}-{side}px-{digest}.npy"
+    resized = f"-{kernel}" if side != 128 else ""
+    return cache_dir / f"{prefix}-T{timesteps}-{split}-{side}px{resized}-{digest}.npy"
 
 
 def cached_frames(path: Path, recordings: Sequence[Recording], timesteps: int, split: Split,
-                  side: int) -> np.ndarray:  # fmt: skip
+                  side: int, kernel: str) -> np.ndarray:  # fmt: skip
     """The frames float32 [N, T, 2, side, side] (memory-mapped), integrated into ``path`` first if
     it holds no readable cache of that shape.
 
@@ -60,7 +64,7 @@ def cached_frames(path: Path, recordings: Sequence[Recording], timesteps: int, s
     shape = (len(recordings), timesteps, 2, side, side)
     frames = _open(path, shape)
     if frames is None:
-        _build(path, recordings, timesteps, split, side)
+        _build(path, recordings, timesteps, split, side, kernel)
         frames = _open(path, shape)
         if frames is None:
             raise DataError(f"{path}: the frame cache just written cannot be read back; delete it and retry")
@@ -75,7 +79,7 @@ def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return frames if frames.shape == shape and frames.dtype == np.float32 else None
 
 
-def _build(path: Path, recordings: Sequence[Recording], timesteps: int, split: Split, side: int) -> None:
+def _build(path: Path, recordings: Sequence[Recording], timesteps: int, split: Split, side: int, kernel: str) -> None:
     shape = (len(recordings), timesteps, 2, side, side)
     where = "set data.cache_dir to a writable folder with room for it"
     created = not path.parent.exists()  # a folder made here goes again if nothing is cached in it
@@ -93,7 +97,7 @@ def _build(path: Path, recordings: Sequence[Recording], timesteps: int, split: S
             for start in range(0, len(recordings), per_chunk):
                 chunk = recordings[start : start + per_chunk]
                 frames = np.stack([integrate(read_aedat(r.path), timesteps, split) for r in chunk])
-                f.write(resize(frames, side).astype("<f4", copy=False).tobytes())
+                f.write(resize(frames, side, kernel).astype("<f4", copy=False).tobytes())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -73,16 +73,29 @@ def integrate(words: EventWords, timesteps: int, split: Split) -> np.ndarray:
     return frames.reshape(timesteps, 2, SENSOR_SIDE, SENSOR_SIDE)
 
 
-def resize(frames: np.ndarray, side: int) -> np.ndarray:
+RESIZE_KERNELS = ("nearest", "bilinear")
+"""How event frames are resized: ``data.resize``."""
+
+
+def resize(frames: np.ndarray, side: int, kernel: str) -> np.ndarray:
     """Frames [..., 128, 128] resized to [..., side, side] (float32).
 
-    Bilinear with antialiasing, the kernel of the authors' torchvision ``Resize`` (PIL bilinear):
-    a downscaled pixel is a weighted mean of the counts it covers. ``side == 128`` keeps the counts.
+    "nearest": each output pixel is one input pixel (PyTorch's legacy nearest, pixel
+    floor(i * 128 / side)), so frames keep whole event counts; it is the authors' code's
+    ``torchvision.transforms.Resize((48, 48), interpolation=NEAREST)`` on a tensor, which calls
+    ``F.interpolate(mode="nearest")`` without antialiasing. "bilinear": bilinear with antialiasing
+    (PIL's bilinear), a downscaled pixel the weighted mean of the counts it covers (fractions).
+    ``side == 128`` keeps the counts with either.
     """
+    if kernel not in RESIZE_KERNELS:
+        raise ValueError(f"resize kernel must be one of {', '.join(RESIZE_KERNELS)}, got {kernel!r}")
     if side == frames.shape[-1]:
         return frames.astype(np.float32, copy=False)
     x = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))
     lead = x.shape[:-2]
     x = x.reshape(1, -1, *x.shape[-2:])  # interpolate takes [N, C, H, W]; every frame is a channel
-    y = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    if kernel == "nearest":
+        y = F.interpolate(x, size=(side, side), mode="nearest")
+    else:
+        y = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
     return y.reshape(*lead, side, side).numpy()

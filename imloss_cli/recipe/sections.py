@@ -53,10 +53,22 @@ class ModelConfig(_Section):
         "to 1 and 0; the neuron and surrogate sections have no effect)",
     )
     timesteps: int = Field(4, ge=1, le=1000, description="T: the input is presented T times")
+    init: Literal["torch", "guo"] = Field(
+        "torch",
+        description="weight init: torch (PyTorch's defaults, as tdBN and TET); guo: the authors' code, "
+        "convolutions normal(0, sqrt(2 / (k^2 * out_channels))), linear layers normal(0, 1 / in_features) with "
+        "bias 0",
+    )
+    stem_pool: Literal["max", "avg"] = Field(
+        "max",
+        description="resnet34: the pooling after its 7x7 stem: max (He et al., as tdBN and TET) or avg "
+        "(AvgPool2d(3, 2, 1), the authors' code)",
+    )
     norm: Literal["bn", "tdbn", "none"] = Field(
         "bn",
-        description="bn: BatchNorm shared over time (folded T*B batch); tdbn: the same with its "
-        "scale initialised to alpha*V_th (Zheng et al.); none: no normalisation",
+        description="bn: BatchNorm shared over time (folded T*B batch); tdbn: threshold-dependent BN (Zheng et "
+        "al.): lambda * (alpha * V_th * x_hat) + beta with the fixed alpha * V_th and lambda from 1; none: no "
+        "normalisation",
     )
 
 
@@ -65,16 +77,22 @@ class NeuronConfig(_Section):
     v_threshold: float = Field(0.5, gt=0.0, le=100.0, description="firing threshold V_th")
     reset: Literal["hard", "soft"] = Field("hard", description="hard: u*(1-o) after a spike; soft: u - V_th*o")
     detach_reset: bool = Field(False, description="stop gradients through the reset path")
+    strict_threshold: bool = Field(
+        False, description="spike when u > V_th (the authors' code); false: u >= V_th (the paper's H(u - V_th))"
+    )
 
 
 class SurrogateConfig(_Section):
-    schedule: Literal["esg", "fixed"] = Field(
-        "esg", description="esg: K ramps k_min->k_max over the epochs; fixed: K = k_fixed"
+    schedule: Literal["esg", "fixed", "guo"] = Field(
+        "esg",
+        description="esg: the tanh surrogate with K ramping k_min->k_max over the epochs (the paper); fixed: "
+        "that surrogate at K = k_fixed; guo: the authors' public code, tanh on clamp(u / 2V_th, 0, 1) normalised "
+        "by 2 tanh(K/2) at K = k_fixed (zero gradient outside 0 <= u <= 2 V_th)",
     )
     k_min: float = Field(1.0, gt=0.0, le=1000.0)
     k_max: float = Field(10.0, gt=0.0, le=1000.0)
     # The authors' code uses a tanh surrogate of temperature 3 without any schedule.
-    k_fixed: float = Field(3.0, gt=0.0, le=1000.0, description="K when schedule = 'fixed'")
+    k_fixed: float = Field(3.0, gt=0.0, le=1000.0, description="K when schedule = 'fixed' or 'guo'")
 
     @model_validator(mode="after")
     def _k_range(self) -> SurrogateConfig:
@@ -151,6 +169,11 @@ class DataConfig(_Section):
     )
     cache_dir: str | None = Field(
         None, description="cifar10dvs: where the integrated frames are cached; None: ROOT/imloss-frames"
+    )
+    resize: Literal["nearest", "bilinear"] = Field(
+        "nearest",
+        description="cifar10dvs: how frames are resized to image_size: nearest keeps whole event counts (the "
+        "authors' code: torchvision Resize with NEAREST); bilinear (antialiased) averages counts into fractions",
     )
 
     @field_validator("std")

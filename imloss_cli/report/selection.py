@@ -155,6 +155,8 @@ def schedule_text(recipe: dict[str, Any]) -> str:
     surrogate = recipe.get("surrogate") or {}
     if surrogate.get("schedule") == "fixed":
         return f"fixed K={surrogate.get('k_fixed')}"
+    if surrogate.get("schedule") == "guo":
+        return f"authors' surrogate K={surrogate.get('k_fixed')}"
     if surrogate.get("schedule") == "esg":
         return f"ESG K {surrogate.get('k_min')}→{surrogate.get('k_max')}"
     return str(surrogate.get("schedule", "unknown schedule"))

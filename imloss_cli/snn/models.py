@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from imloss_cli.snn.neuron import LIF
+from imloss_cli.snn.norm import TdBatchNorm2d
 
 if TYPE_CHECKING:  # snn/ needs only torch; a recipe is read through its attributes
     from imloss_cli.recipe import Recipe
@@ -45,6 +46,10 @@ class NetSpec:
     detach_reset: bool
     norm: str
     neuron: str  # "lif", or "relu" for the ANN twin
+    strict_threshold: bool = False  # spike on u > V_th (the authors' code) instead of u >= V_th
+    surrogate: str = "tanh"  # the backward's shape: "tanh" (ESG, fixed K) or "guo" (the authors' code)
+    init: str = "torch"  # "guo": the authors' weight init (``init_weights``)
+    stem_pool: str = "max"  # resnet34's pooling after the stem: "max" or "avg"
     kernels: str = "eager"  # LIF kernel set; not a setting: the trainer decides it per device and run length
 
     @classmethod
@@ -64,23 +69,28 @@ class NetSpec:
             detach_reset=n.detach_reset,
             norm=recipe.model.norm,
             neuron=recipe.model.neuron,
+            strict_threshold=n.strict_threshold,
+            surrogate="guo" if recipe.surrogate.schedule == "guo" else "tanh",
+            init=recipe.model.init,
+            stem_pool=recipe.model.stem_pool,
         )
 
     def lif(self, block_output: bool = True) -> LIF:
-        return LIF(self.decay, self.v_threshold, self.reset, self.detach_reset, self.kernels, block_output)
+        return LIF(
+            self.decay, self.v_threshold, self.reset, self.detach_reset, self.kernels, block_output,
+            self.strict_threshold, self.surrogate,
+        )  # fmt: skip
 
     def activation(self, block_output: bool = True) -> nn.Module:
         """The network's neuron: a LIF, or a ReLU in the ANN twin (``neuron = "relu"``)."""
         return nn.ReLU() if self.neuron == "relu" else self.lif(block_output)
 
     def conv_norm(self, cin: int, cout: int, kernel: int, stride: int = 1, alpha: float = 1.0) -> nn.Sequential:
-        """conv + normalisation; tdBN initialises the norm's scale to alpha * V_th."""
+        """conv + normalisation; tdBN normalises to alpha * V_th, a fixed scale (``snn.norm``)."""
         conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=self.norm == "none")
         if self.norm == "none":
             return nn.Sequential(conv)
-        bn = nn.BatchNorm2d(cout)
-        if self.norm == "tdbn":
-            nn.init.constant_(bn.weight, alpha * self.v_threshold)
+        bn = TdBatchNorm2d(cout, alpha * self.v_threshold) if self.norm == "tdbn" else nn.BatchNorm2d(cout)
         return nn.Sequential(conv, bn)
 
 
@@ -117,16 +127,18 @@ class Encoder(nn.Module):
 
 
 class Readout(nn.Module):
-    """Global average pool (for feature maps), linear layer, mean of the logits over T."""
+    """Global average pool (for feature maps), linear layer, mean of the logits over T.
+
+    The pool is a module, so the operation count follows the spikes through it (``snn.ops``).
+    """
 
     def __init__(self, features: int, num_classes: int, pool: bool = True) -> None:
         super().__init__()
-        self.pool = pool
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if pool else nn.Flatten()
         self.fc = nn.Linear(features, num_classes)
 
     def forward(self, x_seq: Tensor) -> Tensor:
-        x = x_seq.flatten(0, 1)  # [T*B, ...]
-        x = x.mean(dim=(2, 3)) if self.pool else x.flatten(1)
+        x = self.pool(x_seq.flatten(0, 1))  # [T*B, features]
         return self.fc(x).unflatten(0, x_seq.shape[:2]).mean(0)  # [B, classes]
 
 
@@ -184,7 +196,8 @@ def _resnet(
         first = stem or widths[0]
         stem_layers = spec.conv_norm(spec.in_channels, first, 3)
     encoder = Encoder(stem_layers, spec.activation(), spec.timesteps)
-    layers: list[nn.Module] = [Folded(nn.MaxPool2d(3, 2, 1))] if imagenet_stem else []
+    stem_pool = nn.AvgPool2d(3, 2, 1) if spec.stem_pool == "avg" else nn.MaxPool2d(3, 2, 1)
+    layers: list[nn.Module] = [Folded(stem_pool)] if imagenet_stem else []
     cin = first
     for stage, (n, width) in enumerate(zip(blocks, widths)):
         for i in range(n):
@@ -227,7 +240,8 @@ def resnet20(spec: NetSpec) -> SpikingNet:
 
 def resnet34(spec: NetSpec) -> SpikingNet:
     """ResNet-34 for ImageNet (He et al.'s layout, as tdBN and TET use it): 7x7 stride-2 stem of 64,
-    max pool, blocks [3, 4, 6, 3] at 64..512, global average pool, one FC readout."""
+    max pool (``stem_pool = "avg"``: AvgPool2d(3, 2, 1), the IM-Loss authors' code), blocks
+    [3, 4, 6, 3] at 64..512, global average pool, one FC readout."""
     return _resnet(spec, [3, 4, 6, 3], [64, 128, 256, 512], imagenet_stem=True)
 
 
@@ -293,6 +307,24 @@ def create_model(arch: str, spec: NetSpec) -> SpikingNet:
     return MODELS[arch].build(spec)
 
 
+def init_weights(model: nn.Module, init: str) -> None:
+    """Re-initialise the weight layers: "torch" leaves PyTorch's defaults; "guo" is the IM-Loss
+    authors' code (models/resnet.py): convolutions normal(0, sqrt(2 / (k_h * k_w * out_channels))),
+    linear layers normal(0, 1 / in_features) with bias 0 (their std is 1/n, not 1/sqrt(n))."""
+    if init == "torch":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 1.0 / m.in_features)
+            nn.init.zeros_(m.bias)
+
+
 def build_model(recipe: Recipe, num_classes: int, in_channels: int, image_size: int) -> SpikingNet:
     """The recipe's network for a data set of ``num_classes``, ``in_channels`` and square side ``image_size``."""
-    return create_model(recipe.model.arch, NetSpec.from_recipe(recipe, num_classes, in_channels, image_size))
+    spec = NetSpec.from_recipe(recipe, num_classes, in_channels, image_size)
+    model = create_model(recipe.model.arch, spec)
+    init_weights(model, spec.init)
+    return model

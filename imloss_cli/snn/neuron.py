@@ -20,20 +20,24 @@ set, the one the trainer picks on CUDA.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from imloss_cli.snn.surrogate import surrogate_grad
+from imloss_cli.snn.surrogate import SURROGATES, fires, surrogate_grad
 from imloss_cli.snn.triton_lif import lif_backward_triton, lif_forward_triton
+
+Decay = float | Tensor
+"""The leak: a float, or a 0-dim tensor (on the device; PLIF's learnable decay, with a gradient)."""
 
 
 def lif_forward_loop(
-    x_seq: Tensor, decay: float, v_threshold: float, soft_reset: bool
+    x_seq: Tensor, decay: Decay, v_threshold: float, soft_reset: bool, strict: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the LIF over T steps.
+    """Run the LIF over T steps (``strict``: a spike when h > V_th, else h >= V_th).
 
     Every step is a tensor of its own, stacked at the end: compiled, that is one pass over N that
     carries h from step to step (writing into slices of one [T, N] buffer instead makes Inductor
@@ -46,13 +50,13 @@ def lif_forward_loop(
         reduction strategies, each with its own compile guard), so only N values remain to reduce.
     """
     h = x_seq[0]
-    o = (h >= v_threshold).to(x_seq.dtype)
+    o = fires(h, v_threshold, strict).to(x_seq.dtype)
     v_sum = h.float()
     hs, spikes = [h], [o]
     for t in range(1, x_seq.shape[0]):
         kept = h - v_threshold * o if soft_reset else h * (1.0 - o)
-        h = decay * kept + x_seq[t]
-        o = (h >= v_threshold).to(x_seq.dtype)
+        h = (decay * kept + x_seq[t]).to(x_seq.dtype)
+        o = fires(h, v_threshold, strict).to(x_seq.dtype)
         v_sum = v_sum + h.float()
         hs.append(h)
         spikes.append(o)
@@ -65,12 +69,16 @@ def lif_backward_loop(
     grad_v_mean: Tensor | None,
     v_seq: Tensor,
     k: Tensor,
-    decay: float,
+    decay: Decay,
     v_threshold: float,
     soft_reset: bool,
     detach_reset: bool,
-) -> Tensor:
-    """BPTT through the LIF. Returns dL/dx_seq given dL/dspike_seq, dL/dv_seq, dL/dv_mean and h.
+    strict: bool = False,
+    surrogate: str = "tanh",
+    decay_grad: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """BPTT through the LIF. Returns dL/dx_seq given dL/dspike_seq, dL/dv_seq, dL/dv_mean and h, and
+    with ``decay_grad`` dL/d(decay) (0-dim, at least fp32; else None).
 
     dL/dv_mean reaches every h[t] as the same constant dL/dv_mean / numel, added here instead of
     being expanded into a full tensor by autograd. With g = dL/dh[t+1] flowing back from step t+1
@@ -78,27 +86,35 @@ def lif_backward_loop(
         dL/do[t] = grad_spike[t] + g * dh[t+1]/do[t]      (-decay*h[t] hard, -decay*V_th soft, 0 detached)
         dL/dh[t] = grad_v[t] + dL/do[t] * g'(h[t]) + g * dh[t+1]/dh[t]|o   (decay*(1-o[t]) hard, decay soft)
         dL/dx[t] = dL/dh[t]
-    Steps are stacked at the end, as in the forward loop.
+        dL/d(decay) = sum over t and neurons of g * r(h[t], o[t])      (dh[t+1]/d(decay) = r)
+    Every term is accumulated in fp32 (or the input's wider type) and dL/dx rounded once to v_seq's dtype: in bf16 a per-element
+    dL/dv_mean (~1e-9 beside CE terms ~1e-5) would otherwise be rounded away at each step. Steps are
+    stacked at the end, as in the forward loop.
     """
-    from_mean = None if grad_v_mean is None else (grad_v_mean / v_seq.numel()).to(v_seq.dtype)
+    acc = torch.promote_types(v_seq.dtype, torch.float32)  # at least fp32
+    from_mean = None if grad_v_mean is None else grad_v_mean.to(acc) / v_seq.numel()
+    decay_f = decay.to(acc) if isinstance(decay, Tensor) else decay
+    grad_decay = v_seq.new_zeros((), dtype=acc) if decay_grad else None
     grads: list[Tensor] = []
     g: Tensor | None = None
     for t in range(v_seq.shape[0] - 1, -1, -1):
-        h = v_seq[t]
-        grad_o = grad_spike[t]
+        h = v_seq[t].to(acc)
+        o = fires(h, v_threshold, strict).to(acc)
+        grad_o = grad_spike[t].to(acc)
         if g is not None and not detach_reset:
-            grad_o = grad_o - g * (decay * v_threshold if soft_reset else decay * h)
-        grad_h = grad_o * surrogate_grad(h, k, v_threshold)
+            grad_o = grad_o - g * (decay_f * v_threshold if soft_reset else decay_f * h)
+        grad_h = grad_o * surrogate_grad(h, k.to(acc), v_threshold, surrogate)
         if g is not None:  # through h[t+1] = decay * r(h[t], o[t]) + x[t+1], the spike o[t] held fixed
-            kept = 1.0 if soft_reset else 1.0 - (h >= v_threshold).to(h.dtype)
-            grad_h = grad_h + g * (decay * kept)
+            grad_h = grad_h + g * (decay_f * (1.0 if soft_reset else 1.0 - o))
+            if grad_decay is not None:
+                grad_decay = grad_decay + (g * (h - v_threshold * o if soft_reset else h * (1.0 - o))).sum()
         if grad_v is not None:
-            grad_h = grad_h + grad_v[t]
+            grad_h = grad_h + grad_v[t].to(acc)
         if from_mean is not None:
             grad_h = grad_h + from_mean
         grads.append(grad_h)
         g = grad_h
-    return torch.stack(grads[::-1])
+    return torch.stack(grads[::-1]).to(v_seq.dtype), grad_decay
 
 
 class LIFKernels(NamedTuple):
@@ -187,6 +203,7 @@ class MultiStepLIFFunction(torch.autograd.Function):
     """Fused multi-step LIF: no per-time-step autograd graph, only h is saved for backward.
 
     Outputs (spike_seq, v_seq, v_mean) in x_seq's memory layout; any of them may carry a gradient.
+    ``decay`` is a float, or a 0-dim tensor that may require a gradient (PLIF).
     """
 
     @staticmethod
@@ -194,20 +211,23 @@ class MultiStepLIFFunction(torch.autograd.Function):
         ctx,
         x_seq: Tensor,
         k: Tensor,
-        decay: float,
+        decay: Decay,
         v_threshold: float,
         soft_reset: bool,
         detach_reset: bool,
         kernels: LIFKernels,
+        strict: bool = False,
+        surrogate: str = "tanh",
     ) -> tuple[Tensor, Tensor, Tensor]:
         layout = StepLayout.of(x_seq)
         x_rows = layout.flat(x_seq.detach())  # detached: requires_grad would be one more compile guard
         if _traced(kernels):
             _mark_rows_dynamic(x_rows)
-        spike_rows, v_rows, v_sum = kernels.forward(x_rows, decay, v_threshold, soft_reset)
+        leak = decay.detach() if isinstance(decay, Tensor) else decay
+        spike_rows, v_rows, v_sum = kernels.forward(x_rows, leak, v_threshold, soft_reset, strict)
         v_mean = v_sum.sum() / v_rows.numel()
         ctx.save_for_backward(v_rows, k)
-        ctx.args = (layout, decay, v_threshold, soft_reset, detach_reset, kernels)
+        ctx.args = (layout, leak, v_threshold, soft_reset, detach_reset, kernels, strict, surrogate)
         ctx.set_materialize_grads(False)
         return layout.unflat(spike_rows), layout.unflat(v_rows), v_mean
 
@@ -216,37 +236,37 @@ class MultiStepLIFFunction(torch.autograd.Function):
         ctx, grad_spike: Tensor | None, grad_v: Tensor | None, grad_v_mean: Tensor | None
     ):
         v_rows, k = ctx.saved_tensors
-        layout, decay, v_threshold, soft_reset, detach_reset, kernels = ctx.args
+        layout, decay, v_threshold, soft_reset, detach_reset, kernels, strict, surrogate = ctx.args
         # Autograd may hand the gradients in any layout: bring each to v_rows' (a view when it matches).
         grad_spike_rows = torch.zeros_like(v_rows) if grad_spike is None else layout.flat(grad_spike)
         grad_v_rows = None if grad_v is None else layout.flat(grad_v)
         if _traced(kernels):
             _mark_rows_dynamic(grad_spike_rows, grad_v_rows, v_rows)
-        grad_x_rows = kernels.backward(
-            grad_spike_rows,
-            grad_v_rows,
-            grad_v_mean,
-            v_rows,
-            k,
-            decay,
-            v_threshold,
-            soft_reset,
-            detach_reset,
-        )
-        return layout.unflat(grad_x_rows), None, None, None, None, None, None
+        decay_grad = ctx.needs_input_grad[2]
+        grad_x_rows, grad_decay = kernels.backward(
+            grad_spike_rows, grad_v_rows, grad_v_mean, v_rows, k, decay, v_threshold, soft_reset, detach_reset,
+            strict, surrogate, decay_grad,
+        )  # fmt: skip
+        if grad_decay is not None:
+            grad_decay = grad_decay.to(decay.dtype).reshape(decay.shape)
+        return layout.unflat(grad_x_rows), None, grad_decay, None, None, None, None, None, None
 
 
 class LIF(nn.Module):
     """Multi-step LIF layer: x_seq [T, B, ...] -> spike_seq [T, B, ...].
 
     Args:
-        decay: membrane leak per step.
+        decay: membrane leak per step (with ``learn_decay``: its initial value).
         v_threshold: firing threshold V_th.
         reset: "hard" or "soft".
         detach_reset: cut the gradient through the reset.
         kernels: which time loops run it: "eager", "compiled" (torch.compile'd) or "triton" (CUDA
             tensors, or CPU ones under TRITON_INTERPRET=1); see ``kernel_set``.
         block_output: whether this layer counts for IM-Loss when only block outputs are chosen.
+        strict_threshold: spike when h > V_th (the authors' code) instead of h >= V_th.
+        surrogate: the backward's shape, "tanh" (ESG) or "guo" (``snn.surrogate``).
+        learn_decay: PLIF (Fang et al., ICCV 2021): the decay is sigmoid(w) of one learnable w per
+            layer, w starting at logit(decay); trained with the network, in the same fused kernels.
 
     Set ``store_v_seq = True`` to keep, from the last forward pass, ``v_mean`` (the mean membrane
     potential, attached to the autograd graph: IM-Loss differentiates it), ``spike_seq`` (attached)
@@ -263,10 +283,17 @@ class LIF(nn.Module):
         detach_reset: bool = False,
         kernels: str = "eager",
         block_output: bool = True,
+        strict_threshold: bool = False,
+        surrogate: str = "tanh",
+        learn_decay: bool = False,
     ) -> None:
         super().__init__()
         if reset not in ("hard", "soft"):
             raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
+        if surrogate not in SURROGATES:
+            raise ValueError(f"surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
+        if learn_decay and not 0.0 < decay < 1.0:
+            raise ValueError(f"a learnable decay starts strictly between 0 and 1, got {decay}")
         self.decay = decay
         self.v_threshold = v_threshold
         self.soft_reset = reset == "soft"
@@ -275,6 +302,11 @@ class LIF(nn.Module):
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_SETS)}, got {kernels!r}")
         self.kernels = kernels
         self.block_output = block_output
+        self.strict_threshold = strict_threshold
+        self.surrogate = surrogate
+        # PLIF: decay = sigmoid(w), w = logit(decay) at the start (SpikingJelly's ParametricLIFNode
+        # parametrises 1/tau the same way).
+        self.w = nn.Parameter(torch.tensor(math.log(decay / (1.0 - decay)))) if learn_decay else None
         # K of the surrogate; a buffer so it follows .to(device) and changes without recompiling.
         self.register_buffer("k", torch.tensor(1.0), persistent=False)
         self.store_v_seq = False
@@ -284,12 +316,17 @@ class LIF(nn.Module):
         self.store_x_mean = False
         self.x_mean: Tensor | None = None
 
+    def leak(self) -> Decay:
+        """The decay the next forward pass uses: the constant, or sigmoid(w) (a tensor with a gradient)."""
+        return self.decay if self.w is None else torch.sigmoid(self.w)
+
     def forward(self, x_seq: Tensor) -> Tensor:
         kernels = kernel_set(self.kernels)
         k = self.k.to(x_seq.dtype)
         spike_seq, v_seq, v_mean = MultiStepLIFFunction.apply(
-            x_seq, k, self.decay, self.v_threshold, self.soft_reset, self.detach_reset, kernels
-        )
+            x_seq, k, self.leak(), self.v_threshold, self.soft_reset, self.detach_reset, kernels,
+            self.strict_threshold, self.surrogate,
+        )  # fmt: skip
         if self.store_v_seq:
             self.v_seq, self.v_mean, self.spike_seq = v_seq, v_mean, spike_seq
         if self.store_x_mean:
@@ -302,7 +339,11 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         reset = "soft" if self.soft_reset else "hard"
-        return f"decay={self.decay}, v_threshold={self.v_threshold}, reset={reset}, kernels={self.kernels}"
+        decay = f"learnable, from {self.decay}" if self.w is not None else self.decay
+        extra = (", strict" if self.strict_threshold else "") + (
+            f", surrogate={self.surrogate}" if self.surrogate != "tanh" else ""
+        )
+        return f"decay={decay}, v_threshold={self.v_threshold}, reset={reset}, kernels={self.kernels}{extra}"
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, LIF]]:

@@ -1,8 +1,8 @@
 """What one inference costs: synaptic operations of the spikes, multiply-accumulates of the rest.
 
 Only weight layers (``nn.Conv2d``, ``nn.Linear``) are counted: normalisation folds into the
-convolution before it at inference, and pooling, the LIF updates and the readout's mean are a
-small share that papers leave out as well.
+convolution before it at inference, and pooling and the LIF updates are a small share that papers
+leave out as well.
 
 A weight layer whose input is a spike map does one accumulate, a synaptic operation (SOP), per
 spike and weight it meets. For the spikes s[t, b, p] of neuron p of LIF l,
@@ -25,16 +25,16 @@ one image with a forward hook on every leaf module, following tensors by their s
 - a LIF's output is a spike map;
 - views (``nn.Identity``, ``nn.Flatten``, ``nn.Dropout``, and the reshapes between modules,
   such as ``Folded``'s [T, B] <-> [T*B]) pass a map on unchanged;
-- ``nn.AvgPool2d`` passes it on as a window sum, since its 1/k^2 folds into the next weights:
-  a spike drives the weights of every pooled position whose window holds it;
+- an average pool (``nn.AvgPool2d``, ``nn.AdaptiveAvgPool2d``: the global pool before a readout or
+  the FC-256 head) passes it on as a window sum, since its 1/|window| folds into the next weights:
+  a spike drives the weights of every pooled position whose window holds it, so a spike map read
+  through AvgPool2d(H), AdaptiveAvgPool2d(1) or the readout's mean costs the same SOPs;
 - ``nn.MaxPool2d`` of a map is a new, binary map of the same LIF; its counts are summed while
   the pass runs, because a max is not linear in the spikes;
 - a weight layer whose input is none of these reads real values: its MACs are counted as
   computed, from the shapes (the stem on pixels: once per image behind ``Encoder`` for static images, T
-  times if it ran on [T*B] frames; a pooled readout, whose input is the spatial mean of the
-  spikes: T * C * classes, so the last LIF before it has no SOPs of its own; every layer of the
-  ANN twin). A copy the probe cannot follow makes a read count as dense MACs, never as fewer
-  operations.
+  times if it ran on [T*B] frames; every layer of the ANN twin). A copy the probe cannot follow
+  makes a read count as dense MACs, never as fewer operations.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from imloss_cli.snn.neuron import LIF
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
 VIEWS = (nn.Identity, nn.Flatten, nn.Dropout)
+AVERAGE_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # linear in the spikes: window sums, 1/|window| folds on
 
 
 class OpsError(Exception):
@@ -105,7 +106,7 @@ class _Seen:
     map_module: str
     owner: str
     shape: tuple[int, ...]  # of one sample of the map
-    pools: tuple[tuple[nn.AvgPool2d, tuple[int, ...]], ...] = ()  # (pool, its input shape of one sample)
+    pools: tuple[tuple[nn.Module, tuple[int, ...]], ...] = ()  # (average pool, its input shape of one sample)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class _Probe:
             return
         elif isinstance(module, VIEWS):
             self.seen.setdefault(_address(out), came)
-        elif isinstance(module, nn.AvgPool2d):
+        elif isinstance(module, AVERAGE_POOLS):
             self.seen[_address(out)] = _Seen(
                 came.map_module, came.owner, came.shape, (*came.pools, (module, tuple(x.shape[1:])))
             )
@@ -191,8 +192,19 @@ def _fanout(seen: _Seen, layer: nn.Module, in_shape: tuple[int, ...]) -> Tensor:
     return grad[0] * per_group
 
 
-def _window_sum(pool: nn.AvgPool2d, z: Tensor) -> Tensor:
-    return F.avg_pool2d(z, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True, divisor_override=1)
+def _window_sum(pool: nn.Module, z: Tensor) -> Tensor:
+    """The pool's windows summed instead of averaged (its 1/|window| folds into the reader's weights)."""
+    if isinstance(pool, nn.AvgPool2d):
+        return F.avg_pool2d(z, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, True, divisor_override=1)
+    # Adaptive windows: rows floor(i*H/out) .. ceil((i+1)*H/out) - 1, likewise columns; the mean times each
+    # window's size is its sum.
+    out = F.adaptive_avg_pool2d(z, pool.output_size)  # type: ignore[attr-defined]
+    (h, w), (oh, ow) = z.shape[-2:], out.shape[-2:]
+
+    def sizes(n: int, m: int) -> Tensor:
+        return torch.tensor([-(-(i + 1) * n // m) - i * n // m for i in range(m)], dtype=z.dtype)
+
+    return out * sizes(h, oh).view(-1, 1) * sizes(w, ow).view(1, -1)
 
 
 def _reshape(z: Tensor, shape: tuple[int, ...], layer: nn.Module) -> Tensor:

@@ -15,12 +15,17 @@ from imloss_cli.snn.surrogate import spike
 def lif_naive(
     x_seq: Tensor,
     k: Tensor | float,
-    decay: float,
+    decay: float | Tensor,
     v_threshold: float,
     reset: str = "hard",
     detach_reset: bool = False,
+    strict: bool = False,
+    surrogate: str = "tanh",
 ) -> tuple[Tensor, Tensor]:
-    """Per-step Python loop of the LIF dynamics (see neuron.py). Returns (spike_seq, v_seq)."""
+    """Per-step Python loop of the LIF dynamics (see neuron.py). Returns (spike_seq, v_seq).
+
+    ``decay`` may be a tensor with a gradient (PLIF): autograd then gives dL/d(decay) through the loop.
+    """
     spikes, potentials = [], []
     h = x_seq[0]
     o: Tensor | None = None
@@ -29,7 +34,7 @@ def lif_naive(
             r = o.detach() if detach_reset else o
             kept = h - v_threshold * r if reset == "soft" else h * (1.0 - r)
             h = decay * kept + x_seq[t]
-        o = spike(h, k, v_threshold)
+        o = spike(h, k, v_threshold, strict, surrogate)
         spikes.append(o)
         potentials.append(h)
     return torch.stack(spikes), torch.stack(potentials)

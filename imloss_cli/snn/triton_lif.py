@@ -9,6 +9,10 @@ that only matter in low precision:
   so backward, which recomputes the spikes from v_seq, sees exactly the forward's spikes;
 - BPTT accumulates in fp32 and writes dL/dx in the input's dtype.
 
+Offsets are int64 (a layer's T*N passes 2^31 elements at ImageNet sizes). The spike test (``>=`` or
+strict ``>``), the surrogate's shape ("tanh" or "guo") and a learnable decay (PLIF: read from the
+device, its gradient summed per neuron) are compile-time choices of the same two kernels.
+
 The forward kernel also sums each neuron's potential over time (v_sum [N], fp32), what IM-Loss needs
 of v_seq; the backward kernel adds dL/dv_mean / (T*N) to every step inside the loop. Rows are read
 with their strides (a time stride of 0 for a broadcast input, 0 throughout for an expanded gradient), so any layer in any layout that ``StepLayout``
@@ -22,8 +26,10 @@ kernels are defined on first use, so that setting is read then, not at import.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
-from types import SimpleNamespace
+import sys
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -38,66 +44,10 @@ def triton_available() -> bool:
 
 
 @functools.cache
-def _jit() -> SimpleNamespace:
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def lif_fwd(
-        x_ptr, s_ptr, v_ptr, vsum_ptr, T, N, stride_xt, stride_xn, decay, v_th,
-        SOFT: tl.constexpr, BLOCK: tl.constexpr,
-    ):  # fmt: skip
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < N
-        h = tl.full(
-            [BLOCK], 0.0, tl.float32
-        )  # tl.full, not tl.zeros: a @jit helper the interpreter rejects once triton was imported uninterpreted
-        o = tl.full([BLOCK], 0.0, tl.float32)
-        v_sum = tl.full([BLOCK], 0.0, tl.float32)
-        for t in range(T):
-            x = tl.load(x_ptr + t * stride_xt + offs * stride_xn, mask=mask, other=0.0).to(tl.float32)
-            kept = h - v_th * o if SOFT else h * (1.0 - o)
-            h = decay * kept + x  # at t = 0, h = o = 0: h = x exactly
-            v = h.to(v_ptr.dtype.element_ty)
-            o = (v >= v_th).to(tl.float32)
-            v_sum += h
-            tl.store(v_ptr + t * N + offs, v, mask=mask)
-            tl.store(s_ptr + t * N + offs, o.to(s_ptr.dtype.element_ty), mask=mask)
-        tl.store(vsum_ptr + offs, v_sum, mask=mask)
-
-    @triton.jit
-    def lif_bwd(
-        gs_ptr, gv_ptr, gm_ptr, v_ptr, k_ptr, gx_ptr, T, N, stride_gst, stride_gsn, stride_gvt, stride_gvn,
-        decay, v_th, decay_v_th,
-        SOFT: tl.constexpr, DETACH: tl.constexpr, HAS_GV: tl.constexpr, HAS_GM: tl.constexpr, BLOCK: tl.constexpr,
-    ):  # fmt: skip
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < N
-        k = tl.load(k_ptr).to(tl.float32)
-        if HAS_GM:
-            from_mean = tl.load(gm_ptr).to(tl.float32)  # dL/dv_mean / (T*N), divided on the device
-        g = tl.full([BLOCK], 0.0, tl.float32)  # dL/dh[t+1]; zero past the last step
-        for i in range(T):
-            t = T - 1 - i
-            h = tl.load(v_ptr + t * N + offs, mask=mask, other=0.0).to(tl.float32)
-            grad_o = tl.load(gs_ptr + t * stride_gst + offs * stride_gsn, mask=mask, other=0.0).to(tl.float32)
-            if not DETACH:
-                grad_o = grad_o - g * (decay_v_th if SOFT else decay * h)
-            # g'(h) = 1/2 K (1 - tanh(z)^2), z = K (h - V_th); 1 - tanh(z)^2 = 4a / (1 + a)^2, a = exp(-2|z|)
-            a = tl.exp(-2.0 * tl.abs(k * (h - v_th)))
-            grad_h = grad_o * (0.5 * k * (4.0 * a / ((1.0 + a) * (1.0 + a))))
-            # through h[t+1] = decay * r(h[t], o[t]) + x[t+1], the spike held fixed
-            grad_h = grad_h + g * (decay if SOFT else decay * (1.0 - (h >= v_th).to(tl.float32)))
-            if HAS_GV:
-                grad_h = grad_h + tl.load(gv_ptr + t * stride_gvt + offs * stride_gvn, mask=mask, other=0.0).to(
-                    tl.float32
-                )
-            if HAS_GM:
-                grad_h = grad_h + from_mean
-            tl.store(gx_ptr + t * N + offs, grad_h.to(gx_ptr.dtype.element_ty), mask=mask)
-            g = grad_h
-
-    return SimpleNamespace(forward=lif_fwd, backward=lif_bwd)
+def _jit() -> ModuleType:
+    """The kernels, defined now: imported (or reloaded) at first use, so TRITON_INTERPRET is read then."""
+    name = "imloss_cli.snn.triton_kernels"
+    return importlib.reload(sys.modules[name]) if name in sys.modules else importlib.import_module(name)
 
 
 def _strides(rows: Tensor, name: str) -> tuple[int, int]:
@@ -111,8 +61,16 @@ def _grid(n: int) -> tuple[int]:
     return ((n + BLOCK - 1) // BLOCK,)
 
 
+def _decay_args(decay: float | Tensor, device: torch.device) -> tuple[Tensor | None, float, bool]:
+    """(pointer tensor, float, whether the kernel reads the pointer): a float rides as a kernel argument;
+    a tensor (PLIF's learnable decay) stays on the device, read there without a host sync."""
+    if isinstance(decay, Tensor):
+        return decay.detach().reshape(1).to(device=device, dtype=torch.float32), 0.0, True
+    return None, float(decay), False
+
+
 def lif_forward_triton(
-    x_seq: Tensor, decay: float, v_threshold: float, soft_reset: bool
+    x_seq: Tensor, decay: float | Tensor, v_threshold: float, soft_reset: bool, strict: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``lif_forward_loop`` as one Triton kernel. Returns spike_seq, v_seq [T, N] (x's dtype), v_sum [N] fp32."""
     T, N = x_seq.shape
@@ -120,10 +78,13 @@ def lif_forward_triton(
     spike_seq = torch.empty((T, N), dtype=x_seq.dtype, device=x_seq.device)
     v_seq = torch.empty_like(spike_seq)
     v_sum = torch.empty(N, dtype=torch.float32, device=x_seq.device)
+    decay_t, decay_f, decay_ptr = _decay_args(decay, x_seq.device)
     if N and T:
-        _jit().forward[_grid(N)](
-            x_seq, spike_seq, v_seq, v_sum, T, N, stride_t, stride_n, decay, v_threshold,
-            SOFT=soft_reset, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        _jit().lif_fwd[_grid(N)](
+            x_seq, spike_seq, v_seq, v_sum, v_sum if decay_t is None else decay_t, T, N, stride_t, stride_n,
+            decay_f, v_threshold,
+            SOFT=soft_reset, STRICT=strict, DECAY_PTR=decay_ptr, BLOCK=BLOCK, num_warps=NUM_WARPS,
+            enable_fp_fusion=False,
         )  # fmt: skip
     return spike_seq, v_seq, v_sum
 
@@ -134,27 +95,42 @@ def lif_backward_triton(
     grad_v_mean: Tensor | None,
     v_seq: Tensor,
     k: Tensor,
-    decay: float,
+    decay: float | Tensor,
     v_threshold: float,
     soft_reset: bool,
     detach_reset: bool,
-) -> Tensor:
-    """``lif_backward_loop`` as one Triton kernel: dL/dx_seq [T, N] in v_seq's dtype."""
+    strict: bool = False,
+    surrogate: str = "tanh",
+    decay_grad: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``lif_backward_loop`` as one Triton kernel: dL/dx_seq [T, N] in v_seq's dtype, and with
+    ``decay_grad`` dL/d(decay) (fp32, 0-dim: the neurons' shares added on the device)."""
     T, N = v_seq.shape
     if not v_seq.is_contiguous():
         raise ValueError("v_seq must be the contiguous rows the forward kernel wrote")
     grad_x = torch.empty_like(v_seq)
+    partial = torch.zeros(N if decay_grad else 1, dtype=torch.float32, device=v_seq.device)  # per neuron
     if not (N and T):
-        return grad_x
+        return grad_x, partial.sum() if decay_grad else None
     stride_gs = _strides(grad_spike, "grad_spike")
     stride_gv = (0, 0) if grad_v is None else _strides(grad_v, "grad_v")
     k_t = k.reshape(1).to(device=v_seq.device)
     # divided here, not in the kernel: Triton may make T or N a compile-time 1, and T*N a Python int
     mean_t = k_t if grad_v_mean is None else (grad_v_mean.float() / v_seq.numel()).reshape(1).to(v_seq.device)
-    _jit().backward[_grid(N)](
-        grad_spike, v_seq if grad_v is None else grad_v, mean_t, v_seq, k_t, grad_x, T, N, *stride_gs, *stride_gv,
-        decay, v_threshold, decay * v_threshold,
+    decay_t, decay_f, decay_ptr = _decay_args(decay, v_seq.device)
+    _jit().lif_bwd[_grid(N)](
+        grad_spike, v_seq if grad_v is None else grad_v, mean_t, v_seq, k_t, grad_x, k_t if decay_t is None else decay_t,
+        partial, T, N, *stride_gs, *stride_gv, decay_f, v_threshold,
         SOFT=soft_reset, DETACH=detach_reset, HAS_GV=grad_v is not None, HAS_GM=grad_v_mean is not None,
+        STRICT=strict, GUO=surrogate == "guo", DECAY_PTR=decay_ptr, DECAY_GRAD=decay_grad,
         BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
     )  # fmt: skip
-    return grad_x
+    return grad_x, partial.sum() if decay_grad else None
+
+
+def row_offsets(t: int, stride_t: int, stride_n: int, n: int) -> Tensor:
+    """What the kernels compute as the element offsets of neurons 0..n-1 of row t (int64; the probe
+    of their offset arithmetic). CUDA, or CPU under ``TRITON_INTERPRET=1``."""
+    out = torch.empty(n, dtype=torch.int64, device="cuda" if torch.cuda.is_available() else "cpu")
+    _jit().offset_probe[(1,)](out, t, stride_t, stride_n, BLOCK=n)
+    return out

@@ -31,7 +31,7 @@ class StepLoss:
 def surrogate_k(recipe: Recipe, epoch: int) -> float:
     """K for epoch ``epoch`` (1-based, as i = 1..I in Algorithm 1), so the last epoch has K_max."""
     s = recipe.surrogate
-    if s.schedule == "fixed":
+    if s.schedule in ("fixed", "guo"):
         return s.k_fixed
     return esg_k(epoch, recipe.train.epochs, s.k_min, s.k_max)
 

@@ -84,6 +84,10 @@ def place_model(model: torch.nn.Module, recipe: Recipe, device: torch.device, di
     if recipe.train.sync_bn:
         if not (dist and device.type == "cuda"):
             raise TrainingError("train.sync_bn needs several CUDA processes (torchrun); set it to false")
+        if recipe.model.norm == "tdbn":  # SyncBatchNorm would drop tdBN's fixed alpha * V_th
+            raise TrainingError(
+                "train.sync_bn does not carry tdBN's fixed scale; use model.norm = 'bn' or sync_bn = false"
+            )
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # channels_last on CPU too: oneDNN convolutions skip their NCHW reorders (ResNet-19 steps 4-11% faster).
     return model.to(memory_format=torch.channels_last).to(device)
