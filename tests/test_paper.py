@@ -29,6 +29,14 @@ PAPER = {
     "ablation-esg": ("ablation", 94.44),
     "ablation-im-esg": ("ablation", 94.64),
     "ablation-im-esg-tdbn": ("ablation", 95.40),
+    # the methods the main table compares with, as it prints them
+    "comparison-tdbn-resnet19-t2": ("comparison", 92.34),
+    "comparison-tdbn-resnet19-t4": ("comparison", 92.92),
+    "comparison-tdbn-resnet19-t6": ("comparison", 93.16),
+    "comparison-tet-resnet19-t2": ("comparison", 94.16),
+    "comparison-tet-resnet19-t4": ("comparison", 94.44),
+    "comparison-tet-resnet19-t6": ("comparison", 94.50),
+    "comparison-tdbn-cifar10dvs-resnet19-t10": ("comparison", 67.80),
 }
 CIFAR10_ROWS = [n for n in PAPER if n.startswith(("cifar10-", "ablation-"))]
 
@@ -40,6 +48,12 @@ def test_every_paper_recipe_validates_and_carries_its_figure() -> None:
     assert (t4.model.arch, t4.model.timesteps, t4.loss.im_weight, t4.surrogate.schedule) == ("resnet19", 4, 2.0, "esg")
     baseline = rows["ablation-baseline"].recipe
     assert (baseline.loss.im_weight, baseline.surrogate.schedule, baseline.model.norm) == (0.0, "fixed", "bn")
+    tet = rows["comparison-tet-resnet19-t4"].recipe
+    # a controlled comparison: the IM-Loss row's settings but for the method's own fields
+    assert (tet.loss.objective, tet.loss.im_weight, tet.model.norm) == ("tet", 0.0, "bn")
+    differs = {k for k, v in tet.model_dump().items() if v != t4.model_dump()[k]}
+    assert differs == {"name", "model", "surrogate", "loss", "paper"}
+    assert (tet.data, tet.optim, tet.train) == (t4.data, t4.optim, t4.train)
     # the figure is outside the config hash: the same row with another figure pools with it
     assert config_hash(t4) == config_hash(t4.with_overrides({"paper.top1": 50.0, "paper.row": "x"}))
 

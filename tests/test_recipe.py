@@ -266,7 +266,7 @@ def test_the_ann_twin_runs_at_one_time_step_without_im_loss(tmp_path: Path) -> N
 def test_an_unknown_neuron_names_the_field() -> None:
     with pytest.raises(RecipeError) as info:
         load_recipe(None, {"model.neuron": "lfi"})
-    assert info.value.problems == ["model.neuron: 'lfi' is not one of: 'lif' or 'relu'"]
+    assert info.value.problems == ["model.neuron: 'lfi' is not one of: 'lif', 'plif' or 'relu'"]
 
 
 def test_energy_constants_default_to_horowitz_45nm_and_name_a_bad_one() -> None:

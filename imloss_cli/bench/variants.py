@@ -1,6 +1,7 @@
 """The benchmark's variants: module surgery swaps every LIF of a model for another neuron.
 
-imloss (the fused LIF on its eager, compiled or Triton kernels), the naive per-step loop, SpikingJelly 2.0's LIF with the
+imloss (the fused LIF on its eager, compiled or Triton kernels; imloss-plif: the same kernels with PLIF's
+learnable decay), the naive per-step loop, SpikingJelly 2.0's LIF with the
 same dynamics, the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B), and
 conv-only: the convolutions alone (norms and neurons are identities), a bound below every variant.
 """
@@ -16,7 +17,7 @@ from imloss_cli.snn.models import Encoder
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.reference import lif_naive
 
-KNOWN = ("imloss", "imloss-eager", "naive", "spikingjelly", "relu", "relu-tb", "conv-only")
+KNOWN = ("imloss", "imloss-eager", "imloss-plif", "naive", "spikingjelly", "relu", "relu-tb", "conv-only")
 SJ_CUDA_BACKENDS = ("triton", "cuda", "torch")  # SpikingJelly 2.0's CUDA providers (no cupy any more)
 
 
@@ -144,7 +145,13 @@ def build_variant(base: nn.Module, variant: str, kernels: str = "compiled") -> t
             neurons.append(lif)
             continue
         new: nn.Module
-        if kind == "naive":
+        if kind == "imloss-plif":
+            reset = "soft" if lif.soft_reset else "hard"
+            plif = LIF(lif.decay, lif.v_threshold, reset, lif.detach_reset, kernels, lif.block_output,
+                       lif.strict_threshold, lif.surrogate, learn_decay=True)  # fmt: skip
+            plif.store_v_seq = True
+            new = plif
+        elif kind == "naive":
             new = NaiveLIF(lif)
         elif kind == "spikingjelly":
             new = SpikingJellyLIF(lif, backend)

@@ -363,7 +363,9 @@ def show(
 
 @app.command()
 def report(
-    group: Annotated[str | None, typer.Option(help="ablation group id or prefix")] = None,
+    group: Annotated[
+        list[str] | None, typer.Option(help="ablation group id or prefix (repeat it to compare several groups)")
+    ] = None,
     last: Annotated[bool, typer.Option("--last", help="the most recent ablation group")] = False,
     recipe_name: Annotated[
         str | None, typer.Option("--recipe", help="finished runs of the recipe with this name")

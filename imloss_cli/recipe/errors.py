@@ -28,8 +28,8 @@ def describe(err: Any, root: type[BaseModel]) -> str:
         msg = msg.removeprefix("Value error, ")
         # Model-level checks name their field as "field: reason"; fold it into the path.
         field, sep, reason = msg.partition(": ")
-        if sep and field.isidentifier():
-            loc, msg = [*loc, field], reason
+        if sep and all(part.isidentifier() for part in field.split(".")):
+            loc, msg = [*loc, *field.split(".")], reason
     elif err["type"] == "literal_error":
         msg = f"{err['input']!r} is not one of: " + msg.removeprefix("Input should be ")
     elif "input" in err and not isinstance(err["input"], dict):

@@ -14,7 +14,7 @@ from .errors import RecipeError, describe
 
 ARCHITECTURES = ("convnet3", "resnet19", "resnet19-tet", "resnet19-guo", "resnet20", "vgg16", "resnet34")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
-NEURONS = ("lif", "relu")
+NEURONS = ("lif", "plif", "relu")
 
 # Fields that name, place or schedule a run without changing what it computes: two runs that
 # differ only here are the same configuration (their seeds are pooled in reports).
@@ -48,9 +48,15 @@ class ModelConfig(_Section):
     )
     neuron: Literal[NEURONS] = Field(  # type: ignore[valid-type]
         "lif",
-        description="lif: the spiking network; relu: its ANN twin, the same architecture with ReLU in "
-        "place of every LIF, which runs at T = 1 without IM-Loss (timesteps and loss.im_weight are set "
-        "to 1 and 0; the neuron and surrogate sections have no effect)",
+        description="lif: the spiking network; plif: the same with a learnable decay per layer (Fang et al., "
+        "ICCV 2021: decay = sigmoid(w), w starting at logit(neuron.decay)); relu: its ANN twin, the same "
+        "architecture with ReLU in place of every LIF, which runs at T = 1 without IM-Loss (timesteps and "
+        "loss.im_weight are set to 1 and 0; the neuron and surrogate sections have no effect)",
+    )
+    membrane_bn: bool = Field(
+        False,
+        description="MPBN (Guo et al., ICCV 2023): a BatchNorm on every hidden LIF's potential before it fires "
+        "(hard reset only; no ANN twin); folds into per-channel thresholds at inference",
     )
     timesteps: int = Field(4, ge=1, le=1000, description="T: the input is presented T times")
     init: Literal["torch", "guo"] = Field(
@@ -113,6 +119,14 @@ class LossConfig(_Section):
     im_layers: Literal["all", "blocks"] = Field(
         "all", description="all hidden spiking layers, or only the stem and residual-block outputs"
     )
+    objective: Literal["ce", "tet"] = Field(
+        "ce",
+        description="the classification term: ce, cross-entropy of the logits averaged over T; tet (Deng et al., "
+        "ICLR 2022, their public code): (1 - tet_lambda) * the mean over time of each step's cross-entropy + "
+        "tet_lambda * MSE(outputs, tet_phi); prediction still averages the outputs over T",
+    )
+    tet_lambda: float = Field(1e-3, ge=0.0, le=1.0, description="TET: weight of the MSE regulariser")
+    tet_phi: float = Field(1.0, ge=-1e3, le=1e3, description="TET: the value the MSE pulls every output towards")
 
 
 class DataConfig(_Section):
@@ -229,7 +243,7 @@ class TrainConfig(_Section):
     output_dir: str = Field("runs", description="checkpoints go to OUTPUT_DIR/<run id>/")
 
 
-PAPER_TABLES = ("main", "ablation")
+PAPER_TABLES = ("main", "comparison", "ablation")
 
 
 class PaperConfig(_Section):
@@ -267,6 +281,21 @@ class Recipe(_Section):
         if (model.get("neuron") if isinstance(model, dict) else getattr(model, "neuron", None)) != "relu":
             return data
         return {**data, "model": _with(model, timesteps=1), "loss": _with(loss, im_weight=0.0)}
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Recipe:
+        """Methods that do not compose are refused here, with the reason, before anything runs."""
+        if self.model.membrane_bn and self.model.neuron == "relu":
+            raise ValueError(
+                "model.membrane_bn: MPBN normalises the potential of spiking neurons; the ANN twin (model.neuron = "
+                "'relu') has none"
+            )
+        if self.model.membrane_bn and self.neuron.reset == "soft":
+            raise ValueError(
+                "model.membrane_bn: MPBN resets the raw potential to 0, as its authors' code does (neuron.reset = 'hard'); "
+                "a soft reset would subtract V_th from a potential whose threshold the BN moves"
+            )
+        return self
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """A validated copy with dotted-path values replaced (``{"loss.im_weight": 0}``)."""

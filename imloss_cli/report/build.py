@@ -9,6 +9,7 @@ build_report takes about 0.5 s on two cores (benchmarks/report_speed.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -134,7 +135,7 @@ class Report:
 def build_report(
     registry: Registry,
     *,
-    group: str | None = None,
+    group: str | Sequence[str] | None = None,
     last: bool = False,
     recipe_name: str | None = None,
     metric: str = "test_acc",
@@ -149,7 +150,7 @@ def build_report(
 
     Args:
         registry: the registry to read.
-        group: an ablation group id or unique id prefix.
+        group: an ablation group id or unique id prefix, or several (compared in one table).
         last: compare the most recently created group.
         recipe_name: keep runs whose recipe ``name`` is this (within the group if one is given).
         metric: an epoch metric name, e.g. "test_acc", "test_loss", "mean_firing_rate".

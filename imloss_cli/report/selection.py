@@ -23,31 +23,37 @@ SHOWN_IDS = 5  # run ids listed in one warning before "..."
 
 
 def select_runs(
-    registry: Registry, *, group: str | None, last: bool, recipe_name: str | None
+    registry: Registry, *, group: str | Sequence[str] | None, last: bool, recipe_name: str | None
 ) -> tuple[str, str, list[RunInfo]]:
-    """(title, "in ..." phrase for messages, member runs of any status)."""
-    if group is not None and last:
+    """(title, "in ..." phrase for messages, member runs of any status).
+
+    ``group``: one group, or several (their runs compared in one table: the paper's main and
+    comparison groups, say).
+    """
+    groups = [group] if isinstance(group, str) else list(group or [])
+    if groups and last:
         raise ReportError("give either a group or last, not both")
-    if group is not None:
-        try:
-            info = registry.get_group(group)
-        except RegistryError as exc:
-            raise ReportError(str(exc)) from exc
-    else:
+    try:
+        infos = [registry.get_group(g) for g in groups]
+    except RegistryError as exc:
+        raise ReportError(str(exc)) from exc
+    if not infos:
         # Without any choice the latest group is the natural subject (what `ablate` just ran);
         # a recipe name alone means "across the whole registry".
-        info = registry.latest_group() if last or recipe_name is None else None
-        if last and info is None:
+        latest = registry.latest_group() if last or recipe_name is None else None
+        if last and latest is None:
             raise ReportError("the registry has no ablation groups")
-    if info is not None:
-        members = registry.list_runs(group_id=info.id)
-        title, where = f"group {info.id} ({info.name})", f"in group {info.id}"
+        infos = [latest] if latest is not None else []
+    if infos:
+        members = [r for info in infos for r in registry.list_runs(group_id=info.id)]
+        title = ", ".join(f"group {info.id} ({info.name})" for info in infos)
+        where = "in group" + ("s " if len(infos) > 1 else " ") + ", ".join(info.id for info in infos)
     else:
         members = registry.list_runs()
         title, where = "all finished runs", "in the registry"
     if recipe_name is not None:
         members = [r for r in members if r.recipe.get("name") == recipe_name]
-        title = f"recipe '{recipe_name}', " + ("all finished runs" if info is None else title)
+        title = f"recipe '{recipe_name}', " + ("all finished runs" if not infos else title)
         where = f"of recipe '{recipe_name}' {where}"
     return title, where, members
 

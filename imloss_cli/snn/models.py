@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from imloss_cli.snn.mpbn import MembraneBNLIF
 from imloss_cli.snn.neuron import LIF
 from imloss_cli.snn.norm import TdBatchNorm2d
 
@@ -45,7 +46,8 @@ class NetSpec:
     reset: str
     detach_reset: bool
     norm: str
-    neuron: str  # "lif", or "relu" for the ANN twin
+    neuron: str  # "lif", "plif" (learnable decay), or "relu" for the ANN twin
+    membrane_bn: bool = False  # MPBN: a BatchNorm on each hidden LIF's potential before it fires
     strict_threshold: bool = False  # spike on u > V_th (the authors' code) instead of u >= V_th
     surrogate: str = "tanh"  # the backward's shape: "tanh" (ESG, fixed K) or "guo" (the authors' code)
     init: str = "torch"  # "guo": the authors' weight init (``init_weights``)
@@ -69,21 +71,31 @@ class NetSpec:
             detach_reset=n.detach_reset,
             norm=recipe.model.norm,
             neuron=recipe.model.neuron,
+            membrane_bn=recipe.model.membrane_bn,
             strict_threshold=n.strict_threshold,
             surrogate="guo" if recipe.surrogate.schedule == "guo" else "tanh",
             init=recipe.model.init,
             stem_pool=recipe.model.stem_pool,
         )
 
-    def lif(self, block_output: bool = True) -> LIF:
-        return LIF(
-            self.decay, self.v_threshold, self.reset, self.detach_reset, self.kernels, block_output,
-            self.strict_threshold, self.surrogate,
-        )  # fmt: skip
+    def lif(self, channels: int | None = None, block_output: bool = True, spatial: bool = True) -> LIF:
+        """A hidden spiking layer on ``channels`` channels (feature maps, or ``spatial=False`` features):
+        PLIF's learnable decay for ``neuron = "plif"``, MPBN with ``membrane_bn`` (which needs ``channels``)."""
+        args = (self.decay, self.v_threshold, self.reset, self.detach_reset, self.kernels, block_output)
+        options = {
+            "strict_threshold": self.strict_threshold,
+            "surrogate": self.surrogate,
+            "learn_decay": self.neuron == "plif",
+        }
+        if self.membrane_bn:
+            if channels is None:
+                raise ValueError("a membrane BatchNorm needs the layer's channel count")
+            return MembraneBNLIF(channels, *args, spatial=spatial, **options)
+        return LIF(*args, **options)
 
-    def activation(self, block_output: bool = True) -> nn.Module:
-        """The network's neuron: a LIF, or a ReLU in the ANN twin (``neuron = "relu"``)."""
-        return nn.ReLU() if self.neuron == "relu" else self.lif(block_output)
+    def activation(self, channels: int, block_output: bool = True, spatial: bool = True) -> nn.Module:
+        """The network's neuron on ``channels`` channels: a LIF, or a ReLU in the ANN twin (``neuron = "relu"``)."""
+        return nn.ReLU() if self.neuron == "relu" else self.lif(channels, block_output, spatial)
 
     def conv_norm(self, cin: int, cout: int, kernel: int, stride: int = 1, alpha: float = 1.0) -> nn.Sequential:
         """conv + normalisation; tdBN normalises to alpha * V_th, a fixed scale (``snn.norm``)."""
@@ -136,10 +148,14 @@ class Readout(nn.Module):
         super().__init__()
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()) if pool else nn.Flatten()
         self.fc = nn.Linear(features, num_classes)
+        self.store_steps = False  # keep each step's logits (TET's loss reads them)
+        self.step_logits: Tensor | None = None  # [T, B, classes] of the last forward pass
 
     def forward(self, x_seq: Tensor) -> Tensor:
         x = self.pool(x_seq.flatten(0, 1))  # [T*B, features]
-        return self.fc(x).unflatten(0, x_seq.shape[:2]).mean(0)  # [B, classes]
+        logits_seq = self.fc(x).unflatten(0, x_seq.shape[:2])  # [T, B, classes]
+        self.step_logits = logits_seq if self.store_steps else None
+        return logits_seq.mean(0)  # [B, classes]
 
 
 class SpikingNet(nn.Module):
@@ -167,12 +183,12 @@ class BasicBlock(nn.Module):
         # tdBN scales the two branches that are summed by 1/sqrt(2) (Zheng et al., 2021).
         alpha = 1.0 / math.sqrt(2.0)
         self.conv1 = Folded(*spec.conv_norm(cin, cout, 3, stride))
-        self.lif1 = spec.activation(block_output=False)
+        self.lif1 = spec.activation(cout, block_output=False)
         self.conv2 = Folded(*spec.conv_norm(cout, cout, 3, 1, alpha))
         self.shortcut = (
             Folded(*spec.conv_norm(cin, cout, 1, stride, alpha)) if stride != 1 or cin != cout else nn.Identity()
         )
-        self.lif2 = spec.activation(block_output=True)
+        self.lif2 = spec.activation(cout, block_output=True)
 
     def forward(self, x_seq: Tensor) -> Tensor:
         return self.lif2(self.conv2(self.lif1(self.conv1(x_seq))) + self.shortcut(x_seq))
@@ -195,7 +211,7 @@ def _resnet(
     else:
         first = stem or widths[0]
         stem_layers = spec.conv_norm(spec.in_channels, first, 3)
-    encoder = Encoder(stem_layers, spec.activation(), spec.timesteps)
+    encoder = Encoder(stem_layers, spec.activation(first), spec.timesteps)
     stem_pool = nn.AvgPool2d(3, 2, 1) if spec.stem_pool == "avg" else nn.MaxPool2d(3, 2, 1)
     layers: list[nn.Module] = [Folded(stem_pool)] if imagenet_stem else []
     cin = first
@@ -206,7 +222,10 @@ def _resnet(
             cin = width
     if hidden_fc is None:
         return SpikingNet(encoder, nn.Sequential(*layers), Readout(cin, spec.num_classes))
-    layers += [Folded(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden_fc)), spec.activation()]
+    layers += [
+        Folded(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden_fc)),
+        spec.activation(hidden_fc, spatial=False),
+    ]
     return SpikingNet(encoder, nn.Sequential(*layers), Readout(hidden_fc, spec.num_classes, pool=False))
 
 
@@ -251,14 +270,14 @@ VGG16_LAYOUT = [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "
 def vgg16(spec: NetSpec) -> SpikingNet:
     """VGG-16 for CIFAR (Simonyan and Zisserman's 13 convolutions, with BN and average pooling as SNN
     papers use it; the IM-Loss authors' CIFAR-100 row): one linear readout on the pooled 512 maps."""
-    encoder = Encoder(spec.conv_norm(spec.in_channels, 64, 3), spec.activation(), spec.timesteps)
+    encoder = Encoder(spec.conv_norm(spec.in_channels, 64, 3), spec.activation(64), spec.timesteps)
     layers: list[nn.Module] = []
     cin = 64
     for item in VGG16_LAYOUT[1:]:
         if item == "A":
             layers.append(Folded(nn.AvgPool2d(2)))
         else:
-            layers += [Folded(*spec.conv_norm(cin, int(item), 3)), spec.activation()]
+            layers += [Folded(*spec.conv_norm(cin, int(item), 3)), spec.activation(int(item))]
             cin = int(item)
     return SpikingNet(encoder, nn.Sequential(*layers), Readout(cin, spec.num_classes))
 
@@ -268,11 +287,11 @@ def convnet3(spec: NetSpec) -> SpikingNet:
     side = (spec.image_size + 1) // 2  # after the stride-2 conv
     body = nn.Sequential(
         Folded(*spec.conv_norm(32, 64, 3, 2)),
-        spec.activation(),
+        spec.activation(64),
         Folded(nn.Flatten(), nn.Linear(64 * side * side, 128)),
-        spec.activation(),
+        spec.activation(128, spatial=False),
     )
-    encoder = Encoder(spec.conv_norm(spec.in_channels, 32, 3), spec.activation(), spec.timesteps)
+    encoder = Encoder(spec.conv_norm(spec.in_channels, 32, 3), spec.activation(32), spec.timesteps)
     return SpikingNet(encoder, body, Readout(128, spec.num_classes, pool=False))
 
 

@@ -142,6 +142,7 @@ class Trainer:
         self.model = place_model(self.model, self.recipe, self.device, self.dist)
         self.step_model = wrap_ddp(self.model, self.device, self.dist)
         self.hidden_layers = spiking_layers(self.model)
+        self.model.readout.store_steps = self.recipe.loss.objective == "tet"  # TET reads every step's logits
         self.im_layers = (
             input_layers(self.model)
             if self.recipe.loss.im_target == "input" and self.hidden_layers
@@ -320,7 +321,7 @@ class Trainer:
     def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Forward, loss and backward of one batch (no optimizer step); (total, ce, im, logits), detached."""
         with self._autocast():
-            out = loss_step(self.step_model, x, y, self.im_layers, self.recipe)
+            out = loss_step(self.step_model, x, y, self.im_layers, self.recipe, self.model.readout)
         out.total.backward()
         for layer in self.im_layers:  # drop this step's potentials before the next forward
             layer.clear()

@@ -14,9 +14,10 @@ from torch import Tensor
 
 from imloss_cli.recipe import Recipe
 from imloss_cli.snn.im_loss import im_loss, input_im_loss, rate_im_loss
-from imloss_cli.snn.models import BasicBlock
+from imloss_cli.snn.models import BasicBlock, Readout
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.surrogate import esg_k
+from imloss_cli.snn.tet import tet_loss
 from imloss_cli.train.errors import TrainingError
 
 
@@ -57,14 +58,23 @@ def input_layers(model: torch.nn.Module) -> list[LIF]:
     return [model.encoder.lif, *blocks]
 
 
-def loss_step(model: torch.nn.Module, x: Tensor, y: Tensor, layers: list[LIF], recipe: Recipe) -> StepLoss:
-    """Forward pass and L_total = L_CE + lambda * L_IM (Algorithm 1, lines 3-9).
+def loss_step(
+    model: torch.nn.Module, x: Tensor, y: Tensor, layers: list[LIF], recipe: Recipe, readout: Readout | None = None
+) -> StepLoss:
+    """Forward pass and L_total = L_class + lambda * L_IM (Algorithm 1, lines 3-9).
 
-    ``layers`` must have ``store_v_seq`` set, so the forward pass leaves their potentials behind.
-    Without layers (the ANN twin) there is no IM term: L_total = L_CE.
+    L_class is the cross-entropy of the logits averaged over T (``loss.objective = "ce"``, the
+    paper) or TET's loss of every step's logits (``"tet"``: ``snn.tet``; ``readout`` must have
+    ``store_steps`` set). ``layers`` must have ``store_v_seq`` set, so the forward pass leaves their
+    potentials behind. Without layers (the ANN twin) there is no IM term: L_total = L_class.
     """
     logits = model(x)
-    ce = F.cross_entropy(logits, y)
+    if recipe.loss.objective == "tet":
+        if readout is None or readout.step_logits is None:
+            raise ValueError("loss.objective = 'tet' needs the readout's per-step logits (readout.store_steps)")
+        ce = tet_loss(readout.step_logits, y, recipe.loss.tet_lambda, recipe.loss.tet_phi)
+    else:
+        ce = F.cross_entropy(logits, y)
     if not layers:
         return StepLoss(ce, ce, torch.zeros_like(ce.detach()), logits)
     if recipe.loss.im_target == "membrane":
