@@ -788,7 +788,7 @@ def test_a_version_1_registry_is_migrated_keeping_its_runs(tmp_path: Path) -> No
     assert stored_schema_version(f"sqlite:///{path}") == str(SCHEMA_VERSION)
 
 
-V3_COLUMNS = [("epoch_metrics", "attempt"), ("layer_stats", "attempt")]
+V3_COLUMNS = [("epoch_metrics", "attempt"), ("layer_stats", "attempt"), ("runs", "reproduces")]
 
 
 def test_a_version_2_registry_gets_attempts_on_its_epochs_and_unstarted_runs_at_attempt_0(tmp_path: Path) -> None:

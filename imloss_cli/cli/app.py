@@ -12,11 +12,26 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from imloss_cli.cli.bench import bench
+from imloss_cli.cli.common import (
+    DEFAULT_REGISTRY,
+    HeartbeatOpt,
+    RecipeArg,
+    RegistryOpt,
+    RunArg,
+    SetOpt,
+    console,
+    energy_help,
+    given,
+    load,
+    open_registry,
+    overrides_of,
+    write_text_atomically,
+)
 from imloss_cli.cli.errors import RecipeCommand, fail, guarded, note, warn
-from imloss_cli.recipe import EnergyConfig, Recipe, load_recipe, parse_overrides, sets_nothing, to_toml
+from imloss_cli.cli.results import export, reproduce
+from imloss_cli.recipe import Recipe, to_toml
 
 app = typer.Typer(
     help="Train spiking neural networks with IM-Loss and ESG, run ablations, compare runs.",
@@ -24,70 +39,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command()(bench)
-# Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
-console = Console(width=None if Console().is_terminal else 160)
-
-DEFAULT_REGISTRY = "runs/imloss.db"
-
-RecipeArg = Annotated[
-    Path | None, typer.Argument(help="TOML recipe; omitted: the embedded digits default", show_default=False)
-]
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="override a field: --set loss.im_weight=0 (repeatable)")
-]
-RunArg = Annotated[str, typer.Argument(help="run id or unique prefix")]
-HeartbeatOpt = Annotated[
-    float | None, typer.Option(min=0.01, help="seconds between a training run's heartbeats (30)", show_default=False)
-]
-
-
-def _energy_help(field: str) -> str:
-    """An energy option's help from its recipe field: the default is written once, there."""
-    info = EnergyConfig.model_fields[field]
-    return f"energy estimate, pJ per {info.description}; default {info.default}"
-
-
-RegistryOpt = Annotated[
-    str, typer.Option("--registry", envvar="IMLOSS_REGISTRY", help="SQLAlchemy URL or SQLite path of the run registry")
-]
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (its folder created) through a temporary file, so a failure leaves no
-    half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:
-    """Load and validate a recipe; CLI options given as ``fields`` override it when not None."""
-    overrides = overrides_of(sets)
-    overrides.update({k: v for k, v in fields.items() if v is not None})
-    loaded = guarded(lambda: load_recipe(recipe, overrides))
-    if recipe is not None and sets_nothing(recipe):
-        warn(
-            f"{recipe} sets nothing: this is the embedded digits default" + (" with the overrides" if overrides else "")
-        )
-    return loaded
-
-
-def overrides_of(sets: list[str] | None) -> dict[str, Any]:
-    """The ``--set KEY=VALUE`` options as a dict (a malformed one: exit 2 and one line)."""
-    return guarded(lambda: parse_overrides(sets or []))
-
-
-def open_registry(url: str, *, create: bool = True, write: bool = True) -> Any:
-    """The registry at ``url``, opened once here at the edge and closed on leaving (``with``).
-
-    ``create=False``: a missing SQLite file is an error, not a new empty registry (reading and
-    resuming commands); ``write=False``: nothing is written (reading commands).
-    """
-    from imloss_cli.registry import Registry
-
-    return guarded(lambda: Registry(url, create=create, write=write))
 
 
 @app.command(cls=RecipeCommand)
@@ -96,7 +47,12 @@ def validate(recipe: RecipeArg = None, set_: SetOpt = None) -> None:
 
     Example: imloss validate recipes/cifar10.toml --set model.timesteps=4
     """
-    console.print(to_toml(load(recipe, set_)), highlight=False, markup=False)
+    from imloss_cli.export import export_problems
+
+    loaded = load(recipe, set_)
+    for problem in export_problems(loaded):
+        warn(f"will not export to NIR: {problem}")
+    console.print(to_toml(loaded), highlight=False, markup=False)
 
 
 @app.command(cls=RecipeCommand)
@@ -136,9 +92,7 @@ def train(
     main_rank = env is None or env.is_main
     with open_registry(registry) if main_rank else contextlib.nullcontext() as reg:
         if nproc > 1:
-            launched = guarded(
-                lambda: launch_distributed(reg, r, nproc, argv=sys.argv, **_given(heartbeat_s=heartbeat))
-            )
+            launched = guarded(lambda: launch_distributed(reg, r, nproc, argv=sys.argv, **given(heartbeat_s=heartbeat)))
             console.print(f"[bold green]done[/]  run {launched} ({nproc} processes)")
             return
         held = (run_id, attempt) if run_id is not None and attempt is not None else None
@@ -146,7 +100,7 @@ def train(
             result = guarded(
                 lambda: train_run(
                     r, registry=reg, argv=sys.argv, callbacks=ui.callbacks(), held=held,
-                    **_given(heartbeat_s=heartbeat),
+                    **given(heartbeat_s=heartbeat),
                 ),
                 before_message=ui.stop,
             )  # fmt: skip
@@ -170,7 +124,7 @@ def resume(
 
     with open_registry(registry, create=False) as reg, TrainDisplay(console) as ui:
         result = guarded(
-            lambda: resume_run(reg, run, argv=sys.argv, callbacks=ui.callbacks(), **_given(heartbeat_s=heartbeat)),
+            lambda: resume_run(reg, run, argv=sys.argv, callbacks=ui.callbacks(), **given(heartbeat_s=heartbeat)),
             before_message=ui.stop,
         )
     acc = f"test accuracy {result.last.metrics['test_acc']:.4f}  " if result.last else ""
@@ -231,7 +185,7 @@ def ablate(
             result = guarded(
                 lambda: run_ablation(
                     plan, registry=reg, argv=sys.argv, group=group,
-                    work=view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **_given(heartbeat_s=heartbeat)),
+                    work=view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **given(heartbeat_s=heartbeat)),
                 ),
                 before_message=view.stop,
             )  # fmt: skip
@@ -252,11 +206,6 @@ def _latest_train_recipe(registry: Any, overrides: dict[str, Any]) -> Recipe:
     base_run, base = guarded(lambda: latest_train_recipe(registry, overrides))
     console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
     return base
-
-
-def _given(**options: Any) -> dict[str, Any]:
-    """The options that were given: an unset one leaves the library's default in place."""
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _group_table(registry: Any, group_id: str | None) -> str:
@@ -305,7 +254,7 @@ def paper(
         result = guarded(
             lambda: run_paper(
                 plan, registry=reg, argv=sys.argv, missing=missing,
-                work=view.work_options(jobs=jobs, **_given(heartbeat_s=heartbeat)),
+                work=view.work_options(jobs=jobs, **given(heartbeat_s=heartbeat)),
             ),
             before_message=view.stop,
         )  # fmt: skip
@@ -377,8 +326,8 @@ def report(
     ] = "best",
     output: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
     plots: Annotated[Path | None, typer.Option(help="also write the PNG figures into this directory")] = None,
-    e_mac: Annotated[float | None, typer.Option("--e-mac", help=_energy_help("e_mac_pj"), show_default=False)] = None,
-    e_ac: Annotated[float | None, typer.Option("--e-ac", help=_energy_help("e_ac_pj"), show_default=False)] = None,
+    e_mac: Annotated[float | None, typer.Option("--e-mac", help=energy_help("e_mac_pj"), show_default=False)] = None,
+    e_ac: Annotated[float | None, typer.Option("--e-ac", help=energy_help("e_ac_pj"), show_default=False)] = None,
     paper: Annotated[bool, typer.Option("--paper", help="the paper's figure and our delta (pp) per row")] = False,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
@@ -413,3 +362,9 @@ def report(
         if plots is not None:  # stdout holds only the report: a JSON or CSV report stays parseable
             for path in guarded(lambda: write_plots(rep, reg, plots)):
                 note(f"wrote {path}")
+
+
+# Registered last, so that --help lists the commands in the order a user meets them.
+app.command()(export)
+app.command()(reproduce)
+app.command()(bench)

@@ -29,6 +29,7 @@ USER_ERRORS = (
     ("imloss_cli.train.checkpoint", "CheckpointError"),
     ("imloss_cli.report", "ReportError"),
     ("imloss_cli.train.errors", "TrainingError"),
+    ("imloss_cli.export.problems", "ExportError"),
 )
 # Checked first: some are subclasses of the errors above, but end a run rather than reject an input.
 RUN_FAILURES = (

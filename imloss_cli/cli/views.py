@@ -16,6 +16,7 @@ from imloss_cli.registry import FAILED, FINISHED, KILLED, LOST, SKIPPED
 
 if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start fast
     from imloss_cli.ablate import AblationResult, Trial, TrialOutcome, WorkOptions
+    from imloss_cli.export.to_nir import Agreement
     from imloss_cli.paper import PaperPlan, PaperResult
     from imloss_cli.report import RunDetails
     from imloss_cli.snn.catalog import ModelRow
@@ -279,6 +280,12 @@ def render_details(console: Console, details: RunDetails) -> None:
     )
     if run.error_message:
         console.print(f"[red]{run.error_type}: {run.error_message}[/]", highlight=False)
+    if run.reproduces:
+        console.print(
+            f"reproduces run {run.reproduces} (imloss reproduce: its recorded recipe and seed)", highlight=False
+        )
+    for other in details.reproduced_by:
+        console.print(f"reproduced by run {other} (imloss reproduce)", highlight=False)
     for a in run.attempts:
         took_over = f"; took over from {a['took_over']}, whose heartbeat had stopped" if "took_over" in a else ""
         console.print(
@@ -303,3 +310,22 @@ def render_details(console: Console, details: RunDetails) -> None:
             )
     if len(details.layers):
         console.print(frame_table(details.layers, title="layers (last epoch)"))
+
+
+def agreement_lines(a: Agreement) -> list[str]:
+    """``imloss export --check``: how the NIR file, run back, agrees with imloss."""
+    return [
+        f"check on {a.images} images ({a.inputs}):",
+        f"  spikes identical in {a.layers_equal} of {a.layers} spiking layers ({a.spikes_differing} spike values differ)",
+        f"  logits: largest |difference| {a.max_logit_difference:.3g}; the same class for {a.same_predictions} of {a.images}",
+    ]
+
+
+def differences_table(differences: dict[str, float], title: str) -> Table:
+    """``imloss reproduce``: per metric, the largest |difference| over the epochs."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("metric")
+    table.add_column("largest |difference|", justify="right")
+    for name, value in differences.items():
+        table.add_row(name, f"{value:.3g}")
+    return table

@@ -206,6 +206,12 @@ class RegistryQueries(RegistryBase):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
 
+    def reproductions_of(self, run_id: str) -> list[str]:
+        """The ids of the runs that reproduce this one (``imloss reproduce``), oldest first."""
+        stmt = select(Run.id).where(Run.reproduces == run_id).order_by(Run.created_at, Run.id)
+        with self._read() as s:
+            return list(s.scalars(stmt))
+
     def epoch_attempts(self, run_id: str) -> dict[int, int | None]:
         """``{epoch: attempt}``: which attempt of the run wrote each logged epoch (None: before fencing)."""
         stmt = (

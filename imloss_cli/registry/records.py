@@ -57,6 +57,7 @@ class RunInfo:
     checkpoint_dir: str | None
     heartbeat_s: float | None  # the trainer's heartbeat interval (None: runs of older imloss)
     attempts: list[dict[str, Any]]  # one entry per start: attempt, host, pid, started_at, how it started
+    reproduces: str | None  # the run this one re-trained from its recorded recipe (imloss reproduce)
 
     @property
     def is_terminal(self) -> bool:

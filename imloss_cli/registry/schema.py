@@ -60,10 +60,12 @@ def _v1_to_v2(conn: Connection) -> None:
 
 def _v2_to_v3(conn: Connection) -> None:
     """Version 3: fencing. Each epoch's rows carry the attempt that wrote them (NULL: written before
-    version 3), and a run that was never started is at attempt 0, so every claim increments it."""
+    version 3), and a run that was never started is at attempt 0, so every claim increments it. A run
+    made by ``imloss reproduce`` names the run it reproduces."""
     conn.exec_driver_sql("ALTER TABLE epoch_metrics ADD COLUMN attempt INTEGER")
     conn.exec_driver_sql("ALTER TABLE layer_stats ADD COLUMN attempt INTEGER")
     conn.exec_driver_sql("UPDATE runs SET attempt = 0 WHERE started_at IS NULL")
+    conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN reproduces VARCHAR(12)")
 
 
 MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _v1_to_v2, 2: _v2_to_v3})
@@ -180,6 +182,7 @@ class Run(Base):
     checkpoint_dir: Mapped[str | None] = mapped_column(Text)
     heartbeat_s: Mapped[float | None] = mapped_column(Float)  # how often the trainer beats; None: unknown
     attempts: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")  # JSON list, one per start
+    reproduces: Mapped[str | None] = mapped_column(_key(ID_LENGTH))  # the run this one re-trained (imloss reproduce)
 
 
 class EpochMetric(Base):

@@ -142,6 +142,7 @@ class RegistryWrites(RegistryBase):
         git_commit: str | None = None,
         git_dirty: bool | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        reproduces: str | None = None,
     ) -> str:
         """Record a new run: QUEUED (attempt 0, to be claimed) or RUNNING in this process (attempt 1).
 
@@ -160,22 +161,26 @@ class RegistryWrites(RegistryBase):
             git_commit: commit of the code, if known.
             git_dirty: whether the work tree had changes, if known.
             checkpoint_dir: where checkpoints go, if anywhere.
+            reproduces: exact id of the run this one trains again (``imloss reproduce``).
 
         Returns:
             The new run id (12 hex characters).
 
         Raises:
-            RegistryError: invalid kind/status/seed, unknown group, non-JSON values, or a
-                failed write.
+            RegistryError: invalid kind/status/seed, unknown group or reproduced run, non-JSON
+                values, or a failed write.
         """
         row = self._new_run_row(
             name=name, recipe=recipe, config_hash=config_hash, fingerprint=fingerprint, seed=seed,
             code_version=code_version, kind=kind, group_id=group_id, status=status, argv=argv,
             environment=environment, git_commit=git_commit, git_dirty=git_dirty, checkpoint_dir=checkpoint_dir,
         )  # fmt: skip
+        row.reproduces = reproduces
         with self._write() as s:
             if group_id is not None and s.get(Group, group_id) is None:
                 raise RegistryError(f"no group with id {group_id!r}")
+            if reproduces is not None and s.get(Run, reproduces) is None:
+                raise RegistryError(f"no run with id {reproduces!r} to reproduce")
             s.add(row)
             return row.id
 

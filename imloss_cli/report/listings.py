@@ -23,6 +23,7 @@ class RunDetails:
     run: RunInfo
     epochs: pd.DataFrame  # one row per epoch, one column per metric, and the attempt that wrote it
     layers: pd.DataFrame  # last epoch: one row per layer, one column per statistic
+    reproduced_by: list[str]  # the runs that train this one again (imloss reproduce)
 
 
 def _duration(run: RunInfo) -> str:
@@ -70,4 +71,4 @@ def run_details(registry: Registry, run: str) -> RunDetails:
         if len(stats)
         else pd.DataFrame()
     )
-    return RunDetails(info, epochs, layers)
+    return RunDetails(info, epochs, layers, registry.reproductions_of(info.id))

@@ -68,13 +68,21 @@ def finished_runs(members: Sequence[RunInfo], where: str) -> tuple[list[RunInfo]
     unfinished, detail = count_unfinished(members)
     if not finished:
         raise ReportError(f"no finished runs {where}" + (f" ({unfinished} unfinished: {detail})" if unfinished else ""))
-    if not unfinished:
-        return finished, []
-    one = unfinished == 1
-    return finished, [
-        f"{unfinished} run{'' if one else 's'} {where} {'is' if one else 'are'} not finished ({detail}) and "
-        f"{'is' if one else 'are'} left out"
-    ]
+    warnings = []
+    if unfinished:
+        one = unfinished == 1
+        warnings.append(
+            f"{unfinished} run{'' if one else 's'} {where} {'is' if one else 'are'} not finished ({detail}) and "
+            f"{'is' if one else 'are'} left out"
+        )
+    # A reproduction trains the same recipe and seed again: pooled, its seed would count twice.
+    ids = {r.id for r in finished}
+    again = [r for r in finished if r.reproduces in ids]
+    if again:
+        pairs = ", ".join(f"{r.id} reproduces {r.reproduces}" for r in again[:SHOWN_IDS])
+        warnings.append(f"{len(again)} reproduced run(s) left out of the means, which count each seed once: {pairs}")
+        finished = [r for r in finished if r.reproduces not in ids]
+    return finished, warnings
 
 
 def count_unfinished(members: Sequence[RunInfo]) -> tuple[int, str]:

@@ -224,6 +224,13 @@ class Trainer:
             "best_acc": self.best_acc,
             "rng": rng_state(),
             "written_by": self.checkpoint_tag,  # which attempt of the run wrote it
+            # the data's shape: what rebuilds the network without the data (imloss export)
+            "data_shape": {
+                "num_classes": self.data.num_classes,
+                "in_channels": self.data.in_channels,
+                "image_size": self.data.image_size,
+                "sample_shape": list(self.data.test[0][0].shape),  # [C, H, W], or [T, C, H, W] for frames
+            },
         }
         return self._checkpoints().write(epoch, state), is_best
 

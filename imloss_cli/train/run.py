@@ -96,9 +96,18 @@ def run_fields(recipe: Recipe, *, argv: list[str], kind: str, version: str | Non
     }
 
 
-def queue_run(registry: Registry, recipe: Recipe, *, argv: list[str], kind: str, group_id: str | None) -> str:
+def queue_run(
+    registry: Registry,
+    recipe: Recipe,
+    *,
+    argv: list[str],
+    kind: str,
+    group_id: str | None,
+    reproduces: str | None = None,
+) -> str:
     """Record a run of ``recipe`` as QUEUED (attempt 0): the next claim starts it."""
-    return registry.create_run(**run_fields(recipe, argv=argv, kind=kind), group_id=group_id, status=QUEUED)
+    fields = run_fields(recipe, argv=argv, kind=kind)
+    return registry.create_run(**fields, group_id=group_id, status=QUEUED, reproduces=reproduces)
 
 
 def train_run(
@@ -109,6 +118,7 @@ def train_run(
     callbacks: Callbacks = Callbacks(),
     held: tuple[str, int] | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    reproduces: str | None = None,
 ) -> RunResult | None:
     """Train ``recipe`` as a new run recorded in ``registry``.
 
@@ -123,6 +133,7 @@ def train_run(
         held: ``(run id, attempt)`` of a run the ``--nproc`` launcher holds: rank 0 writes into it
             with that attempt's token, and the launcher ends it.
         heartbeat_s: seconds between heartbeats while the run trains.
+        reproduces: the id of a recorded run this one trains again (``imloss reproduce``).
 
     Raises:
         RegistryError, DataError, TrainingError: before any row is written (except divergence).
@@ -140,7 +151,7 @@ def train_run(
         if held is not None:
             run_id, attempt = held
             return _execute(ClaimedRun(registry, run_id, attempt, _run_dir(recipe, run_id)), trainer, callbacks)
-        run_id = queue_run(registry, recipe, argv=argv, kind="train", group_id=None)
+        run_id = queue_run(registry, recipe, argv=argv, kind="train", group_id=None, reproduces=reproduces)
         with claimed_run(
             registry, run_id, how="fresh", heartbeat_s=heartbeat_s, device=trainer.device,
             checkpoint_dir=_run_dir(recipe, run_id), argv=argv,
