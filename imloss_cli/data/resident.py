@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from imloss_cli.data.bundle import DataBundle, TensorPairs
+from imloss_cli.data.bundle import DataBundle, DataError, TensorPairs
 from imloss_cli.data.images import ImageSet, _FitSquare
 from imloss_cli.data.loaders import _epoch_order, _mix
 from imloss_cli.data.validation import IndexedSet
@@ -177,3 +177,23 @@ def resident_eval_batches(data: ResidentSet, cfg: DataConfig, *, rank: int = 0, 
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
     return ResidentBatches(data, torch.arange(rank, len(data), world_size), cfg.eval_batch_size)
 
+
+
+def device_resident_sets(bundle: DataBundle, cfg: DataConfig, device: torch.device) -> tuple[ResidentSet, ResidentSet] | None:
+    """``data.device_resident``: (train, test) held on ``device``, or None: the host loaders (ImageFolder,
+    event data, "off", or "auto" off CUDA).
+
+    Raises:
+        DataError: "on" for a data set that is not held in memory as stored.
+    """
+    choice = cfg.device_resident
+    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+        return None
+    sets = resident_sets(bundle, cfg, device)
+    if sets is None and choice == "on":
+        raise DataError(
+            f"data.device_resident = 'on' but {cfg.dataset} with data.augment = {cfg.augment!r} and data.image_size = "
+            f"{cfg.image_size} is not held in memory as stored (digits, or CIFAR at 32 px with augment none or "
+            "crop_flip); use 'auto' or 'off'"
+        )
+    return sets

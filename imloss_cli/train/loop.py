@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from imloss_cli import data as data_mod
-from imloss_cli.data.resident import ResidentSet, resident_eval_batches, resident_sets, resident_train_batches
+from imloss_cli.data.resident import device_resident_sets, resident_eval_batches, resident_train_batches
 from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recipe
 from imloss_cli.snn.energy import energy_uj
 from imloss_cli.snn.models import build_model
@@ -113,21 +114,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         self.data = data_mod.build_datasets(self.recipe.data, timesteps=self.recipe.model.timesteps)
-        self.resident = self._resident()
-
-    def _resident(self) -> tuple[ResidentSet, ResidentSet] | None:
-        """(train, test) held on the device, or None: the host loaders (ImageFolder, event data, "off")."""
-        choice = self.recipe.data.device_resident
-        if choice == "off" or (choice == "auto" and self.device.type != "cuda"):
-            return None
-        sets = resident_sets(self.data, self.recipe.data, self.device)
-        if sets is None and choice == "on":
-            raise TrainingError(
-                f"data.device_resident = 'on' but {self.recipe.data.dataset} with data.augment = "
-                f"{self.recipe.data.augment!r} and data.image_size = {self.recipe.data.image_size} is not held in "
-                "memory as stored (digits, or CIFAR at 32 px with augment none or crop_flip); use 'auto' or 'off'"
-            )
-        return sets
+        self.resident = device_resident_sets(self.data, self.recipe.data, self.device)
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.seed)
@@ -224,15 +211,14 @@ class Trainer:
             "best_acc": self.best_acc,
             "rng": rng_state(),
             "written_by": self.checkpoint_tag,  # which attempt of the run wrote it
-            # the data's shape: what rebuilds the network without the data (imloss export)
-            "data_shape": {
-                "num_classes": self.data.num_classes,
-                "in_channels": self.data.in_channels,
-                "image_size": self.data.image_size,
-                "sample_shape": list(self.data.test[0][0].shape),  # [C, H, W], or [T, C, H, W] for frames
-            },
+            "data_shape": self._data_shape(),  # what rebuilds the network without the data (imloss export)
         }
         return self._checkpoints().write(epoch, state), is_best
+
+    def _data_shape(self) -> dict[str, Any]:
+        d = self.data  # sample_shape: [C, H, W], or [T, C, H, W] for frames
+        dims = {"num_classes": d.num_classes, "in_channels": d.in_channels, "image_size": d.image_size}
+        return dims | {"sample_shape": list(d.test[0][0].shape)}
 
     def _checkpoints(self) -> CheckpointDir:
         assert self.checkpoint_dir is not None
