@@ -28,6 +28,7 @@ from .lif_cases import (
     assert_kernels_equal_the_naive_loop,
     assert_variant_equals_the_naive_loop,
     im_share_of_the_input_gradient,
+    lif_input,
 )
 
 
@@ -49,12 +50,6 @@ def interpreted_kernels() -> Iterator[None]:
     triton_lif._jit.cache_clear()
 
 
-def _input(T: int, seed: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inputs around the threshold, so that spikes and resets happen at every step."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(T, *shape, generator=g) * 1.2).to(dtype).requires_grad_(True)
-
-
 def _triton3(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, ...]:
     k_t = torch.tensor(k, dtype=x.dtype)
     return MultiStepLIFFunction.apply(x, k_t, DECAY, V_TH, reset == "soft", detach_reset, TRITON_KERNELS)
@@ -70,7 +65,7 @@ def test_triton_lif_equals_the_naive_loop_whichever_outputs_the_loss_reads(
 
 def test_more_neurons_than_one_program_holds_and_a_ragged_last_block() -> None:
     n = triton_lif.BLOCK + 37  # two programs, the second one masked
-    x_ref = _input(3, seed=7, shape=(n,))
+    x_ref = lif_input(3, seed=7, shape=(n,))
     x = x_ref.detach().clone().requires_grad_(True)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(8))
     s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, "hard", False)
@@ -102,7 +97,7 @@ def test_channels_last_and_broadcast_inputs_are_read_through_their_strides() -> 
 
 
 def test_bf16_input_carries_the_potential_in_fp32_and_reads_spikes_off_the_stored_potential() -> None:
-    x = _input(4, seed=3, shape=(64,), dtype=torch.bfloat16).detach()
+    x = lif_input(4, seed=3, shape=(64,), dtype=torch.bfloat16).detach()
     s, v, v_sum = triton_lif.lif_forward_triton(x, DECAY, V_TH, False)
     assert s.dtype == v.dtype == torch.bfloat16 and v_sum.dtype == torch.float32
     # by hand, with the kernel's spikes: an fp32 state, each step's potential stored in bf16 (the
@@ -132,7 +127,7 @@ def test_the_lif_module_runs_the_triton_kernels_by_name() -> None:
     lif = LIF(DECAY, V_TH, kernels="triton")
     lif.k.fill_(3.0)
     lif.store_v_seq = True
-    x = _input(2, seed=5, shape=(2, 4))
+    x = lif_input(2, seed=5, shape=(2, 4))
     s = lif(x)
     (s.sum() + lif.v_mean).backward()
     x_ref = x.detach().clone().requires_grad_(True)

@@ -174,8 +174,8 @@ class RegistryWrites(RegistryBase):
             name=name, recipe=recipe, config_hash=config_hash, fingerprint=fingerprint, seed=seed,
             code_version=code_version, kind=kind, group_id=group_id, status=status, argv=argv,
             environment=environment, git_commit=git_commit, git_dirty=git_dirty, checkpoint_dir=checkpoint_dir,
+            reproduces=reproduces,
         )  # fmt: skip
-        row.reproduces = reproduces
         with self._write() as s:
             if group_id is not None and s.get(Group, group_id) is None:
                 raise RegistryError(f"no group with id {group_id!r}")
@@ -403,6 +403,7 @@ class RegistryWrites(RegistryBase):
         git_dirty: bool | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         created_at: datetime | None = None,
+        reproduces: str | None = None,
     ) -> Run:
         """A new run row owned by this process, its values checked (not yet added to a session)."""
         check_choice(kind, KINDS, "kind")
@@ -431,6 +432,7 @@ class RegistryWrites(RegistryBase):
             pid=os.getpid(),
             attempt=1 if status == RUNNING else 0,
             checkpoint_dir=None if checkpoint_dir is None else os.fspath(checkpoint_dir),
+            reproduces=reproduces,
         )
 
     def _update_run(self, s: Session, run_id: str, **values: Any) -> None:
