@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imloss_cli.registry import Registry
+from imloss_cli.registry import NewRun, Registry
 from imloss_cli.registry.schema import EpochMetric, LayerStat
 
 STATS = ("firing_rate", "entropy", "rate_entropy", "membrane_mean", "membrane_std")
@@ -57,7 +57,7 @@ def metric_rows(run_id: str, epochs: int, rng: random.Random) -> Iterator[tuple[
             "epoch_seconds": 30 + rng.random(),
         }
         for name in sorted(METRICS):  # primary-key order makes the b-tree inserts appends
-            yield run_id, epoch, name, values[name]
+            yield run_id, epoch, name, values[name], 1  # attempt 1
 
 
 def layer_rows(run_id: str, epochs: int, layers: list[str], rng: random.Random) -> Iterator[tuple[object, ...]]:
@@ -73,7 +73,7 @@ def layer_rows(run_id: str, epochs: int, layers: list[str], rng: random.Random) 
                 "membrane_std": rng.random() * 0.5,
             }
             for stat in ordered_stats:
-                yield run_id, epoch, index, stat, layer, values[stat]
+                yield run_id, epoch, index, stat, layer, values[stat], 1
 
 
 def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[str]:
@@ -83,22 +83,15 @@ def build(path: Path, runs: int, epochs: int, layers: int, seed: int) -> list[st
     rng = random.Random(seed)
     names = layer_names(layers)
     with Registry(str(path)) as registry:
-        group = registry.create_group("bench", {"model": "resnet19"}, {"loss.im_weight": [0, 1, 2]}, ["bench"])
-        run_ids = [
-            registry.create_run(
-                name=f"bench-{i}",
-                recipe={"seed": i},
-                config_hash=f"h{i}",
-                fingerprint=f"f{i}",
-                seed=i,
-                code_version="bench",
-                kind="ablate",
-                group_id=group,
-            )
+        group = registry.claim_group("bench", "bench", {"model": "resnet19"}, {"loss.im_weight": [0, 1, 2]}, ["bench"])
+        new = [
+            NewRun(name=f"bench-{i}", recipe={"seed": i}, config_hash=f"h{i}", fingerprint=f"f{i}", seed=i,
+                   code_version="bench", kind="ablate")
             for i in range(runs)
-        ]
+        ]  # fmt: skip
+        run_ids = registry.queue_runs(group, new)
         for run_id in run_ids:
-            registry.finish_run(run_id, "FINISHED", attempt=1)
+            registry.finish_run(run_id, "FINISHED", attempt=registry.claim_run(run_id))
     engine = create_engine(f"sqlite:///{path}")
     metric_sql = str(insert(EpochMetric).compile(dialect=engine.dialect))
     layer_sql = str(insert(LayerStat).compile(dialect=engine.dialect))

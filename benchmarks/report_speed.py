@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from build_big_registry import layer_names  # this script's folder is on sys.path
 
 from imloss_cli.recipe import Recipe, config_hash, load_recipe, run_fingerprint
-from imloss_cli.registry import Registry
+from imloss_cli.registry import Claim, NewRun, Registry
 from imloss_cli.registry.schema import EpochMetric, LayerStat
 from imloss_cli.report import build_report, render
 
@@ -132,7 +132,7 @@ def epoch_rows(
             "train_acc": min(1.0, acc + 0.05),
             "train_seconds": train_seconds,
         }
-        metric_rows.extend((run_id, epoch, name, values[name]) for name in METRICS)
+        metric_rows.extend((run_id, epoch, name, values[name], 1) for name in METRICS)  # attempt 1
         for index, layer in enumerate(layers):
             stats = {
                 "entropy": entropies[index],
@@ -141,7 +141,7 @@ def epoch_rows(
                 "membrane_std": 0.3 * rng.random(),
                 "rate_entropy": rng.random(),
             }
-            stat_rows.extend((run_id, epoch, index, stat, layer, stats[stat]) for stat in STATS)
+            stat_rows.extend((run_id, epoch, index, stat, layer, stats[stat], 1) for stat in STATS)
     return metric_rows, stat_rows
 
 
@@ -157,7 +157,8 @@ def build(url: str, *, configs_seeds: int, epochs: int, layers: int, seed: int) 
         "train.seed": list(range(configs_seeds)),
     }
     with Registry(url) as registry:
-        group = registry.create_group(
+        group = registry.claim_group(
+            "report-speed",
             "cifar10-resnet19: im_weight x surrogate x seed",
             {"config_hash": config_hash(base), "recipe": base.model_dump(mode="json")},
             axes,
@@ -166,21 +167,15 @@ def build(url: str, *, configs_seeds: int, epochs: int, layers: int, seed: int) 
         runs = []
         for number, recipe in plan:
             seed_value = recipe.train.seed or 0
-            run_id = registry.create_run(
-                name=recipe.name,
-                recipe=recipe.model_dump(mode="json"),
-                config_hash=config_hash(recipe),
-                fingerprint=run_fingerprint(recipe, seed_value, CODE_VERSION),
-                seed=seed_value,
-                code_version=CODE_VERSION,
-                kind="ablate",
-                group_id=group,
-                argv=["imloss", "ablate"],
-                environment={"python": sys.version.split()[0]},
-                git_commit="0123456789abcdef0123456789abcdef01234567",
-                git_dirty=False,
-            )
-            registry.finish_run(run_id, "FINISHED", attempt=1)
+            new = NewRun(
+                name=recipe.name, recipe=recipe.model_dump(mode="json"), config_hash=config_hash(recipe),
+                fingerprint=run_fingerprint(recipe, seed_value, CODE_VERSION), seed=seed_value,
+                code_version=CODE_VERSION, kind="ablate", argv=["imloss", "ablate"],
+            )  # fmt: skip
+            run_id = registry.queue_run(new, group_id=group)
+            claim = Claim(environment={"python": sys.version.split()[0]},
+                          git_commit="0123456789abcdef0123456789abcdef01234567", git_dirty=False)  # fmt: skip
+            registry.finish_run(run_id, "FINISHED", attempt=registry.claim_run(run_id, claim))
             runs.append((run_id, number, recipe))
     runs.sort(key=lambda item: item[0])  # primary-key order: the b-tree inserts are appends
 
@@ -198,8 +193,8 @@ def _bulk_insert(url: str, rows: Iterator[tuple[list[tuple[Any, ...]], list[tupl
     try:
         cursor = raw.cursor()
         if engine.dialect.name == "postgresql":
-            metric_copy = "COPY epoch_metrics (run_id, epoch, name, value) FROM STDIN"
-            layer_copy = "COPY layer_stats (run_id, epoch, layer_index, stat, layer, value) FROM STDIN"
+            metric_copy = "COPY epoch_metrics (run_id, epoch, name, value, attempt) FROM STDIN"
+            layer_copy = "COPY layer_stats (run_id, epoch, layer_index, stat, layer, value, attempt) FROM STDIN"
             for count, (metric_rows, stat_rows) in enumerate(rows, start=1):
                 for sql, batch in ((metric_copy, metric_rows), (layer_copy, stat_rows)):
                     with cursor.copy(sql) as copy:

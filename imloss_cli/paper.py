@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from imloss_cli import data as data_mod
@@ -22,7 +22,7 @@ from imloss_cli.recipe import Recipe, canonical_json, run_fingerprint
 from imloss_cli.recipe.rows import paper_rows, select_rows
 from imloss_cli.registry import Registry
 from imloss_cli.train.environment import code_version, git_state
-from imloss_cli.train.run import run_fields
+from imloss_cli.train.lifecycle import new_run
 
 ROW_AXIS = "paper.row"
 
@@ -125,7 +125,7 @@ def run_paper(
         missing: rows left out for want of data (:func:`missing_data`).
         work: how this worker trains the groups (``jobs``, heartbeat, progress callbacks).
     """
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     groups = {}
     for table, trials in plan.tables.items():
         ready = [t for t in trials if t.values[ROW_AXIS] not in missing]
@@ -137,7 +137,8 @@ def run_paper(
         group_id = registry.claim_group(
             hashlib.sha256(key_blob.encode()).hexdigest()[:32], f"paper: {table} table", {"table": table}, axes, argv
         )
-        fields = [run_fields(t.recipe, argv=argv, kind="ablate", version=plan.version) for t in ready]
-        registry.queue_runs(group_id, fields)
+        registry.queue_runs(
+            group_id, [new_run(t.recipe, argv=argv, kind="ablate", version=plan.version) for t in ready]
+        )
         groups[table] = work_on_group(registry, group_id, started_at, argv=argv, work=work)
     return PaperResult(groups, missing)

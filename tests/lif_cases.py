@@ -5,10 +5,13 @@ Shared by the eager/compiled kernels (test_neuron.py) and the Triton kernels (te
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch.testing import assert_close
 
 from imloss_cli.snn.neuron import LIFKernels, MultiStepLIFFunction
+from imloss_cli.snn.params import LIFParams
 from imloss_cli.snn.reference import lif_naive
 
 DECAY, V_TH = 0.25, 0.5
@@ -41,10 +44,9 @@ def assert_kernels_equal_the_naive_loop(
     g = torch.Generator().manual_seed(100 + T)
     upstream = [torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g), torch.tensor(-2.5)]
 
-    s_ref, v_ref = lif_naive(x_ref, k, DECAY, V_TH, reset, detach_reset)
-    s, v, v_mean = MultiStepLIFFunction.apply(
-        x, torch.tensor(k, dtype=x.dtype), DECAY, V_TH, reset == "soft", detach_reset, kernels
-    )
+    params = LIFParams(DECAY, V_TH, soft_reset=reset == "soft", detach_reset=detach_reset)
+    s_ref, v_ref = lif_naive(x_ref, k, params)
+    s, v, v_mean = MultiStepLIFFunction.apply(x, torch.tensor(k, dtype=x.dtype), DECAY, params, kernels)
     assert torch.equal(s, s_ref)
     assert torch.equal(v, v_ref)  # the reference's operations in its order: bitwise equal
     assert v_mean.shape == ()
@@ -92,10 +94,9 @@ def assert_variant_equals_the_naive_loop(kernels: LIFKernels, variant: str, T: i
     g = torch.Generator().manual_seed(11)
     upstream = [torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g), torch.tensor(-1.5)]
 
-    s_ref, v_ref = lif_naive(x_ref, k, decay_ref, V_TH, reset, False, strict, surrogate)
-    s, v, v_mean = MultiStepLIFFunction.apply(
-        x, torch.tensor(k), decay, V_TH, reset == "soft", False, kernels, strict, surrogate
-    )
+    params = LIFParams(DECAY, V_TH, soft_reset=reset == "soft", strict=strict, surrogate=surrogate)
+    s_ref, v_ref = lif_naive(x_ref, k, replace(params, decay=decay_ref))
+    s, v, v_mean = MultiStepLIFFunction.apply(x, torch.tensor(k), decay, params, kernels)
     assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
     assert s[0, 0, 0, :2].tolist() == ([0.0, 0.0] if strict else [1.0, 1.0])
     torch.autograd.backward([s_ref, v_ref, v_ref.mean()], upstream)
@@ -116,7 +117,7 @@ def im_share_of_the_input_gradient(kernels: LIFKernels, dtype: torch.dtype) -> f
 
     def input_grad(with_im: bool) -> torch.Tensor:
         xi = x.clone().requires_grad_(True)
-        s, _, v_mean = MultiStepLIFFunction.apply(xi, k, DECAY, V_TH, False, False, kernels)
+        s, _, v_mean = MultiStepLIFFunction.apply(xi, k, DECAY, LIFParams(DECAY, V_TH), kernels)
         outputs, grads = [s], [grad_spike]
         if with_im:
             outputs.append(v_mean)
@@ -126,3 +127,8 @@ def im_share_of_the_input_gradient(kernels: LIFKernels, dtype: torch.dtype) -> f
         return xi.grad.double()
 
     return float((input_grad(True) - input_grad(False)).sum())
+
+
+def lif_params(reset: str = "hard", detach_reset: bool = False, decay: float = DECAY) -> LIFParams:
+    """The test neuron: DECAY and V_TH, with this reset."""
+    return LIFParams(decay, V_TH, soft_reset=reset == "soft", detach_reset=detach_reset)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imloss_cli.registry import Registry
+from imloss_cli.registry import NewRun, Registry
 
 STATS = ("firing_rate", "entropy", "rate_entropy", "membrane_mean", "membrane_std")
 METRICS = ("train_loss", "test_acc", "im_loss")
@@ -35,14 +35,10 @@ def main() -> None:
     print("ready", flush=True)
     sys.stdin.readline()
     registry = Registry(location)
-    run_id = registry.create_run(
-        name=tag,
-        recipe={"tag": tag},
-        config_hash=f"hash-{tag}",
-        fingerprint=f"fp-{tag}",
-        seed=number,
-        code_version="test",
-    )
+    new = NewRun(name=tag, recipe={"tag": tag}, config_hash=f"hash-{tag}", fingerprint=f"fp-{tag}", seed=number,
+                 code_version="test")  # fmt: skip
+    run_id = registry.queue_run(new)
+    registry.claim_run(run_id)
     for epoch in range(epochs):
         metrics = {name: expected_value(number, epoch, 999, i) for i, name in enumerate(METRICS)}
         stats = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -65,8 +66,8 @@ def test_gate_passes_for_the_compiled_kernels() -> None:
 def test_gate_fails_when_the_fused_lif_is_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong reference (here: a different decay) must trip the gate and stop the run before timing."""
 
-    def off_by_decay(x_seq, k, decay, *args):  # type: ignore[no-untyped-def]
-        return lif_naive(x_seq, k, decay * 0.5, *args)
+    def off_by_decay(x_seq, k, params):  # type: ignore[no-untyped-def]
+        return lif_naive(x_seq, k, replace(params, decay=params.decay * 0.5))
 
     monkeypatch.setattr(bench.gate, "lif_naive", off_by_decay)
     result = run_benchmark(BenchOptions(timesteps=(2,), compare=("relu",), **TINY))
@@ -218,7 +219,7 @@ def test_spikingjelly_lifnode_has_our_dynamics(T: int) -> None:
     x = torch.rand(T, 4, 8, 6, 6, generator=torch.Generator().manual_seed(T)) * 1.2
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + T))
     x_ref = x.clone().requires_grad_(True)
-    s_ref, v_ref = lif_naive(x_ref, k, spec.decay, spec.v_threshold, spec.reset, spec.detach_reset)
+    s_ref, v_ref = lif_naive(x_ref, k, spec.lif().params)
     (s_ref * w).sum().backward()
 
     node = sj_neuron.LIFNode(

@@ -21,6 +21,7 @@ from imloss_cli.registry import Registry
 from imloss_cli.registry.schema import EpochMetric
 from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import spiking_layers
+from tests.planting import start_run
 
 runner = CliRunner()
 
@@ -97,7 +98,7 @@ def test_export_of_a_soft_reset_run_exits_2_before_writing_and_validate_warns(wo
     db = str(workdir / "r.db")
     recipe = load_recipe(None, {"neuron.reset": "soft"})
     with Registry(db) as reg:
-        run_id = reg.create_run(name="soft", recipe=recipe.model_dump(mode="json"), config_hash=config_hash(recipe),
+        run_id = start_run(reg, name="soft", recipe=recipe.model_dump(mode="json"), config_hash=config_hash(recipe),
                                 fingerprint="f", seed=0, code_version="v")  # fmt: skip
     result = runner.invoke(app, ["export", run_id, "--nir", str(workdir / "soft.nir"), "--registry", db])
     assert result.exit_code == 2
@@ -131,7 +132,7 @@ def _two_runs(db: str) -> list[str]:
     with Registry(db) as reg:
         for seed in (0, 1):
             recipe = load_recipe(None, {"train.seed": seed})
-            run_id = reg.create_run(name="digits", recipe=recipe.model_dump(mode="json"),
+            run_id = start_run(reg, name="digits", recipe=recipe.model_dump(mode="json"),
                                     config_hash=config_hash(recipe), fingerprint=f"f{seed}", seed=seed,
                                     code_version="v", git_commit="abc")  # fmt: skip
             for epoch in (1, 2, 3):

@@ -21,6 +21,7 @@ import pytest
 
 from imloss_cli.registry import Registry
 from imloss_cli.train.checkpoint import load_checkpoint
+from tests.planting import start_run
 
 from .test_registry import postgres_admin, postgres_url  # noqa: F401  (fixtures)
 
@@ -103,7 +104,7 @@ def test_a_second_handle_in_the_same_process_keeps_the_first_ones_locks(tmp_path
     under the first handle's connection ("disk I/O error")."""
     path = tmp_path / "reg.db"
     first = Registry(str(path))
-    run_id = first.create_run(name="r", recipe={}, config_hash="c", fingerprint="f", seed=0, code_version="v")
+    run_id = start_run(first, name="r", recipe={}, config_hash="c", fingerprint="f", seed=0, code_version="v")
     first.log_epoch(run_id, 1, {"loss": 1.0}, [], attempt=1)  # the pool keeps this connection open
     Registry(str(path)).close()
     reader = "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); db.execute('select 1 from runs'); db.close()"

@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from imloss_cli.snn.im_loss import im_loss, rate_im_loss
 from imloss_cli.snn.neuron import LIF
+from imloss_cli.snn.params import LIFParams
 
 V_TH = 0.5
 
@@ -81,9 +82,9 @@ class TinySNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(6, 16)
-        self.lif1 = LIF(0.25, V_TH)
+        self.lif1 = LIF(LIFParams(0.25, V_TH))
         self.fc2 = nn.Linear(16, 8)
-        self.lif2 = LIF(0.25, V_TH)
+        self.lif2 = LIF(LIFParams(0.25, V_TH))
         for lif in (self.lif1, self.lif2):
             lif.store_v_seq = True
 

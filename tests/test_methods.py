@@ -20,6 +20,7 @@ from imloss_cli.snn.mpbn import MembraneBNLIF
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.tet import tet_loss
 from imloss_cli.train.objective import loss_step
+from tests.lif_cases import lif_params
 
 
 def test_tet_loss_by_hand_with_three_steps_and_two_classes() -> None:
@@ -54,7 +55,7 @@ def test_the_tet_objective_trains_every_steps_logits_and_composes_with_im_loss()
 
 def test_mpbn_folded_thresholds_give_the_unfolded_forward_in_eval_mode() -> None:
     torch.manual_seed(1)
-    lif = MembraneBNLIF(4, 0.25, 0.5)
+    lif = MembraneBNLIF(4, lif_params())
     x = torch.randn(3, 16, 4, 5, 5) * 0.8 + 0.3  # [T, B, C, H, W]
     lif.train()
     for _ in range(5):  # running statistics and a trained affine to fold

@@ -187,7 +187,8 @@ def test_build_model_reads_neuron_and_time_settings_from_recipe() -> None:
     layers = [m for _, m in spiking_layers(model)]
     assert len(layers) == 3
     for m in layers:
-        assert (m.decay, m.v_threshold, m.soft_reset, m.detach_reset, m.kernels) == (0.5, 0.75, True, True, "eager")
+        p = m.params
+        assert (p.decay, p.v_threshold, p.soft_reset, p.detach_reset, m.kernels) == (0.5, 0.75, True, True, "eager")
     assert model.readout.fc.out_features == 10
     lif0 = model.encoder.lif
     lif0.store_v_seq = True
@@ -326,6 +327,6 @@ def test_the_authors_code_recipe_takes_their_surrogate_spike_test_init_and_const
     assert (guo.model.arch, guo.model.init, guo.model.norm) == ("resnet19-guo", "guo", "bn")
     assert guo.data.mean == (0.4914, 0.4822, 0.4465) and guo.data.std == (0.2023, 0.1994, 0.2010)
     lifs = [m for m in build_model(guo, 10, 3, 32).modules() if isinstance(m, LIF)]
-    assert all(m.strict_threshold and m.surrogate == "guo" for m in lifs)
+    assert all(m.params.strict and m.params.surrogate == "guo" for m in lifs)
     imagenet = load_recipe(REPO / "recipes" / "paper" / "imagenet-resnet34-t6.toml")
     assert imagenet.model.stem_pool == "avg"

@@ -19,6 +19,7 @@ from imloss_cli.snn.neuron import (
     set_surrogate_k,
     spiking_layers,
 )
+from imloss_cli.snn.params import LIFParams
 from imloss_cli.snn.reference import lif_naive
 
 from .lif_cases import (
@@ -30,6 +31,7 @@ from .lif_cases import (
     assert_kernels_equal_the_naive_loop,
     assert_variant_equals_the_naive_loop,
     im_share_of_the_input_gradient,
+    lif_params,
 )
 
 
@@ -44,7 +46,7 @@ def _fused3(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(spike_seq, v_seq, v_mean) of the fused function on the eager kernels."""
     k_t = torch.tensor(k, dtype=x.dtype)
-    return MultiStepLIFFunction.apply(x, k_t, DECAY, V_TH, reset == "soft", detach_reset, EAGER_KERNELS)
+    return MultiStepLIFFunction.apply(x, k_t, DECAY, lif_params(reset, detach_reset), EAGER_KERNELS)
 
 
 def _fused(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +79,7 @@ def test_v_mean_gradient_without_spikes_is_closed_form() -> None:
 
 @pytest.mark.parametrize(("T", "reset", "detach_reset"), CASES)
 def test_lif_module_matches_naive(T: int, reset: str, detach_reset: bool) -> None:
-    lif = LIF(DECAY, V_TH, reset=reset, detach_reset=detach_reset)
+    lif = LIF(lif_params(reset, detach_reset))
     lif.k.fill_(3.0)
     lif.store_v_seq = True
     x_ref = _input(T, seed=20 + T, shape=(2, 3, 4, 4))
@@ -86,7 +88,7 @@ def test_lif_module_matches_naive(T: int, reset: str, detach_reset: bool) -> Non
     grad_s = torch.randn(x.shape, generator=g)
     grad_v = torch.randn(x.shape, generator=g)
 
-    s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, reset, detach_reset)
+    s_ref, v_ref = lif_naive(x_ref, 3.0, lif_params(reset, detach_reset))
     s = lif(x)
     assert torch.equal(s, s_ref)
     assert torch.equal(lif.v_seq, v_ref)
@@ -122,7 +124,7 @@ def test_lif_hand_computed_single_neuron(x: list[float], reset: str, h: list[flo
     x_seq = torch.tensor(x, dtype=torch.float64).view(-1, 1, 1)  # [T, B=1, 1 neuron]
     for s, v in (
         _fused(x_seq, 1.0, reset, False),
-        lif_naive(x_seq, 1.0, DECAY, V_TH, reset),
+        lif_naive(x_seq, 1.0, lif_params(reset)),
     ):
         assert s.flatten().tolist() == [float(b) for b in o]
         assert_close(v.flatten(), torch.tensor(h, dtype=torch.float64), rtol=0, atol=1e-12)
@@ -150,7 +152,7 @@ def test_lif_gradient_through_reset_closed_form(reset: str, detach_reset: bool) 
 
     for fn in (
         lambda x: _fused(x, k, reset, detach_reset),
-        lambda x: lif_naive(x, k, DECAY, V_TH, reset, detach_reset),
+        lambda x: lif_naive(x, k, lif_params(reset, detach_reset)),
     ):
         x = torch.tensor([0.6, 0.3], dtype=torch.float64).view(2, 1, 1).requires_grad_(True)
         s, _ = fn(x)
@@ -163,7 +165,7 @@ def test_surrogate_k_buffer_changes_the_gradient_as_closed_form() -> None:
     x0 = torch.tensor([[0.2, 0.45, 0.5, 0.7, 1.2]])
     grads = {}
     for k in (1.0, 10.0):
-        lif = LIF(DECAY, V_TH)
+        lif = LIF(lif_params())
         set_surrogate_k(lif, k)
         x = x0.clone().unsqueeze(0).requires_grad_(True)
         lif(x).sum().backward()
@@ -176,7 +178,7 @@ def test_surrogate_k_buffer_changes_the_gradient_as_closed_form() -> None:
 
 
 def test_lif_k_defaults_to_one() -> None:
-    lif = LIF(DECAY, V_TH)
+    lif = LIF(lif_params())
     assert lif.k.item() == 1.0
     assert "k" not in lif.state_dict()  # non-persistent: set per epoch, not checkpointed
 
@@ -185,14 +187,14 @@ def test_lif_k_defaults_to_one() -> None:
 
 
 def test_lif_does_not_store_potentials_by_default() -> None:
-    lif = LIF(DECAY, V_TH)
+    lif = LIF(lif_params())
     assert lif.store_v_seq is False
     lif(_input(2))
     assert lif.v_seq is None and lif.spike_seq is None and lif.v_mean is None
 
 
 def test_lif_store_v_seq_keeps_potentials_and_spikes_in_the_graph() -> None:
-    lif = LIF(DECAY, V_TH, detach_reset=True)  # detached: the reset adds no surrogate term here
+    lif = LIF(lif_params(detach_reset=True))  # detached: the reset adds no surrogate term here
     lif.store_v_seq = True
     x = torch.tensor([0.3, 0.4, 0.9]).view(3, 1, 1).requires_grad_(True)
     out = lif(x)
@@ -209,13 +211,13 @@ def test_lif_store_v_seq_keeps_potentials_and_spikes_in_the_graph() -> None:
     assert lif.v_seq is None and lif.v_mean is None and lif.spike_seq is None
 
 
-def test_lif_rejects_unknown_reset() -> None:
-    with pytest.raises(ValueError, match="reset"):
-        LIF(DECAY, V_TH, reset="zero")
+def test_lif_params_reject_an_unknown_surrogate() -> None:
+    with pytest.raises(ValueError, match="surrogate must be one of tanh, guo"):
+        LIFParams(DECAY, V_TH, surrogate="sigmoid")
 
 
 def test_set_surrogate_k_sets_every_layer() -> None:
-    model = nn.Sequential(LIF(DECAY, V_TH), nn.Sequential(nn.Identity(), LIF(DECAY, V_TH)), LIF(DECAY, V_TH, "soft"))
+    model = nn.Sequential(LIF(lif_params()), nn.Sequential(nn.Identity(), LIF(lif_params())), LIF(lif_params("soft")))
     layers = spiking_layers(model)
     assert [name for name, _ in layers] == ["0", "1.1", "2"]
     set_surrogate_k(model, 6.5)
@@ -274,7 +276,7 @@ def test_gradients_in_another_layout_than_the_input_are_reordered() -> None:
     gs_cl = gs.contiguous(memory_format=torch.channels_last).unflatten(0, (2, 2))
     s.backward(gs_cl)
     x_ref = x.detach().clone().requires_grad_(True)
-    s_ref, _ = lif_naive(x_ref, 2.0, DECAY, V_TH, "hard", False)
+    s_ref, _ = lif_naive(x_ref, 2.0, lif_params("hard", False))
     s_ref.backward(gs.unflatten(0, (2, 2)))
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
 
@@ -294,9 +296,9 @@ def test_compiled_kernels_match_eager() -> None:
     k = torch.tensor(3.0)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
 
-    s_ref, v_ref, m_ref = MultiStepLIFFunction.apply(x_ref, k, DECAY, V_TH, False, False, EAGER_KERNELS)
+    s_ref, v_ref, m_ref = MultiStepLIFFunction.apply(x_ref, k, DECAY, lif_params(), EAGER_KERNELS)
     ((s_ref * w).sum() + 2.0 * m_ref).backward()
-    s, v, m = MultiStepLIFFunction.apply(x, k, DECAY, V_TH, False, False, kernels)
+    s, v, m = MultiStepLIFFunction.apply(x, k, DECAY, lif_params(), kernels)
     ((s * w).sum() + 2.0 * m).backward()
     assert torch.equal(s, s_ref)
     assert_close(v, v_ref)
@@ -304,7 +306,7 @@ def test_compiled_kernels_match_eager() -> None:
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
 
     # the LIF module with kernels="compiled" goes through the same (cached) kernels
-    lif = LIF(DECAY, V_TH, kernels="compiled")
+    lif = LIF(lif_params(), kernels="compiled")
     lif.k.fill_(3.0)
     lif.store_v_seq = True
     x2 = x_ref.detach().clone().requires_grad_(True)
@@ -323,7 +325,7 @@ def test_one_compiled_kernel_per_direction_serves_every_layer_size_and_layout() 
     compiled_kernels.cache_clear()
     counters.clear()
     try:
-        lif = LIF(DECAY, V_TH, kernels="compiled")
+        lif = LIF(lif_params(), kernels="compiled")
         shapes = [(2, 3, 4, 5, 5), (2, 6, 8, 3, 3), (2, 1, 16, 2, 2), (2, 7, 2, 9, 9)]
         for i, shape in enumerate(shapes):
             x = torch.rand(shape) * 1.2
@@ -332,7 +334,7 @@ def test_one_compiled_kernel_per_direction_serves_every_layer_size_and_layout() 
             x.requires_grad_(True)
             s = lif(x)
             s.sum().backward()
-            s_ref, _ = lif_naive(x.detach(), 1.0, DECAY, V_TH, "hard", False)
+            s_ref, _ = lif_naive(x.detach(), 1.0, lif_params("hard", False))
             assert torch.equal(s, s_ref)
         # two graphs: the forward loop and the backward loop, each compiled once for all shapes
         assert counters["stats"]["unique_graphs"] == 2
@@ -356,7 +358,7 @@ def test_bf16_keeps_the_im_loss_share_of_the_input_gradient() -> None:
 
 
 def test_plif_decay_is_sigmoid_of_a_learnable_weight_starting_at_the_recipes_decay() -> None:
-    lif = LIF(DECAY, V_TH, learn_decay=True)
+    lif = LIF(lif_params(), learn_decay=True)
     assert [name for name, _ in lif.named_parameters()] == ["w"]
     assert float(lif.leak().detach()) == pytest.approx(DECAY)
     assert float(lif.w.detach()) == pytest.approx(math.log(DECAY / (1 - DECAY)))
@@ -364,4 +366,4 @@ def test_plif_decay_is_sigmoid_of_a_learnable_weight_starting_at_the_recipes_dec
     lif(x).sum().backward()
     assert lif.w.grad is not None and lif.w.grad != 0
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        LIF(1.0, V_TH, learn_decay=True)
+        LIF(lif_params(decay=1.0), learn_decay=True)

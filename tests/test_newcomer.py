@@ -20,6 +20,7 @@ from imloss_cli.cli.app import app
 from imloss_cli.data.loaders import loader_workers
 from imloss_cli.recipe import config_hash, load_recipe
 from imloss_cli.registry import Registry
+from tests.planting import start_run
 
 from .conftest import REPO
 from .test_data import make_cifar10
@@ -94,11 +95,11 @@ def test_sigterm_to_the_process_group_with_loader_workers_records_killed_with_ex
 @pytest.mark.slow
 def test_max_eval_batches_caps_the_test_pass_and_is_recorded(tiny_recipe: Path, workdir: Path) -> None:
     from imloss_cli.train.loop import Trainer
+    from imloss_cli.train.sink import Callbacks
 
     recipe = load_recipe(tiny_recipe, {"train.max_eval_batches": 2, "data.eval_batch_size": 50, "train.seed": 0})
-    trainer = Trainer(recipe, 0)
     seen: list[tuple[int, int]] = []
-    trainer.on_eval_batch = lambda done, total: seen.append((done, total))
+    trainer = Trainer(recipe, 0, callbacks=Callbacks(on_eval_batch=lambda done, total: seen.append((done, total))))
     metrics, _ = trainer.evaluate()
     assert seen == [(1, 2), (2, 2)]  # 2 of the test set's 9 batches, with the progress to show
     x = torch.stack([trainer.data.test[i][0] for i in range(100)])
@@ -118,7 +119,7 @@ def test_max_eval_batches_caps_the_test_pass_and_is_recorded(tiny_recipe: Path, 
 
 def _paper_run(registry: Registry, changes: dict[str, object], acc: float) -> None:
     recipe = load_recipe(REPO / "recipes" / "paper" / "cifar10-resnet19-t2.toml", changes)
-    run_id = registry.create_run(
+    run_id = start_run(registry,
         name=recipe.name, recipe=recipe.model_dump(mode="json"), config_hash=config_hash(recipe),
         fingerprint=f"fp-{changes}", seed=0, code_version="v",
     )  # fmt: skip
@@ -181,7 +182,7 @@ def test_nproc_2_trains_the_steps_of_one_process(tiny_recipe: Path, workdir: Pat
 def test_report_with_other_energy_constants_does_not_credit_horowitz(workdir: Path) -> None:
     db = str(workdir / "r.db")
     with Registry(db) as registry:
-        run_id = registry.create_run(name="r", recipe={"name": "r"}, config_hash="c", fingerprint="f", seed=0,
+        run_id = start_run(registry, name="r", recipe={"name": "r"}, config_hash="c", fingerprint="f", seed=0,
                                      code_version="v")  # fmt: skip
         registry.log_epoch(run_id, 1, {"test_acc": 0.5, "sops": 2e6, "macs": 1e6, "mean_entropy": 0.5}, [], attempt=1)
         registry.finish_run(run_id, "FINISHED", attempt=1)
@@ -211,7 +212,7 @@ def test_report_json_with_plots_keeps_stdout_parseable_and_output_creates_its_fo
     db = str(workdir / "r.db")
     with Registry(db) as registry:
         for seed, acc in enumerate((0.5, 0.7)):
-            run_id = registry.create_run(name="r", recipe={"name": "r"}, config_hash="c", fingerprint=f"f{seed}",
+            run_id = start_run(registry, name="r", recipe={"name": "r"}, config_hash="c", fingerprint=f"f{seed}",
                                          seed=seed, code_version="v")  # fmt: skip
             registry.log_epoch(run_id, 1, {"test_acc": acc, "k": 1.0, "mean_entropy": 0.5},
                                [(0, "l", {"entropy": 0.5, "firing_rate": 0.2})], attempt=1)  # fmt: skip

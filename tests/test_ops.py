@@ -21,6 +21,7 @@ from imloss_cli.snn.models import MODELS, BasicBlock, Folded, NetSpec, Readout, 
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.ops import OpsError, plan_ops
 from imloss_cli.snn.stats import LayerStats, LayerStatsAccumulator
+from tests.lif_cases import lif_params
 
 from .test_models import INPUTS
 
@@ -59,7 +60,7 @@ def _conv_sops_brute_force(spikes: Tensor, conv: nn.Conv2d, out_side: int) -> in
 
 
 def _lif() -> LIF:
-    return LIF(0.25, 0.5)
+    return LIF(lif_params())
 
 
 def test_lif_on_binary_input_spikes_exactly_there() -> None:

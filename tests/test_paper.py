@@ -81,7 +81,7 @@ def test_paper_runs_the_cifar10_rows_and_the_report_prints_each_rows_figure(work
     runs = reg.list_runs()
     assert len(runs) == len(CIFAR10_ROWS) and {r.status for r in runs} == {"FINISHED"}
     assert all(r.recipe["train"]["epochs"] == 1 for r in runs)  # --epochs is recorded
-    groups = {g.name: g.id for g in reg.list_groups()}
+    groups = {reg.get_group(r.group_id).name: r.group_id for r in reg.list_runs() if r.group_id}
     assert set(groups) == {"paper: main table", "paper: ablation table"}
     for name, rows in (("main", CIFAR10_ROWS[:3]), ("ablation", CIFAR10_ROWS[3:])):
         out = CliRunner().invoke(app, ["report", "--paper", "--group", groups[f"paper: {name} table"],

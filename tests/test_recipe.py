@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from imloss_cli.recipe import (
     NON_SEMANTIC_FIELDS,

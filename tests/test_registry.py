@@ -18,7 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
@@ -31,6 +31,7 @@ from sqlalchemy.schema import CreateSchema, DropSchema
 from imloss_cli.registry import (
     SCHEMA_VERSION,
     TERMINAL,
+    Claim,
     GroupInfo,
     Registry,
     RegistryError,
@@ -38,8 +39,10 @@ from imloss_cli.registry import (
 )
 from imloss_cli.registry import backend as backend_module
 from imloss_cli.registry import reads as reads_module
-from imloss_cli.registry import writes as writes_module
+from imloss_cli.registry import rows as rows_module
+from imloss_cli.registry import store as store_module
 from imloss_cli.registry.schema import Meta, Run
+from tests.planting import new_group, start_run
 
 REPO = Path(__file__).resolve().parents[1]
 WRITER = REPO / "tests" / "registry_writer.py"
@@ -137,7 +140,9 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], None]:
 
     def install(ids: list[str]) -> None:
         pending = iter(ids)
-        monkeypatch.setattr(writes_module, "new_id", lambda: next(pending))
+        ids = lambda: next(pending)  # noqa: E731
+        monkeypatch.setattr(rows_module, "new_id", ids)  # runs
+        monkeypatch.setattr(store_module, "new_id", ids)  # groups
 
     return install
 
@@ -152,7 +157,7 @@ def new_run(registry: Registry, name: str = "run", **overrides: Any) -> str:
         code_version="0.1.0",
     )
     fields.update(overrides)
-    return registry.create_run(**fields)
+    return start_run(registry, **fields)
 
 
 def raw_update(url: str, run_id: str, **values: Any) -> None:
@@ -188,8 +193,8 @@ def dead_pid() -> int:
 
 
 def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
-    group = registry.create_group(
-        "sweep", {"loss": {"im_weight": 1.0}}, {"loss.im_weight": [0, 1, 2]}, ["imloss", "ablate", "x.yaml"]
+    group = new_group(
+        registry, "sweep", {"loss": {"im_weight": 1.0}}, {"loss.im_weight": [0, 1, 2]}, ["imloss", "ablate", "x.yaml"]
     )
     run_id = new_run(
         registry,
@@ -232,7 +237,7 @@ def test_round_trip_of_run_metrics_and_layers(registry: Registry) -> None:
     assert (run.git_commit, run.git_dirty, run.checkpoint_dir) == ("abc123", True, "/ckpt/run")
     assert (run.host, run.pid, run.attempt) == (socket.gethostname(), os.getpid(), 1)
     assert run.created_at.tzinfo is not None and run.created_at.utcoffset() == timedelta(0)
-    assert run.started_at == run.created_at
+    assert run.started_at is not None and run.started_at >= run.created_at  # queued, then claimed
     assert run.heartbeat_at is not None and run.heartbeat_at >= run.created_at
     assert run.ended_at is None and run.error_type is None and not run.is_terminal
 
@@ -347,19 +352,18 @@ def test_heartbeat_advances_and_checkpoint_dir_is_recorded(registry: Registry) -
     run_id = new_run(registry)
     before = registry.get_run(run_id).heartbeat_at
     registry.heartbeat(run_id, attempt=1)
-    registry.set_checkpoint_dir(run_id, Path("/data/ckpt"))
     run = registry.get_run(run_id)
     assert run.heartbeat_at is not None and before is not None and run.heartbeat_at > before
-    assert run.checkpoint_dir == "/data/ckpt"
+    registry.finish_run(run_id, "KILLED", attempt=1)
+    registry.claim_run(run_id, Claim(checkpoint_dir=Path("/data/ckpt")))
+    assert registry.get_run(run_id).checkpoint_dir == "/data/ckpt"
     with pytest.raises(RegistryError, match="no run with id 'missing'"):
-        registry.set_checkpoint_dir("missing", "/x")
+        registry.heartbeat("missing", attempt=1)
 
 
 def test_create_run_rejects_bad_kind_status_group_or_json_writing_nothing(registry: Registry) -> None:
     with pytest.raises(RegistryError, match="kind must be one of train, ablate, got 'sweep'"):
         new_run(registry, kind="sweep")
-    with pytest.raises(RegistryError, match="initial status must be one of QUEUED, RUNNING"):
-        new_run(registry, status="FINISHED")
     with pytest.raises(RegistryError, match="no group with id 'feedfeedfeed'"):
         new_run(registry, group_id="feedfeedfeed")
     with pytest.raises(RegistryError, match="recipe is not JSON-serialisable"):
@@ -372,7 +376,7 @@ def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
     queued = registry.get_run(run_id)
     assert (queued.status, queued.started_at, queued.attempt) == ("QUEUED", None, 0)  # never started
 
-    assert registry.claim_run(run_id, environment={"device": "cuda:0"}, argv=["imloss", "x"]) == 1
+    assert registry.claim_run(run_id, Claim(environment={"device": "cuda:0"}, argv=["imloss", "x"])) == 1
     first = registry.get_run(run_id)
     assert (first.status, first.attempt, first.environment, first.argv) == (
         "RUNNING",
@@ -385,7 +389,7 @@ def test_queued_run_lifecycle_and_attempts(registry: Registry) -> None:
         registry.claim_run(run_id)
 
     registry.finish_run(run_id, "KILLED", error_type="KeyboardInterrupt", attempt=1)
-    assert registry.claim_run(run_id, git_commit="def456") == 2
+    assert registry.claim_run(run_id, Claim(git_commit="def456")) == 2
     second = registry.get_run(run_id)
     assert (second.status, second.attempt, second.error_type, second.ended_at) == ("RUNNING", 2, None, None)
     assert second.git_commit == "def456" and second.environment == {"device": "cuda:0"}
@@ -421,8 +425,8 @@ def test_run_prefix_lookup(registry: Registry, fixed_ids: Callable[[list[str]], 
 def test_group_prefix_lookup(registry: Registry, fixed_ids: Callable[[list[str]], None]) -> None:
     assert registry.latest_group() is None
     fixed_ids(["ee0100000000", "ee0200000000"])
-    registry.create_group("first", {}, {}, [])
-    registry.create_group("second", {}, {}, [])
+    registry.claim_group("key-1", "first", {}, {}, [])
+    registry.claim_group("key-2", "second", {}, {}, [])
     assert registry.get_group("ee01").name == "first"
     latest = registry.latest_group()
     assert latest is not None and latest.name == "second"
@@ -430,12 +434,10 @@ def test_group_prefix_lookup(registry: Registry, fixed_ids: Callable[[list[str]]
         registry.get_group("ee0")
     with pytest.raises(RegistryError, match="no group matches 'ff'"):
         registry.get_group("ff")
-    assert [g.name for g in registry.list_groups()] == ["second", "first"]
-    assert [g.id for g in registry.list_groups(limit=1)] == ["ee0200000000"]
 
 
 def test_list_runs_filters_and_order(registry: Registry) -> None:
-    group = registry.create_group("g", {}, {"seed": [1, 2]}, [])
+    group = registry.claim_group("key", "g", {}, {"seed": [1, 2]}, [])
     t1 = new_run(registry, "t1")
     a1 = new_run(registry, "a1", kind="ablate", group_id=group, fingerprint="same")
     t2 = new_run(registry, "t2")
@@ -464,22 +466,9 @@ def test_list_runs_filters_and_order(registry: Registry) -> None:
     latest_any = registry.latest_run(None)
     assert latest_any is not None and latest_any.id == q
 
-    newest = registry.find_run_by_fingerprint("same")
-    assert newest is not None and newest.id == q
-    in_group = registry.find_run_by_fingerprint("same", group_id=group)
-    assert in_group is not None and in_group.id == a2
-    assert registry.find_run_by_fingerprint("other") is None
-
     with pytest.raises(RegistryError, match="status must be one of"):
         registry.list_runs(status="DONE")
-
-    frame = registry.runs_frame()
-    assert list(frame["id"]) == [q, a2, t2, a1, t1]
-    assert list(frame["status"]) == ["QUEUED", "RUNNING", "RUNNING", "FAILED", "FINISHED"]
-    assert isinstance(frame["created_at"].dtype, pd.DatetimeTZDtype)
-    assert str(frame["created_at"].dtype.tz) == "UTC"
-    assert frame["started_at"].isna().tolist() == [True, False, False, False, False]
-    assert list(registry.runs_frame([t1, a1, "unknown"])["id"]) == [a1, t1]
+    assert [run.started_at is None for run in registry.list_runs()] == [True, False, False, False, False]
 
 
 def test_empty_registry_reads(registry: Registry) -> None:
@@ -490,7 +479,6 @@ def test_empty_registry_reads(registry: Registry) -> None:
     layers = registry.layer_stats(["nonexistent"], last_epoch_only=True)
     assert list(layers.columns) == ["run_id", "epoch", "layer_index", "layer", "stat", "value"]
     assert layers.empty
-    assert registry.runs_frame().empty
 
 
 # ------------------------------------------------------------------------------ LOST runs
@@ -519,7 +507,7 @@ def test_stale_heartbeat_is_lost(url_registry: Registry, url: str) -> None:
     run_id = new_run(url_registry)
     finished = new_run(url_registry, "done")
     url_registry.finish_run(finished, "FINISHED", attempt=1)
-    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
     raw_update(url, run_id, heartbeat_at=two_hours_ago)
     raw_update(url, finished, heartbeat_at=two_hours_ago)
 
@@ -773,7 +761,7 @@ def test_a_version_without_migration_is_refused_and_each_step_runs_once(
 def test_a_version_1_registry_is_migrated_keeping_its_runs(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     with Registry(str(path)) as reg:
-        group = reg.create_group("g", {}, {"loss.im_weight": [0, 1]}, ["ablate"])
+        group = new_group(reg, "g", {}, {"loss.im_weight": [0, 1]}, ["ablate"])
         run_id = new_run(reg, group_id=group)
     with sqlite3.connect(path) as db:  # take the tables back to version 1
         db.execute("DROP INDEX ux_groups_key")
@@ -898,6 +886,7 @@ def test_in_memory_sessions_share_one_database() -> None:
 
 def test_registry_imports_only_stdlib_sqlalchemy_and_pandas() -> None:
     allowed = set(sys.stdlib_module_names) | {"sqlalchemy", "pandas", "numpy"}  # numpy: pandas's
+    ours = {"imloss_cli.errors"}  # the exception tree imports nothing
     for source in PACKAGE.glob("*.py"):
         tree = ast.parse(source.read_text(), filename=str(source))
         for node in ast.walk(tree):
@@ -906,6 +895,8 @@ def test_registry_imports_only_stdlib_sqlalchemy_and_pandas() -> None:
             elif isinstance(node, ast.ImportFrom):
                 if node.level:  # relative: must stay inside the registry package
                     assert node.level == 1, f"{source.name} imports outside the registry"
+                    continue
+                if node.module in ours:
                     continue
                 roots = {(node.module or "").split(".")[0]}
             else:
@@ -1005,5 +996,5 @@ def test_values_are_stored_as_numbers(file_registry: Registry, db_path: Path) ->
             "real",
         )
     created = file_registry.get_run(run_id).created_at
-    assert abs((created - datetime.now(timezone.utc)).total_seconds()) < 60
+    assert abs((created - datetime.now(UTC)).total_seconds()) < 60
     assert not math.isnan(file_registry.epoch_metrics([run_id])["value"].iloc[0])

@@ -19,6 +19,7 @@ import pytest
 from imloss_cli.recipe import Recipe, config_hash, load_recipe, run_fingerprint
 from imloss_cli.registry import Registry
 from imloss_cli.report import Report, ReportError, build_report, energy_constants, render, write_plots
+from tests.planting import new_group, start_run
 
 LAYERS = [(0, "stem.lif"), (1, "block.lif")]  # index order differs from name order on purpose
 K = {1: 1.0, 2: 5.5, 3: 10.0}
@@ -56,7 +57,8 @@ def _add_run(
     """Create a run of ``recipe`` with one logged epoch per accuracy, ended with ``status``."""
     seed = recipe.train.seed
     assert seed is not None
-    run_id = registry.create_run(
+    run_id = start_run(
+        registry,
         name=recipe.name,
         recipe=recipe.model_dump(mode="json"),
         config_hash=config_hash(recipe),
@@ -94,7 +96,8 @@ def registry() -> Registry:
     """The im_weight x seed group: 6 FINISHED runs, 3 epochs each."""
     reg = Registry("sqlite://")
     base = load_recipe(None)
-    group = reg.create_group(
+    group = new_group(
+        reg,
         "digits: im_weight x seed",
         {"recipe": base.model_dump(mode="json")},
         {"loss.im_weight": [0.0, 1.0, 2.0], "train.seed": [0, 1]},
@@ -262,7 +265,7 @@ def test_no_finished_runs_is_an_error() -> None:
             build_report(reg)
         with pytest.raises(ReportError, match="no ablation groups"):
             build_report(reg, last=True)
-        group = reg.create_group("g", {}, {}, [])
+        group = new_group(reg, "g", {}, {}, [])
         _add_run(reg, _recipe(0.0, 0), [0.5], group_id=group, status="FAILED")
         with pytest.raises(ReportError, match=rf"no finished runs in group {group} \(1 unfinished: 1 FAILED\)"):
             build_report(reg, group=group)
@@ -414,7 +417,8 @@ def counted() -> Registry:
     reg = Registry("sqlite://")
     for (neuron, seed), epochs in COUNTED.items():
         recipe = _recipe(2.0, seed, **{"model.neuron": neuron})
-        run_id = reg.create_run(
+        run_id = start_run(
+            reg,
             name=recipe.name,
             recipe=recipe.model_dump(mode="json"),
             config_hash=config_hash(recipe),
@@ -499,7 +503,7 @@ def test_a_bad_energy_constant_is_a_report_error() -> None:
 def test_best_val_reports_the_test_accuracy_at_the_best_validation_epoch() -> None:
     reg = Registry("sqlite://")
     base = load_recipe(None).with_overrides({"data.val_fraction": 0.2})
-    group = reg.create_group("g", {}, {"train.seed": [0, 1]}, [])
+    group = new_group(reg, "g", {}, {"train.seed": [0, 1]}, [])
     # (val_acc, test_acc) per epoch: validation picks epoch 2 and 1, the test set would pick 3 and 3
     for seed, epochs in {
         0: [(0.70, 0.80), (0.90, 0.82), (0.85, 0.95)],

@@ -17,7 +17,7 @@ from imloss_cli.recipe import load_recipe
 from imloss_cli.registry import Registry
 from imloss_cli.train import loop, objective
 from imloss_cli.train.checkpoint import load_checkpoint
-from imloss_cli.train.run import train_run
+from imloss_cli.train.lifecycle import train_run
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -103,7 +103,7 @@ def test_nan_loss_fails_the_run_with_epoch_and_step_and_keeps_the_last_good_chec
     monkeypatch.setattr(loop, "loss_step", poisoned)
     recipe = load_recipe(None, {"train.epochs": 3, "train.seed": 0, "model.timesteps": 2})
     with pytest.raises(loop.DivergedError, match="diverged at epoch 2, step 4"), Registry(registry_url) as registry:
-        train_run(recipe, registry=registry, argv=["test"])
+        train_run(registry, recipe, argv=["test"])
     (run,) = Registry(registry_url).list_runs()
     assert run.status == "FAILED" and run.error_message.startswith("diverged at epoch 2, step 4")
     state = load_checkpoint(Path(run.checkpoint_dir) / "last.pt")
@@ -148,10 +148,11 @@ def test_a_checkpoint_from_before_a_new_recipe_field_still_resumes(workdir: Path
 
     from imloss_cli.train.checkpoint import save_checkpoint
     from imloss_cli.train.loop import Trainer, TrainingError
+    from imloss_cli.train.sink import LocalRun
 
     recipe = load_recipe(None, {"train.epochs": 2, "train.max_steps_per_epoch": 2, "train.device": "cpu"})
-    trainer = Trainer(recipe, 0, checkpoint_dir=workdir / "ck")
-    next(trainer.fit())
+    trainer = Trainer(recipe, 0)
+    next(trainer.fit(LocalRun(workdir / "ck")))
     state = load_checkpoint(workdir / "ck" / "last.pt")
     older = json.loads(state["recipe"])
     del older["data"]["val_fraction"], older["paper"]  # as an imloss without these fields wrote it

@@ -11,6 +11,7 @@ from torch.testing import assert_close
 from imloss_cli.snn.neuron import LIF
 from imloss_cli.snn.reference import lif_naive
 from imloss_cli.snn.stats import STAT_NAMES, LayerStatsAccumulator, bernoulli_entropy
+from tests.lif_cases import lif_params
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -79,7 +80,7 @@ B2_SPIKES = [[[[[0]], [[1]]], [[[0]], [[1]]]], [[[[0]], [[1]]], [[[1]], [[1]]]]]
 
 
 def _two_batches() -> LayerStatsAccumulator:
-    a, b = LIF(0.25, 0.5), LIF(0.25, 0.5)
+    a, b = LIF(lif_params()), LIF(lif_params())
     acc = LayerStatsAccumulator([("a", a), ("b", b)])
     _set(a, A1_SPIKES, A1_V)
     _set(b, B1_SPIKES, torch.full((2, 1, 2, 1, 1), 0.25).tolist())
@@ -155,7 +156,7 @@ def test_accumulator_compute_with_global_sample_count() -> None:
 
 def test_accumulator_on_a_real_lif_layer_matches_direct_computation() -> None:
     torch.manual_seed(0)
-    lif = LIF(0.25, 0.5)
+    lif = LIF(lif_params())
     lif.store_v_seq = True
     acc = LayerStatsAccumulator([("lif", lif)])
     xs = [torch.rand(3, 4, 5) for _ in range(2)]
@@ -176,14 +177,14 @@ def test_accumulator_on_a_real_lif_layer_matches_direct_computation() -> None:
 
 
 def _run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return lif_naive(x, 1.0, 0.25, 0.5)
+    return lif_naive(x, 1.0, lif_params())
 
 
 def test_accumulator_needs_stored_sequences() -> None:
-    acc = LayerStatsAccumulator([("quiet", LIF(0.25, 0.5))])
+    acc = LayerStatsAccumulator([("quiet", LIF(lif_params()))])
     with pytest.raises(RuntimeError, match="quiet"):
         acc.update()
 
 
 def test_accumulator_without_updates_computes_nothing() -> None:
-    assert LayerStatsAccumulator([("a", LIF(0.25, 0.5))]).compute() == []
+    assert LayerStatsAccumulator([("a", LIF(lif_params()))]).compute() == []

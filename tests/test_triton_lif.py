@@ -29,6 +29,7 @@ from .lif_cases import (
     assert_variant_equals_the_naive_loop,
     im_share_of_the_input_gradient,
     lif_input,
+    lif_params,
 )
 
 
@@ -40,7 +41,7 @@ def interpreted_kernels() -> Iterator[None]:
     os.environ["TRITON_INTERPRET"] = "1"
     triton_lif._jit.cache_clear()
     try:
-        triton_lif.lif_forward_triton(torch.zeros(1, 2), DECAY, V_TH, False)
+        triton_lif.lif_forward_triton(torch.zeros(1, 2), lif_params())
     except Exception as e:  # the interpreter needs a numpy and triton that agree; say why not
         os.environ.pop("TRITON_INTERPRET") if before is None else os.environ.update(TRITON_INTERPRET=before)
         triton_lif._jit.cache_clear()
@@ -52,7 +53,7 @@ def interpreted_kernels() -> Iterator[None]:
 
 def _triton3(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, ...]:
     k_t = torch.tensor(k, dtype=x.dtype)
-    return MultiStepLIFFunction.apply(x, k_t, DECAY, V_TH, reset == "soft", detach_reset, TRITON_KERNELS)
+    return MultiStepLIFFunction.apply(x, k_t, DECAY, lif_params(reset, detach_reset), TRITON_KERNELS)
 
 
 @pytest.mark.parametrize("reads", list(READ_OUTPUTS))
@@ -68,7 +69,7 @@ def test_more_neurons_than_one_program_holds_and_a_ragged_last_block() -> None:
     x_ref = lif_input(3, seed=7, shape=(n,))
     x = x_ref.detach().clone().requires_grad_(True)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(8))
-    s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, "hard", False)
+    s_ref, v_ref = lif_naive(x_ref, 3.0, lif_params("hard", False))
     ((s_ref * w).sum() + 2.0 * v_ref.mean()).backward()
     s, v, m = _triton3(x, 3.0, "hard", False)
     ((s * w).sum() + 2.0 * m).backward()
@@ -85,7 +86,7 @@ def test_channels_last_and_broadcast_inputs_are_read_through_their_strides() -> 
     assert StepLayout.of(x_bc).flat(x_bc).stride() == (0, 1)  # read in place, time stride 0
     for xs in (x_cl, x_bc):
         x_ref = xs.detach().contiguous().requires_grad_(True)
-        s_ref, v_ref = lif_naive(x_ref, 2.0, DECAY, V_TH, "soft", False)
+        s_ref, v_ref = lif_naive(x_ref, 2.0, lif_params("soft", False))
         s_ref.sum().backward()
         xt = xs.detach().requires_grad_(True) if xs is x_bc else xs
         s, v, _ = _triton3(xt, 2.0, "soft", False)
@@ -98,7 +99,7 @@ def test_channels_last_and_broadcast_inputs_are_read_through_their_strides() -> 
 
 def test_bf16_input_carries_the_potential_in_fp32_and_reads_spikes_off_the_stored_potential() -> None:
     x = lif_input(4, seed=3, shape=(64,), dtype=torch.bfloat16).detach()
-    s, v, v_sum = triton_lif.lif_forward_triton(x, DECAY, V_TH, False)
+    s, v, v_sum = triton_lif.lif_forward_triton(x, lif_params())
     assert s.dtype == v.dtype == torch.bfloat16 and v_sum.dtype == torch.float32
     # by hand, with the kernel's spikes: an fp32 state, each step's potential stored in bf16 (the
     # interpreter may round bf16 otherwise than a GPU, so the stored value is checked to one bf16 step)
@@ -114,7 +115,7 @@ def test_bf16_input_carries_the_potential_in_fp32_and_reads_spikes_off_the_store
     assert_close(v_sum, total, rtol=1e-6, atol=1e-6)
     assert not torch.allclose(v_sum, v.float().sum(0), rtol=1e-6, atol=1e-6)
     grad, no_decay_grad = triton_lif.lif_backward_triton(
-        torch.ones_like(s), None, None, v, torch.tensor(2.0), DECAY, V_TH, False, False
+        torch.ones_like(s), None, None, v, torch.tensor(2.0), lif_params()
     )
     assert no_decay_grad is None
     assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
@@ -123,15 +124,15 @@ def test_bf16_input_carries_the_potential_in_fp32_and_reads_spikes_off_the_store
 def test_the_lif_module_runs_the_triton_kernels_by_name() -> None:
     assert kernel_set("triton") is TRITON_KERNELS
     with pytest.raises(ValueError, match="kernels"):
-        LIF(DECAY, V_TH, kernels="cuda")
-    lif = LIF(DECAY, V_TH, kernels="triton")
+        LIF(lif_params(), kernels="cuda")
+    lif = LIF(lif_params(), kernels="triton")
     lif.k.fill_(3.0)
     lif.store_v_seq = True
     x = lif_input(2, seed=5, shape=(2, 4))
     s = lif(x)
     (s.sum() + lif.v_mean).backward()
     x_ref = x.detach().clone().requires_grad_(True)
-    s_ref, v_ref = lif_naive(x_ref, 3.0, DECAY, V_TH, "hard", False)
+    s_ref, v_ref = lif_naive(x_ref, 3.0, lif_params("hard", False))
     (s_ref.sum() + v_ref.mean()).backward()
     assert torch.equal(s, s_ref)
     assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)

@@ -11,10 +11,11 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from imloss_cli.cli.app import app
-from imloss_cli.registry import FINISHED, LOST, RUNNING, Registry, RegistryError
+from imloss_cli.registry import FINISHED, LOST, RUNNING, Claim, NewRun, Registry, RegistryError
 from imloss_cli.registry import store as store_module
 from imloss_cli.registry.schema import Run
 from imloss_cli.train.lifecycle import ClaimedRun, heartbeat
@@ -53,7 +54,7 @@ def _three_workers_share_the_grid(workdir: Path, tiny_recipe: Path, url: str) ->
     assert [w.returncode for w in workers] == [0, 0, 0], outputs
     reg = Registry(url)
     runs = reg.list_runs()
-    assert len(runs) == 6 and len(reg.list_groups()) == 1
+    assert len(runs) == 6 and len({r.group_id for r in runs}) == 1
     assert {(r.status, r.attempt) for r in runs} == {(FINISHED, 1)}  # each trained exactly once
     assert all(len(r.attempts) == 1 and r.attempts[0]["how"] == "fresh" for r in runs)
     assert all("| 2 |" in out for out in outputs)  # every worker printed the complete group's report
@@ -119,12 +120,12 @@ def test_a_killed_worker_leaves_its_trial_lost_and_another_worker_completes_the_
 def test_a_run_whose_heartbeat_lapses_is_lost_on_any_host(workdir: Path) -> None:
     reg = Registry(str(workdir / "reg.db"))
     run_id = new_run(reg, status="QUEUED")
-    attempt = reg.claim_run(run_id, heartbeat_s=0.2)
+    attempt = reg.claim_run(run_id, Claim(heartbeat_s=0.2))
     assert reg.get_run(run_id).display_status == RUNNING
     with reg._write() as s:  # as if another machine holds it: its pid means nothing here
         s.execute(update(Run).where(Run.id == run_id).values(host="another-host", pid=1))
     assert reg.get_run(run_id).display_status == RUNNING  # beating recently
-    old = datetime.now(timezone.utc) - timedelta(seconds=0.2 * store_module.LOST_AFTER_BEATS + 0.5)
+    old = datetime.now(UTC) - timedelta(seconds=0.2 * store_module.LOST_AFTER_BEATS + 0.5)
     with reg._write() as s:
         s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=old))
     assert reg.get_run(run_id).display_status == LOST
@@ -138,7 +139,7 @@ def test_claiming_a_run_another_live_worker_holds_is_refused(workdir: Path) -> N
 
     reg = Registry(str(workdir / "reg.db"))
     run_id = new_run(reg, status="QUEUED")
-    reg.claim_run(run_id, heartbeat_s=30.0)
+    reg.claim_run(run_id, Claim(heartbeat_s=30.0))
     with pytest.raises(RunClaimedError, match=r"is RUNNING on .* \(pid \d+\)"):
         reg.claim_run(run_id)
     entry = reg.get_run(run_id).attempts
@@ -152,15 +153,15 @@ def test_workers_that_create_the_group_together_get_one_group(workdir: Path, mon
     # The race: this worker looked before the other inserted, so its own insert hits the unique key.
     monkeypatch.setattr(Registry, "_group_id_by_key", lambda self, key, calls=iter([None]): next(calls, first))
     assert reg.claim_group("key-1", "g", {}, {"a": [1]}, []) == first
-    assert len(reg.list_groups()) == 1
+    with sqlite3.connect(workdir / "reg.db") as db:
+        assert db.execute("select count(*) from groups").fetchone() == (1,)
 
 
 def test_queueing_a_grid_twice_gives_one_row_per_trial_in_plan_order(workdir: Path) -> None:
     reg = Registry(str(workdir / "reg.db"))
     group = reg.claim_group("k", "g", {}, {}, [])
     rows = [
-        {"name": "t", "recipe": {}, "config_hash": "c", "fingerprint": f"fp{i}", "seed": i, "code_version": "v"}
-        for i in range(5)
+        NewRun(name="t", recipe={}, config_hash="c", fingerprint=f"fp{i}", seed=i, code_version="v") for i in range(5)
     ]
     ids = reg.queue_runs(group, rows)
     assert reg.queue_runs(group, rows[::-1]) == ids[::-1]

@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from imloss_cli.registry import (
     RunInfo,
 )
 from imloss_cli.train.environment import code_version, git_state
-from imloss_cli.train.run import HEARTBEAT_S, Callbacks, resume_run, run_fields
+from imloss_cli.train.lifecycle import HEARTBEAT_S, new_run, resume_run
+from imloss_cli.train.sink import Callbacks
 
 
 def latest_train_recipe(registry: Registry, overrides: dict[str, Any]) -> tuple[str, Recipe]:
@@ -174,14 +175,14 @@ def run_ablation(
         RegistryError: no such group.
         KeyboardInterrupt: the current trial was recorded as KILLED; the rest stay as they are.
     """
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     if group is not None:
         group_id = registry.get_group(group).id
     elif plan is not None:
         group_id = claim_group(registry, plan.base, plan.axes, plan.seeds, argv)
         # One transaction for the whole grid: workers queueing it at once end with one row per trial.
-        fields = [run_fields(t.recipe, argv=argv, kind="ablate", version=plan.version) for t in plan.trials]
-        registry.queue_runs(group_id, fields)
+        registry.queue_runs(group_id, [new_run(t.recipe, argv=argv, kind="ablate", version=plan.version)
+                                       for t in plan.trials])  # fmt: skip
     else:
         raise ValueError("run_ablation needs a plan, or a group to join")
     return work_on_group(registry, group_id, started_at, argv=argv, work=work)
@@ -292,12 +293,11 @@ class _Worker:
         self.here[run.id] = outcome
         self._report(outcome)
 
-    def report_new(self, runs: list[RunInfo] | None = None) -> bool:
-        """Report the trials that ended (anywhere) since the last call; True (keep going) always."""
+    def report_new(self, runs: list[RunInfo] | None = None) -> None:
+        """Report the trials that ended (anywhere) since the last call."""
         for run in runs if runs is not None else self.runs():
             if run.is_terminal and run.id not in self.reported:
                 self._report(self._outcome(run))
-        return True
 
     def _report(self, outcome: TrialOutcome) -> None:
         if outcome.run_id is not None:

@@ -38,7 +38,7 @@ def run_workers(
     options: list[str],
     log_dir: Path,
     poll_s: float,
-    on_poll: Callable[[], bool],
+    on_poll: Callable[[], None],
 ) -> list[int]:
     """Start ``jobs`` worker processes on the group and wait for them.
 
@@ -49,8 +49,7 @@ def run_workers(
         options: further ``imloss ablate`` options for each worker (``--heartbeat``, ``--fail-fast``).
         log_dir: worker k writes its output to ``log_dir/worker-k.log``.
         poll_s: seconds between calls of ``on_poll``.
-        on_poll: called while the workers run (to report finished trials); returning False
-            stops them (SIGTERM: each records its trial as KILLED).
+        on_poll: called while the workers run (to report finished trials).
 
     Returns:
         The workers' exit codes.
@@ -81,9 +80,7 @@ def run_workers(
                 )
         while any(p.poll() is None for p in procs):
             time.sleep(poll_s)
-            if not on_poll():
-                _terminate(procs)
-                break
+            on_poll()
     except KeyboardInterrupt:
         _terminate(procs)
         raise

@@ -43,14 +43,7 @@ def _max_err(a: Tensor, b: Tensor) -> float:
 
 def _naive_reference(lif: LIF, x: Tensor, k: float) -> tuple[Tensor, Tensor, Tensor]:
     x = x.clone().requires_grad_(True)
-    s, v = lif_naive(
-        x,
-        torch.tensor(k, device=x.device),
-        lif.decay,
-        lif.v_threshold,
-        "soft" if lif.soft_reset else "hard",
-        lif.detach_reset,
-    )
+    s, v = lif_naive(x, torch.tensor(k, device=x.device), lif.params)
     return x, s, v
 
 
@@ -103,7 +96,7 @@ def correctness_gate(
             s = sj(xs)
             (s * gs).sum().backward()
             mism = int((s != s_ref).sum())
-            v_post = v_ref * (1.0 - s_ref) if not lif.soft_reset else v_ref - lif.v_threshold * s_ref
+            v_post = v_ref * (1.0 - s_ref) if not lif.params.soft_reset else v_ref - lif.params.v_threshold * s_ref
             v_err, g_err = _max_err(sj.v_seq, v_post.detach()), _max_err(xs.grad, xr.grad)
             name = f"spikingjelly[{backend or 'default'}]"
             checks.append(GateCheck(name, T, mism, v_err, g_err, mism == 0 and max(v_err, g_err) < GATE_TOL))

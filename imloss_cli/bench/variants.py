@@ -13,6 +13,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from imloss_cli.errors import ImlossError
 from imloss_cli.snn.models import Encoder
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.reference import lif_naive
@@ -21,7 +22,7 @@ KNOWN = ("imloss", "imloss-eager", "imloss-plif", "naive", "spikingjelly", "relu
 SJ_CUDA_BACKENDS = ("triton", "cuda", "torch")  # SpikingJelly 2.0's CUDA providers (no cupy any more)
 
 
-class BenchError(Exception):
+class BenchError(ImlossError):
     """The benchmark cannot run as asked (unknown variant or architecture, no CUDA device)."""
 
 
@@ -30,12 +31,12 @@ class NaiveLIF(nn.Module):
 
     def __init__(self, lif: LIF) -> None:
         super().__init__()
-        self.lif_args = (lif.decay, lif.v_threshold, "soft" if lif.soft_reset else "hard", lif.detach_reset)
+        self.params = lif.params
         self.register_buffer("k", lif.k.detach().clone(), persistent=False)
         self.v_mean: Tensor | None = None
 
     def forward(self, x_seq: Tensor) -> Tensor:
-        spike_seq, v_seq = lif_naive(x_seq, self.k.to(x_seq.dtype), *self.lif_args)
+        spike_seq, v_seq = lif_naive(x_seq, self.k.to(x_seq.dtype), self.params)
         self.v_mean = v_seq.mean(dtype=torch.float32)
         return spike_seq
 
@@ -89,12 +90,12 @@ class SpikingJellyLIF(nn.Module):
         from spikingjelly.activation_based import neuron, surrogate
 
         self.node = neuron.LIFNode(
-            tau=1.0 / (1.0 - lif.decay),
+            tau=1.0 / (1.0 - lif.params.decay),
             decay_input=False,
-            v_threshold=lif.v_threshold,
-            v_reset=None if lif.soft_reset else 0.0,
+            v_threshold=lif.params.v_threshold,
+            v_reset=None if lif.params.soft_reset else 0.0,
             surrogate_function=surrogate.Sigmoid(alpha=2.0 * float(lif.k)),
-            detach_reset=lif.detach_reset,
+            detach_reset=lif.params.detach_reset,
             step_mode="m",
             store_v_seq=True,
         )
@@ -146,9 +147,7 @@ def build_variant(base: nn.Module, variant: str, kernels: str = "compiled") -> t
             continue
         new: nn.Module
         if kind == "imloss-plif":
-            reset = "soft" if lif.soft_reset else "hard"
-            plif = LIF(lif.decay, lif.v_threshold, reset, lif.detach_reset, kernels, lif.block_output,
-                       lif.strict_threshold, lif.surrogate, learn_decay=True)  # fmt: skip
+            plif = LIF(lif.params, kernels, lif.block_output, learn_decay=True)
             plif.store_v_seq = True
             new = plif
         elif kind == "naive":

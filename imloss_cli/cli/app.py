@@ -6,7 +6,6 @@ import torch.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,11 +28,11 @@ from imloss_cli.cli.common import (
     overrides_of,
     write_text_atomically,
 )
-from imloss_cli.cli.errors import RecipeCommand, fail, guarded, note, warn
+from imloss_cli.cli.errors import App, RecipeCommand, fail, note, warn
 from imloss_cli.cli.results import export, reproduce
 from imloss_cli.recipe import Recipe, to_toml
 
-app = typer.Typer(
+app = App(
     help="Train spiking neural networks with IM-Loss and ESG, run ablations, compare runs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -80,31 +79,28 @@ def train(
     """
     from imloss_cli.cli.views import TrainDisplay
     from imloss_cli.train.distributed import DistEnv, rank_batch_size
-    from imloss_cli.train.run import launch_distributed, train_run
+    from imloss_cli.train.launch import launch_distributed
+    from imloss_cli.train.lifecycle import HeldRun, train_rank, train_run
 
     r = load(
         recipe, set_, **{"train.seed": seed, "train.device": device, "name": name,
                          "train.deterministic": deterministic, "train.keep_last": keep_last},
     )  # fmt: skip
-    if nproc > 1:  # before the registry: a batch that does not divide is the first thing to fix
-        guarded(lambda: rank_batch_size(r.data.batch_size, nproc))
-    env = DistEnv.from_environ()
-    main_rank = env is None or env.is_main
-    with open_registry(registry) if main_rank else contextlib.nullcontext() as reg:
-        if nproc > 1:
-            launched = guarded(lambda: launch_distributed(reg, r, nproc, argv=sys.argv, **given(heartbeat_s=heartbeat)))
-            console.print(f"[bold green]done[/]  run {launched} ({nproc} processes)")
-            return
-        held = (run_id, attempt) if run_id is not None and attempt is not None else None
-        with TrainDisplay(console, quiet=not main_rank) as ui:
-            result = guarded(
-                lambda: train_run(
-                    r, registry=reg, argv=sys.argv, callbacks=ui.callbacks(), held=held,
-                    **given(heartbeat_s=heartbeat),
-                ),
-                before_message=ui.stop,
-            )  # fmt: skip
-    if result is not None and result.last is not None:
+    if run_id is not None and attempt is not None:  # one process of a --nproc job, started by torchrun
+        env = DistEnv.from_environ()
+        quiet = env is not None and not env.is_main
+        with open_registry(registry, create=False, write=False) as reg, TrainDisplay(console, quiet=quiet) as ui:
+            train_rank(reg, r, HeldRun(run_id, attempt), callbacks=ui.callbacks())
+        return
+    if nproc > 1:
+        rank_batch_size(r.data.batch_size, nproc)  # before the registry: the first thing to fix
+        with open_registry(registry) as reg:
+            launched = launch_distributed(reg, r, nproc, argv=sys.argv, **given(heartbeat_s=heartbeat))
+        console.print(f"[bold green]done[/]  run {launched} ({nproc} processes)")
+        return
+    with open_registry(registry) as reg, TrainDisplay(console) as ui:
+        result = train_run(reg, r, argv=sys.argv, callbacks=ui.callbacks(), **given(heartbeat_s=heartbeat))
+    if result.last is not None:
         m = result.last.metrics
         console.print(f"[bold green]done[/]  test accuracy {m['test_acc']:.4f}  run {result.run_id}")
 
@@ -120,13 +116,10 @@ def resume(
     Example: imloss resume 3fa2c1
     """
     from imloss_cli.cli.views import TrainDisplay
-    from imloss_cli.train.run import resume_run
+    from imloss_cli.train.lifecycle import resume_run
 
     with open_registry(registry, create=False) as reg, TrainDisplay(console) as ui:
-        result = guarded(
-            lambda: resume_run(reg, run, argv=sys.argv, callbacks=ui.callbacks(), **given(heartbeat_s=heartbeat)),
-            before_message=ui.stop,
-        )
+        result = resume_run(reg, run, argv=sys.argv, callbacks=ui.callbacks(), **given(heartbeat_s=heartbeat))
     acc = f"test accuracy {result.last.metrics['test_acc']:.4f}  " if result.last else ""
     console.print(f"[bold green]done[/]  {acc}run {result.run_id}")
 
@@ -164,11 +157,7 @@ def ablate(
 
     overrides = overrides_of(set_)
     joining = group is not None  # a worker of an existing group: the group holds recipe and axes
-    spec = (
-        None
-        if joining
-        else guarded(lambda: GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed))
-    )
+    spec = None if joining else GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed)
     # A recipe file is planned before the registry is opened: a bad grid writes nothing.
     plan = _plan(load(recipe, set_), spec) if recipe is not None and not joining else None
     if plan is not None and dry_run:
@@ -182,13 +171,8 @@ def ablate(
                 AblationView(console).summary(plan.dry_run, "")
                 return
         with AblationView(console) as view:
-            result = guarded(
-                lambda: run_ablation(
-                    plan, registry=reg, argv=sys.argv, group=group,
-                    work=view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **given(heartbeat_s=heartbeat)),
-                ),
-                before_message=view.stop,
-            )  # fmt: skip
+            work = view.work_options(fail_fast=fail_fast, jobs=jobs, wait=wait, **given(heartbeat_s=heartbeat))
+            result = run_ablation(plan, registry=reg, argv=sys.argv, group=group, work=work)
         view.summary(result, _group_table(reg, result.group_id) if result.complete else "")
     raise typer.Exit(1 if result.failed else 0)
 
@@ -196,14 +180,14 @@ def ablate(
 def _plan(base: Recipe, spec: Any) -> Any:
     from imloss_cli.ablate import plan_ablation
 
-    return guarded(lambda: plan_ablation(base, spec))
+    return plan_ablation(base, spec)
 
 
 def _latest_train_recipe(registry: Any, overrides: dict[str, Any]) -> Recipe:
     """The recipe of the registry's most recent train run (ablate without RECIPE), overrides applied."""
     from imloss_cli.ablate import latest_train_recipe
 
-    base_run, base = guarded(lambda: latest_train_recipe(registry, overrides))
+    base_run, base = latest_train_recipe(registry, overrides)
     console.print(f"no recipe given: ablating the recipe of run {base_run}, the most recent train run", highlight=False)
     return base
 
@@ -215,7 +199,7 @@ def _group_table(registry: Any, group_id: str | None) -> str:
     if group_id is None:
         return ""
     try:
-        return guarded(lambda: render(build_report(registry, group=group_id), "markdown"))
+        return render(build_report(registry, group=group_id), "markdown")
     except ReportError as e:
         return f"no summary table: {e}"
 
@@ -240,8 +224,8 @@ def paper(
     from imloss_cli.cli.views import AblationView
     from imloss_cli.paper import missing_data, plan_paper, run_paper
 
-    plan = guarded(lambda: plan_paper(rows or [], epochs=epochs, seeds=seeds, overrides=overrides_of(set_)))
-    missing = guarded(lambda: missing_data(plan))
+    plan = plan_paper(rows or [], epochs=epochs, seeds=seeds, overrides=overrides_of(set_))
+    missing = missing_data(plan)
     view = AblationView(console)
     for row, message in missing.items():
         view.missing(row, message)
@@ -251,13 +235,8 @@ def paper(
     if len(missing) == len(plan.rows):  # nothing to train: no group is created
         fail(f"no row has its data on this machine ({', '.join(missing)}); put it where the lines above say")
     with open_registry(registry) as reg, view:
-        result = guarded(
-            lambda: run_paper(
-                plan, registry=reg, argv=sys.argv, missing=missing,
-                work=view.work_options(jobs=jobs, **given(heartbeat_s=heartbeat)),
-            ),
-            before_message=view.stop,
-        )  # fmt: skip
+        work = view.work_options(jobs=jobs, **given(heartbeat_s=heartbeat))
+        result = run_paper(plan, registry=reg, argv=sys.argv, missing=missing, work=work)
         tables = {t: _group_table(reg, r.group_id) if r.complete else "" for t, r in result.groups.items()}
     view.paper_summary(result, tables)
     raise typer.Exit(1 if result.failed else 0)
@@ -290,7 +269,7 @@ def runs(
     from imloss_cli.report import runs_overview
 
     with open_registry(registry, create=False, write=False) as reg:
-        frame = guarded(lambda: runs_overview(reg, status=status and status.upper(), group=group, limit=limit))
+        frame = runs_overview(reg, status=status and status.upper(), group=group, limit=limit)
     console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
 
 
@@ -307,7 +286,7 @@ def show(
     from imloss_cli.report import run_details
 
     with open_registry(registry, create=False, write=False) as reg:
-        render_details(console, guarded(lambda: run_details(reg, run)))
+        render_details(console, run_details(reg, run))
 
 
 @app.command()
@@ -343,24 +322,22 @@ def report(
 
     if fmt not in FORMATS:  # before the registry: a typo in the format is the first thing to fix
         fail(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    energy = guarded(lambda: energy_constants(e_mac, e_ac))
+    energy = energy_constants(e_mac, e_ac)
     with open_registry(registry, create=False, write=False) as reg:
-        rep = guarded(
-            lambda: build_report(
-                reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select, energy=energy,
-                paper=paper,
-            )
+        rep = build_report(
+            reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select, energy=energy,
+            paper=paper,
         )  # fmt: skip
-        text = guarded(lambda: render(rep, fmt, reg))
+        text = render(rep, fmt, reg)
         for warning in rep.warnings:
             warn(warning)
         if output is None:
             console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
-            guarded(lambda: write_text_atomically(output, text))
+            write_text_atomically(output, text)
             note(f"wrote {output}")
         if plots is not None:  # stdout holds only the report: a JSON or CSV report stays parseable
-            for path in guarded(lambda: write_plots(rep, reg, plots)):
+            for path in write_plots(rep, reg, plots):
                 note(f"wrote {path}")
 
 

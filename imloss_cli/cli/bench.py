@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from imloss_cli.bench import KNOWN, BenchError, BenchOptions, format_table, memory_probe, run_benchmark, to_json
-from imloss_cli.cli.errors import fail
+from imloss_cli.cli.errors import App, fail
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -92,7 +92,7 @@ def bench(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m imloss_cli.bench``: the same command on its own. Returns the exit code."""
-    alone = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    alone = App(add_completion=False, pretty_exceptions_enable=False)
     alone.command()(bench)
     try:
         alone(args=argv, prog_name="python -m imloss_cli.bench")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from imloss_cli.cli.errors import guarded, warn
+from imloss_cli.cli.errors import warn
 from imloss_cli.recipe import EnergyConfig, Recipe, load_recipe, parse_overrides, sets_nothing
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
@@ -53,7 +53,7 @@ def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:
     """Load and validate a recipe; CLI options given as ``fields`` override it when not None."""
     overrides = overrides_of(sets)
     overrides.update({k: v for k, v in fields.items() if v is not None})
-    loaded = guarded(lambda: load_recipe(recipe, overrides))
+    loaded = load_recipe(recipe, overrides)
     if recipe is not None and sets_nothing(recipe):
         warn(
             f"{recipe} sets nothing: this is the embedded digits default" + (" with the overrides" if overrides else "")
@@ -63,7 +63,7 @@ def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:
 
 def overrides_of(sets: list[str] | None) -> dict[str, Any]:
     """The ``--set KEY=VALUE`` options as a dict (a malformed one: exit 2 and one line)."""
-    return guarded(lambda: parse_overrides(sets or []))
+    return parse_overrides(sets or [])
 
 
 def open_registry(url: str, *, create: bool = True, write: bool = True) -> Any:
@@ -74,7 +74,7 @@ def open_registry(url: str, *, create: bool = True, write: bool = True) -> Any:
     """
     from imloss_cli.registry import Registry
 
-    return guarded(lambda: Registry(url, create=create, write=write))
+    return Registry(url, create=create, write=write)
 
 
 def given(**options: Any) -> dict[str, Any]:

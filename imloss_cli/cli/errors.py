@@ -1,52 +1,35 @@
 """Where library errors become CLI errors: one line on stderr and an exit code.
 
-Exit codes: 2 for anything the user fixes by changing the input (recipe, data, registry path,
-checkpoint, report option); 1 for a run that diverged, a torchrun process that failed, or a copy
-of a run that another worker took over; 130 for Ctrl-C and 143 for SIGTERM (128 + the signal).
+Every command is registered through :class:`App`, which wraps it in :func:`one_line_errors`; the
+commands themselves read as parse -> one library call -> render. Exit codes follow the exception
+tree of :mod:`imloss_cli.errors`: 2 for anything the user fixes by changing the input (recipe, data,
+registry, checkpoint, report option, a file that cannot be written); 1 for a run that failed (it
+diverged, a torchrun process failed, another worker took it over); 130 for Ctrl-C and 143 for
+SIGTERM (128 + the signal).
 """
 
 from __future__ import annotations
 
-import sys
+import functools
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 
+from imloss_cli.errors import ImlossError, RunFailure, Terminated
 from imloss_cli.recipe import RecipeError, field_paths
 
 err_console = Console(stderr=True)
+P = ParamSpec("P")
 T = TypeVar("T")
-
-# Errors a user can fix by changing the input. Named, not imported, so that `report`, `runs` or
-# `validate` never pay for importing torch: an error class whose module was never loaded cannot
-# have been raised.
-USER_ERRORS = (
-    ("imloss_cli.data", "DataError"),
-    ("imloss_cli.registry", "RegistryError"),
-    ("imloss_cli.train.checkpoint", "CheckpointError"),
-    ("imloss_cli.report", "ReportError"),
-    ("imloss_cli.train.errors", "TrainingError"),
-    ("imloss_cli.export.problems", "ExportError"),
-)
-# Checked first: some are subclasses of the errors above, but end a run rather than reject an input.
-RUN_FAILURES = (
-    ("imloss_cli.train.errors", "DivergedError"),
-    ("imloss_cli.train.errors", "WorkerFailedError"),
-    ("imloss_cli.registry", "RunFencedError"),
-)
-INTERRUPT_CODES = {"Terminated": 143, "KeyboardInterrupt": 130}
-
-
-def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
-    return tuple(getattr(sys.modules[module], name) for module, name in names if module in sys.modules)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print ``error: message`` on stderr (as plain text: it may quote a registry's values) and exit."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -56,39 +39,55 @@ def note(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def guarded(call: Callable[[], T], *, before_message: Callable[[], None] | None = None) -> T:
-    """Run a library call, turning its errors into one-line messages and exit codes.
-
-    ``before_message`` runs before an error is printed: a live progress display stops there, so
-    the message does not land on its last line.
-    """
-    try:
-        return call()
-    except (Exception, KeyboardInterrupt) as e:
-        if before_message is not None:
-            before_message()
-        _fail_for(e)
-
-
-def _fail_for(e: BaseException) -> NoReturn:
+def exit_for(e: BaseException) -> NoReturn:
     """Print the error's one-line message and exit with its code; an unexpected error is raised on."""
     if isinstance(e, RecipeError):
         # A recipe (a file, the default, a stored run's) is named with what is wrong in it; a bad
         # command-line value is named by its own message.
         head = f"{e.source}: invalid recipe\n  " if e.source else ""
         fail(head + "\n  ".join(e.problems))
+    if isinstance(e, Terminated):
+        fail("SIGTERM: the run is recorded as KILLED", code=143)
     if isinstance(e, KeyboardInterrupt):
-        name = type(e).__name__
-        fail(f"{'SIGTERM' if name == 'Terminated' else 'interrupted'}: the run is recorded as KILLED",
-             code=INTERRUPT_CODES.get(name, 130))  # fmt: skip
-    if isinstance(e, _loaded(RUN_FAILURES)):
+        fail("interrupted: the run is recorded as KILLED", code=130)
+    if isinstance(e, RunFailure):
         fail(str(e), code=1)
-    if isinstance(e, (*_loaded(USER_ERRORS), OSError)):
+    if isinstance(e, (ImlossError, OSError)):
         fail(str(e))
     raise e
+
+
+def one_line_errors(command: Callable[P, T]) -> Callable[P, T]:
+    """``command`` ending on an imloss error (or an interrupt) with one line and the error's exit code.
+
+    A live progress display is a context manager inside the command, so it has left the screen by
+    the time the message is printed here.
+    """
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return command(*args, **kwargs)
+        except (ImlossError, OSError, KeyboardInterrupt) as e:
+            exit_for(e)
+
+    return run
+
+
+class App(typer.Typer):
+    """A Typer app whose every command is wrapped in :func:`one_line_errors`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[P, T]], Callable[P, T]]:
+        register = super().command(*args, **kwargs)
+
+        def decorator(f: Callable[P, T]) -> Callable[P, T]:
+            register(one_line_errors(f))
+            return f
+
+        return decorator
 
 
 class RecipeCommand(typer.core.TyperCommand):

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from imloss_cli.cli.common import DEFAULT_REGISTRY, HeartbeatOpt, RegistryOpt, RunArg, console, given, open_registry
-from imloss_cli.cli.errors import fail, guarded, warn
+from imloss_cli.cli.errors import fail, warn
 
 
 def export(
@@ -46,8 +46,9 @@ def export(
 
             if len(runs or []) != 1 or group is not None:
                 fail("--nir exports one run: imloss export RUN --nir FILE")
-            done = guarded(lambda: export_nir(reg, (runs or [])[0], nir_file, checkpoint=checkpoint,
-                                              check_images=images if check else 0))  # fmt: skip
+            done = export_nir(
+                reg, (runs or [])[0], nir_file, checkpoint=checkpoint, check_images=images if check else 0
+            )
             console.print(f"wrote {done.path}: {done.nodes} NIR nodes of run {done.run_id} ({done.checkpoint})")
             if done.agreement is not None:
                 for line in agreement_lines(done.agreement):
@@ -57,15 +58,15 @@ def export(
             return
         from imloss_cli.export.tracking import export_mlflow, export_tensorboard, select_runs
 
-        chosen = guarded(lambda: select_runs(reg, runs or [], group))
+        chosen = select_runs(reg, runs or [], group)
         if mlflow is not None:
-            results = guarded(lambda: export_mlflow(reg, chosen, mlflow, experiment))
+            results = export_mlflow(reg, chosen, mlflow, experiment)
             for r in results:
                 how = "new" if r.created else "found by its tag"
                 console.print(f"run {r.run_id} -> MLflow run {r.target} ({how}): {r.added} metric points added")
         else:
             assert tensorboard is not None
-            results = guarded(lambda: export_tensorboard(reg, chosen, tensorboard))
+            results = export_tensorboard(reg, chosen, tensorboard)
             for r in results:
                 console.print(f"run {r.run_id} -> {r.target}: {r.added} scalars")
 
@@ -86,12 +87,9 @@ def reproduce(
     from imloss_cli.train.reproduce import reproduce_run
 
     with open_registry(registry, create=False) as reg, TrainDisplay(console) as ui:
-        result = guarded(
-            lambda: reproduce_run(
-                reg, run, argv=sys.argv, callbacks=ui.callbacks(), tolerance=tolerance, on_warning=warn,
-                **given(heartbeat_s=heartbeat),
-            ),
-            before_message=ui.stop,
+        result = reproduce_run(
+            reg, run, argv=sys.argv, callbacks=ui.callbacks(), tolerance=tolerance, on_warning=warn,
+            **given(heartbeat_s=heartbeat),
         )  # fmt: skip
     console.print(differences_table(result.differences, title=f"run {result.run_id} against run {result.original}"))
     if result.first_difference is None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # rendering needs no torch: `imloss runs` and `report` start 
     from imloss_cli.report import RunDetails
     from imloss_cli.snn.catalog import ModelRow
     from imloss_cli.train.loop import EpochRecord
-    from imloss_cli.train.run import Callbacks, RunStart
+    from imloss_cli.train.sink import Callbacks, RunStart
 
 
 # (metric, how it is printed) in line order; the ANN twin logs no im, K or entropy.
@@ -75,7 +75,7 @@ class TrainDisplay:
         self.progress.stop()
 
     def callbacks(self) -> Callbacks:
-        from imloss_cli.train.run import Callbacks
+        from imloss_cli.train.sink import Callbacks
 
         if self.quiet:
             return Callbacks()

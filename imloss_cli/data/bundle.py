@@ -4,13 +4,14 @@ DataError for data that cannot be loaded."""
 
 from __future__ import annotations
 
+from imloss_cli.errors import ImlossError
 from dataclasses import dataclass
 
 from torch import Tensor
 from torch.utils.data import Dataset
 
 
-class DataError(Exception):
+class DataError(ImlossError):
     """Data that cannot be loaded; the message names the file or directory and what to do."""
 
 

@@ -59,7 +59,7 @@ def network_graph(model: SpikingNet, sample: torch.Tensor, metadata: dict[str, A
         x = builder.module(f"body.{index}", module, x)
     x = builder.readout(model.readout, x)
     builder.add("output", nir.Output(output_type=None), [x])
-    spike_test = "v > V_th" if any(m.strict_threshold for m in builder.lifs) else "v >= V_th"
+    spike_test = "v > V_th" if any(m.params.strict for m in builder.lifs) else "v >= V_th"
     meta = {**metadata, "dt": DT, "spike_test": spike_test, "readout": "the output averaged over the T steps"}
     return nir.NIRGraph(nodes=builder.nodes, edges=builder.edges, metadata=meta)
 
@@ -121,7 +121,7 @@ class _Builder:
             )
         if not isinstance(lif, LIF):
             raise ExportError(f"{name}: {type(lif).__name__} is not a spiking neuron (the ANN twin does not export)")
-        if lif.soft_reset:
+        if lif.params.soft_reset:
             raise ExportError(f"{name}: a soft reset subtracts V_th; NIR's LIF resets to v_reset")
         decay = float(lif.leak()) if lif.w is None else float(torch.sigmoid(lif.w.detach()).double())
         if not decay < 1.0:
@@ -131,7 +131,7 @@ class _Builder:
         self.lifs.append(lif)
         node = nir.LIF(
             tau=np.full(shape, tau), r=np.full(shape, tau / DT), v_leak=np.zeros(shape),
-            v_threshold=np.full(shape, float(lif.v_threshold)), v_reset=np.zeros(shape),
+            v_threshold=np.full(shape, float(lif.params.v_threshold)), v_reset=np.zeros(shape),
         )  # fmt: skip
         return self.add(name, node, sources)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from imloss_cli.errors import ImlossError
 from imloss_cli.recipe import Recipe
 
 
-class ExportError(Exception):
+class ExportError(ImlossError):
     """A network, or a layer of it, that NIR cannot express; nothing was written."""
 
 

@@ -7,8 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from imloss_cli.errors import ImlossError
 
-class RecipeError(Exception):
+
+class RecipeError(ImlossError):
     """A recipe that cannot be used; ``problems`` holds one "field.path: reason" line each."""
 
     def __init__(self, problems: list[str], source: str | None = None) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from .errors import RecipeError
 from .sections import NON_SEMANTIC_FIELDS, Recipe, set_path, validate_recipe

@@ -4,22 +4,21 @@ Only the standard library, SQLAlchemy and pandas are used here, so reading a reg
 listings) never imports torch; and only this package imports SQLAlchemy.
 
 Modules:
-    store    :class:`Registry`, the public face: one short transaction per method, made of
-    session  opening the database, the transaction helpers, the displayed status and the fence check,
-    writes   groups, queued runs, claims (each returns its attempt: the fence token) and fenced writes,
-    queries  runs and groups as snapshots, epochs and layers as data frames.
-    records  :class:`RunInfo` and :class:`GroupInfo`, the snapshots it returns (run columns
-             are defined there once).
+    store    :class:`Registry`, the whole public surface: every method one short transaction
+             (opening, groups, a run's life from queue to finish, the reads).
+    records  what goes in (:class:`NewRun`, :class:`Claim`) and comes out (:class:`RunInfo`,
+             :class:`GroupInfo`; run columns are defined there once).
+    rows     the row-level steps behind the methods (a new run row, a claim, an epoch's rows).
     status   every status name (runs: QUEUED ... KILLED, LOST; trials: SKIPPED, PLANNED) and the sets built from them.
     schema   the tables and the schema version.
     backend  opening SQLite (WAL, BEGIN IMMEDIATE) or PostgreSQL, creating or checking the schema.
     reads    bulk reads of epoch metrics and layer statistics into data frames.
     values   ids, timestamps and the checks of values on their way in.
-    errors   :class:`RegistryError` and the translation of driver errors into it.
+    errors   :class:`RegistryError` and its kin, and the translation of driver errors into them.
 """
 
 from .errors import RegistryError, RunClaimedError, RunFencedError
-from .records import GroupInfo, RunInfo
+from .records import Claim, GroupInfo, NewRun, RunInfo
 from .schema import KINDS, SCHEMA_VERSION
 from .status import (
     FAILED,
@@ -51,7 +50,9 @@ __all__ = [
     "SKIPPED",
     "STATUSES",
     "TERMINAL",
+    "Claim",
     "GroupInfo",
+    "NewRun",
     "Registry",
     "RegistryError",
     "RunClaimedError",

@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
-from .errors import BUSY_TIMEOUT_MS, RegistryError
+from .errors import BUSY_TIMEOUT_MS, RegistryError, sqlite_code
 from .schema import MIGRATIONS, SCHEMA_VERSION, Base, Meta
 
 _IMMEDIATE = "imloss_begin_immediate"  # execution option marking the write engine
@@ -214,7 +214,7 @@ def _enable_wal(cursor: sqlite3.Cursor) -> None:
             cursor.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            if sqlite_code(exc) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.1)

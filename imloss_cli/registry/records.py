@@ -1,14 +1,17 @@
-"""What the registry hands out: frozen snapshots of run and group rows, never ORM rows.
+"""What goes into the registry and what comes out: plain frozen dataclasses, never ORM rows.
 
+In: :class:`NewRun` (a run as it is queued) and :class:`Claim` (who starts an attempt, and how).
+Out: :class:`RunInfo` and :class:`GroupInfo`, snapshots of a row with its JSON columns decoded.
 :class:`RunInfo` is the one definition of a run's columns as callers see them: the store builds it
-from a row field by field (:func:`run_info`), and ``Registry.runs_frame`` takes its scalar columns
-from it (:data:`RUN_FRAME_COLUMNS`).
+from a row field by field (:func:`run_info`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +21,55 @@ from .status import TERMINAL
 
 JSON_COLUMNS = frozenset({"recipe", "argv", "environment", "axes", "base_recipe", "attempts"})
 """Columns stored as JSON text and handed out decoded."""
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run as it is queued (QUEUED, attempt 0): what it trains and what identifies it.
+
+    Attributes:
+        name: human-readable name (the recipe's).
+        recipe: the fully resolved recipe, JSON-serialisable.
+        config_hash: hash of the recipe without its seed (runs of one configuration share it).
+        fingerprint: what makes two runs "the same experiment" (recipe, seed, code version).
+        seed: the run's seed.
+        code_version: the version of imloss that queued it.
+        kind: "train" or "ablate".
+        argv: the command line that queued it.
+        reproduces: the id of the run this one trains again (``imloss reproduce``).
+    """
+
+    name: str
+    recipe: Mapping[str, Any]
+    config_hash: str
+    fingerprint: str
+    seed: int
+    code_version: str
+    kind: str = "train"
+    argv: Sequence[str] = ()
+    reproduces: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who starts an attempt of a run, and how; fields left as None keep what the run holds.
+
+    Attributes:
+        how: how the attempt starts ("fresh", "resumed from ...", "restarted: ..."), in its attempts.
+        environment: python/torch/cuda versions, host, device.
+        argv: the command line of this attempt.
+        git_commit, git_dirty: the code it runs.
+        checkpoint_dir: where this attempt writes checkpoints.
+        heartbeat_s: how often it will beat; LOST after ``LOST_AFTER_BEATS`` intervals without one.
+    """
+
+    how: str = "fresh"
+    environment: Mapping[str, Any] | None = None
+    argv: Sequence[str] | None = None
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    checkpoint_dir: str | os.PathLike[str] | None = None
+    heartbeat_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,12 +136,6 @@ class GroupInfo:
     base_recipe: dict[str, Any]
     axes: dict[str, Any]
     argv: list[str]
-
-
-RUN_FRAME_COLUMNS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(RunInfo) if f.name not in JSON_COLUMNS | {"traceback"}
-)
-"""``Registry.runs_frame``'s columns: every scalar field of :class:`RunInfo`, in its order."""
 
 
 def _decoded(row: Run | Group, name: str) -> Any:

@@ -12,7 +12,7 @@ import operator
 import os
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import RegistryError
@@ -20,7 +20,7 @@ from .schema import ID_LENGTH
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from imloss_cli.errors import ImlossError
 
-class ReportError(Exception):
+
+class ReportError(ImlossError):
     """A report that cannot be built or rendered: no runs, unknown metric, bad option."""

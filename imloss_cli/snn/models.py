@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from imloss_cli.snn.mpbn import MembraneBNLIF
 from imloss_cli.snn.neuron import LIF
 from imloss_cli.snn.norm import TdBatchNorm2d
+from imloss_cli.snn.params import LIFParams
 
 if TYPE_CHECKING:  # snn/ needs only torch; a recipe is read through its attributes
     from imloss_cli.recipe import Recipe
@@ -81,17 +82,16 @@ class NetSpec:
     def lif(self, channels: int | None = None, block_output: bool = True, spatial: bool = True) -> LIF:
         """A hidden spiking layer on ``channels`` channels (feature maps, or ``spatial=False`` features):
         PLIF's learnable decay for ``neuron = "plif"``, MPBN with ``membrane_bn`` (which needs ``channels``)."""
-        args = (self.decay, self.v_threshold, self.reset, self.detach_reset, self.kernels, block_output)
-        options = {
-            "strict_threshold": self.strict_threshold,
-            "surrogate": self.surrogate,
-            "learn_decay": self.neuron == "plif",
-        }
+        params = LIFParams(
+            decay=self.decay, v_threshold=self.v_threshold, soft_reset=self.reset == "soft",
+            detach_reset=self.detach_reset, strict=self.strict_threshold, surrogate=self.surrogate,
+        )  # fmt: skip
+        args = (params, self.kernels, block_output, self.neuron == "plif")
         if self.membrane_bn:
             if channels is None:
                 raise ValueError("a membrane BatchNorm needs the layer's channel count")
-            return MembraneBNLIF(channels, *args, spatial=spatial, **options)
-        return LIF(*args, **options)
+            return MembraneBNLIF(channels, *args, spatial=spatial)
+        return LIF(*args)
 
     def activation(self, channels: int, block_output: bool = True, spatial: bool = True) -> nn.Module:
         """The network's neuron on ``channels`` channels: a LIF, or a ReLU in the ANN twin (``neuron = "relu"``)."""

@@ -34,7 +34,7 @@ class MembraneBNLIF(LIF):
 
     def __init__(self, channels: int, *args: object, spatial: bool = True, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if self.soft_reset:
+        if self.params.soft_reset:
             raise ValueError("MPBN resets the raw potential to 0 (hard reset); a soft reset would subtract V_th there")
         self.bn: nn.Module = nn.BatchNorm2d(channels) if spatial else nn.BatchNorm1d(channels)
         self.use_folded = False  # eval: compare the raw potential with the folded thresholds
@@ -51,7 +51,7 @@ class MembraneBNLIF(LIF):
         if bad:
             raise ValueError(f"MPBN channels {bad[:5]} have gamma <= 0: their firing cannot be folded into a threshold")
         std = torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
-        return (self.v_threshold - bn.bias.detach()) * std / gamma + bn.running_mean  # type: ignore[operator]
+        return (self.params.v_threshold - bn.bias.detach()) * std / gamma + bn.running_mean  # type: ignore[operator]
 
     def forward(self, x_seq: Tensor) -> Tensor:
         decay = self.leak()
@@ -64,14 +64,14 @@ class MembraneBNLIF(LIF):
             if h is None or o is None:
                 h = x_seq[t]
             else:
-                r = o.detach() if self.detach_reset else o
+                r = o.detach() if self.params.detach_reset else o
                 h = decay * (h * (1.0 - r)) + x_seq[t]
             if folded is not None:  # raw potential against V'_c: the same spikes without the BN
-                o = fires(h, folded.view(1, -1, *(1,) * (h.ndim - 2)), self.strict_threshold).to(h.dtype)
+                o = fires(h, folded.view(1, -1, *(1,) * (h.ndim - 2)), self.params.strict).to(h.dtype)
                 m = h
             else:
                 m = self.bn(h)
-                o = spike(m, k, self.v_threshold, self.strict_threshold, self.surrogate)
+                o = spike(m, k, self.params.v_threshold, self.params.strict, self.params.surrogate)
             spikes.append(o)
             normalised.append(m)
         spike_seq, v_seq = torch.stack(spikes), torch.stack(normalised)

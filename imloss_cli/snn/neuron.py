@@ -19,6 +19,7 @@ set, the one the trainer picks on CUDA.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -27,17 +28,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from imloss_cli.snn.surrogate import SURROGATES, fires, surrogate_grad
+from imloss_cli.snn.params import LIFParams
+from imloss_cli.snn.surrogate import fires, surrogate_grad
 from imloss_cli.snn.triton_lif import lif_backward_triton, lif_forward_triton
 
-Decay = float | Tensor
-"""The leak: a float, or a 0-dim tensor (on the device; PLIF's learnable decay, with a gradient)."""
 
-
-def lif_forward_loop(
-    x_seq: Tensor, decay: Decay, v_threshold: float, soft_reset: bool, strict: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the LIF over T steps (``strict``: a spike when h > V_th, else h >= V_th).
+def lif_forward_loop(x_seq: Tensor, p: LIFParams) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the LIF over T steps (``p.strict``: a spike when h > V_th, else h >= V_th).
 
     Every step is a tensor of its own, stacked at the end: compiled, that is one pass over N that
     carries h from step to step (writing into slices of one [T, N] buffer instead makes Inductor
@@ -50,13 +47,13 @@ def lif_forward_loop(
         reduction strategies, each with its own compile guard), so only N values remain to reduce.
     """
     h = x_seq[0]
-    o = fires(h, v_threshold, strict).to(x_seq.dtype)
+    o = fires(h, p.v_threshold, p.strict).to(x_seq.dtype)
     v_sum = h.float()
     hs, spikes = [h], [o]
     for t in range(1, x_seq.shape[0]):
-        kept = h - v_threshold * o if soft_reset else h * (1.0 - o)
-        h = (decay * kept + x_seq[t]).to(x_seq.dtype)
-        o = fires(h, v_threshold, strict).to(x_seq.dtype)
+        kept = h - p.v_threshold * o if p.soft_reset else h * (1.0 - o)
+        h = (p.decay * kept + x_seq[t]).to(x_seq.dtype)
+        o = fires(h, p.v_threshold, p.strict).to(x_seq.dtype)
         v_sum = v_sum + h.float()
         hs.append(h)
         spikes.append(o)
@@ -69,12 +66,7 @@ def lif_backward_loop(
     grad_v_mean: Tensor | None,
     v_seq: Tensor,
     k: Tensor,
-    decay: Decay,
-    v_threshold: float,
-    soft_reset: bool,
-    detach_reset: bool,
-    strict: bool = False,
-    surrogate: str = "tanh",
+    p: LIFParams,
     decay_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """BPTT through the LIF. Returns dL/dx_seq given dL/dspike_seq, dL/dv_seq, dL/dv_mean and h, and
@@ -93,17 +85,18 @@ def lif_backward_loop(
     """
     acc = torch.promote_types(v_seq.dtype, torch.float32)  # at least fp32
     from_mean = None if grad_v_mean is None else grad_v_mean.to(acc) / v_seq.numel()
-    decay_f = decay.to(acc) if isinstance(decay, Tensor) else decay
+    decay_f = p.decay.to(acc) if isinstance(p.decay, Tensor) else p.decay
+    v_threshold, soft_reset = p.v_threshold, p.soft_reset
     grad_decay = v_seq.new_zeros((), dtype=acc) if decay_grad else None
     grads: list[Tensor] = []
     g: Tensor | None = None
     for t in range(v_seq.shape[0] - 1, -1, -1):
         h = v_seq[t].to(acc)
-        o = fires(h, v_threshold, strict).to(acc)
+        o = fires(h, v_threshold, p.strict).to(acc)
         grad_o = grad_spike[t].to(acc)
-        if g is not None and not detach_reset:
+        if g is not None and not p.detach_reset:
             grad_o = grad_o - g * (decay_f * v_threshold if soft_reset else decay_f * h)
-        grad_h = grad_o * surrogate_grad(h, k.to(acc), v_threshold, surrogate)
+        grad_h = grad_o * surrogate_grad(h, k.to(acc), v_threshold, p.surrogate)
         if g is not None:  # through h[t+1] = decay * r(h[t], o[t]) + x[t+1], the spike o[t] held fixed
             grad_h = grad_h + g * (decay_f * (1.0 if soft_reset else 1.0 - o))
             if grad_decay is not None:
@@ -203,31 +196,23 @@ class MultiStepLIFFunction(torch.autograd.Function):
     """Fused multi-step LIF: no per-time-step autograd graph, only h is saved for backward.
 
     Outputs (spike_seq, v_seq, v_mean) in x_seq's memory layout; any of them may carry a gradient.
-    ``decay`` is a float, or a 0-dim tensor that may require a gradient (PLIF).
+    ``decay`` is ``params.decay``, given apart so that autograd sees it: a float, or a 0-dim tensor
+    that may require a gradient (PLIF); the kernels get it detached, inside ``params``.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx,
-        x_seq: Tensor,
-        k: Tensor,
-        decay: Decay,
-        v_threshold: float,
-        soft_reset: bool,
-        detach_reset: bool,
-        kernels: LIFKernels,
-        strict: bool = False,
-        surrogate: str = "tanh",
+        ctx, x_seq: Tensor, k: Tensor, decay: float | Tensor, params: LIFParams, kernels: LIFKernels
     ) -> tuple[Tensor, Tensor, Tensor]:
         layout = StepLayout.of(x_seq)
         x_rows = layout.flat(x_seq.detach())  # detached: requires_grad would be one more compile guard
         if _traced(kernels):
             _mark_rows_dynamic(x_rows)
-        leak = decay.detach() if isinstance(decay, Tensor) else decay
-        spike_rows, v_rows, v_sum = kernels.forward(x_rows, leak, v_threshold, soft_reset, strict)
+        params = dataclasses.replace(params, decay=decay.detach() if isinstance(decay, Tensor) else decay)
+        spike_rows, v_rows, v_sum = kernels.forward(x_rows, params)
         v_mean = v_sum.sum() / v_rows.numel()
         ctx.save_for_backward(v_rows, k)
-        ctx.args = (layout, leak, v_threshold, soft_reset, detach_reset, kernels, strict, surrogate)
+        ctx.args = (layout, params, kernels)
         ctx.set_materialize_grads(False)
         return layout.unflat(spike_rows), layout.unflat(v_rows), v_mean
 
@@ -236,7 +221,7 @@ class MultiStepLIFFunction(torch.autograd.Function):
         ctx, grad_spike: Tensor | None, grad_v: Tensor | None, grad_v_mean: Tensor | None
     ):
         v_rows, k = ctx.saved_tensors
-        layout, decay, v_threshold, soft_reset, detach_reset, kernels, strict, surrogate = ctx.args
+        layout, params, kernels = ctx.args
         # Autograd may hand the gradients in any layout: bring each to v_rows' (a view when it matches).
         grad_spike_rows = torch.zeros_like(v_rows) if grad_spike is None else layout.flat(grad_spike)
         grad_v_rows = None if grad_v is None else layout.flat(grad_v)
@@ -244,27 +229,22 @@ class MultiStepLIFFunction(torch.autograd.Function):
             _mark_rows_dynamic(grad_spike_rows, grad_v_rows, v_rows)
         decay_grad = ctx.needs_input_grad[2]
         grad_x_rows, grad_decay = kernels.backward(
-            grad_spike_rows, grad_v_rows, grad_v_mean, v_rows, k, decay, v_threshold, soft_reset, detach_reset,
-            strict, surrogate, decay_grad,
-        )  # fmt: skip
+            grad_spike_rows, grad_v_rows, grad_v_mean, v_rows, k, params, decay_grad
+        )
         if grad_decay is not None:
-            grad_decay = grad_decay.to(decay.dtype).reshape(decay.shape)
-        return layout.unflat(grad_x_rows), None, grad_decay, None, None, None, None, None, None
+            grad_decay = grad_decay.to(params.decay.dtype).reshape(params.decay.shape)
+        return layout.unflat(grad_x_rows), None, grad_decay, None, None
 
 
 class LIF(nn.Module):
     """Multi-step LIF layer: x_seq [T, B, ...] -> spike_seq [T, B, ...].
 
     Args:
-        decay: membrane leak per step (with ``learn_decay``: its initial value).
-        v_threshold: firing threshold V_th.
-        reset: "hard" or "soft".
-        detach_reset: cut the gradient through the reset.
+        params: the dynamics (decay, with ``learn_decay`` its initial value; V_th; reset; spike
+            test; surrogate shape).
         kernels: which time loops run it: "eager", "compiled" (torch.compile'd) or "triton" (CUDA
             tensors, or CPU ones under TRITON_INTERPRET=1); see ``kernel_set``.
         block_output: whether this layer counts for IM-Loss when only block outputs are chosen.
-        strict_threshold: spike when h > V_th (the authors' code) instead of h >= V_th.
-        surrogate: the backward's shape, "tanh" (ESG) or "guo" (``snn.surrogate``).
         learn_decay: PLIF (Fang et al., ICCV 2021): the decay is sigmoid(w) of one learnable w per
             layer, w starting at logit(decay); trained with the network, in the same fused kernels.
 
@@ -276,34 +256,17 @@ class LIF(nn.Module):
     """
 
     def __init__(
-        self,
-        decay: float,
-        v_threshold: float,
-        reset: str = "hard",
-        detach_reset: bool = False,
-        kernels: str = "eager",
-        block_output: bool = True,
-        strict_threshold: bool = False,
-        surrogate: str = "tanh",
-        learn_decay: bool = False,
+        self, params: LIFParams, kernels: str = "eager", block_output: bool = True, learn_decay: bool = False
     ) -> None:
         super().__init__()
-        if reset not in ("hard", "soft"):
-            raise ValueError(f"reset must be 'hard' or 'soft', got {reset!r}")
-        if surrogate not in SURROGATES:
-            raise ValueError(f"surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
+        decay = float(params.decay)
         if learn_decay and not 0.0 < decay < 1.0:
             raise ValueError(f"a learnable decay starts strictly between 0 and 1, got {decay}")
-        self.decay = decay
-        self.v_threshold = v_threshold
-        self.soft_reset = reset == "soft"
-        self.detach_reset = detach_reset
         if kernels not in KERNEL_SETS:
             raise ValueError(f"kernels must be one of {', '.join(KERNEL_SETS)}, got {kernels!r}")
+        self.params = params
         self.kernels = kernels
         self.block_output = block_output
-        self.strict_threshold = strict_threshold
-        self.surrogate = surrogate
         # PLIF: decay = sigmoid(w), w = logit(decay) at the start (SpikingJelly's ParametricLIFNode
         # parametrises 1/tau the same way).
         self.w = nn.Parameter(torch.tensor(math.log(decay / (1.0 - decay)))) if learn_decay else None
@@ -316,17 +279,14 @@ class LIF(nn.Module):
         self.store_x_mean = False
         self.x_mean: Tensor | None = None
 
-    def leak(self) -> Decay:
+    def leak(self) -> float | Tensor:
         """The decay the next forward pass uses: the constant, or sigmoid(w) (a tensor with a gradient)."""
-        return self.decay if self.w is None else torch.sigmoid(self.w)
+        return self.params.decay if self.w is None else torch.sigmoid(self.w)
 
     def forward(self, x_seq: Tensor) -> Tensor:
         kernels = kernel_set(self.kernels)
         k = self.k.to(x_seq.dtype)
-        spike_seq, v_seq, v_mean = MultiStepLIFFunction.apply(
-            x_seq, k, self.leak(), self.v_threshold, self.soft_reset, self.detach_reset, kernels,
-            self.strict_threshold, self.surrogate,
-        )  # fmt: skip
+        spike_seq, v_seq, v_mean = MultiStepLIFFunction.apply(x_seq, k, self.leak(), self.params, kernels)
         if self.store_v_seq:
             self.v_seq, self.v_mean, self.spike_seq = v_seq, v_mean, spike_seq
         if self.store_x_mean:
@@ -338,12 +298,10 @@ class LIF(nn.Module):
         self.v_seq = self.v_mean = self.spike_seq = self.x_mean = None
 
     def extra_repr(self) -> str:
-        reset = "soft" if self.soft_reset else "hard"
-        decay = f"learnable, from {self.decay}" if self.w is not None else self.decay
-        extra = (", strict" if self.strict_threshold else "") + (
-            f", surrogate={self.surrogate}" if self.surrogate != "tanh" else ""
-        )
-        return f"decay={decay}, v_threshold={self.v_threshold}, reset={reset}, kernels={self.kernels}{extra}"
+        p = self.params
+        decay = f"learnable, from {p.decay}" if self.w is not None else p.decay
+        extra = (", strict" if p.strict else "") + (f", surrogate={p.surrogate}" if p.surrogate != "tanh" else "")
+        return f"decay={decay}, v_threshold={p.v_threshold}, reset={p.reset}, kernels={self.kernels}{extra}"
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, LIF]]:

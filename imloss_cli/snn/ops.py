@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imloss_cli.errors import ImlossError
 from imloss_cli.snn.neuron import LIF
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
@@ -56,7 +57,7 @@ VIEWS = (nn.Identity, nn.Flatten, nn.Dropout)
 AVERAGE_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # linear in the spikes: window sums, 1/|window| folds on
 
 
-class OpsError(Exception):
+class OpsError(ImlossError):
     """The probe met a read of a spike map it cannot count exactly."""
 
 

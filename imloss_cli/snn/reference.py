@@ -9,32 +9,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from imloss_cli.snn.params import LIFParams
 from imloss_cli.snn.surrogate import spike
 
 
-def lif_naive(
-    x_seq: Tensor,
-    k: Tensor | float,
-    decay: float | Tensor,
-    v_threshold: float,
-    reset: str = "hard",
-    detach_reset: bool = False,
-    strict: bool = False,
-    surrogate: str = "tanh",
-) -> tuple[Tensor, Tensor]:
+def lif_naive(x_seq: Tensor, k: Tensor | float, p: LIFParams) -> tuple[Tensor, Tensor]:
     """Per-step Python loop of the LIF dynamics (see neuron.py). Returns (spike_seq, v_seq).
 
-    ``decay`` may be a tensor with a gradient (PLIF): autograd then gives dL/d(decay) through the loop.
+    ``p.decay`` may be a tensor with a gradient (PLIF): autograd then gives dL/d(decay) through the loop.
     """
     spikes, potentials = [], []
     h = x_seq[0]
     o: Tensor | None = None
     for t in range(x_seq.shape[0]):
         if o is not None:
-            r = o.detach() if detach_reset else o
-            kept = h - v_threshold * r if reset == "soft" else h * (1.0 - r)
-            h = decay * kept + x_seq[t]
-        o = spike(h, k, v_threshold, strict, surrogate)
+            r = o.detach() if p.detach_reset else o
+            kept = h - p.v_threshold * r if p.soft_reset else h * (1.0 - r)
+            h = p.decay * kept + x_seq[t]
+        o = spike(h, k, p.v_threshold, p.strict, p.surrogate)
         spikes.append(o)
         potentials.append(h)
     return torch.stack(spikes), torch.stack(potentials)

@@ -34,6 +34,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from imloss_cli.snn.params import LIFParams
+
 BLOCK = 1024  # neurons per program; the loops are memory-bound, one fp32 state per neuron
 NUM_WARPS = 4
 
@@ -69,21 +71,19 @@ def _decay_args(decay: float | Tensor, device: torch.device) -> tuple[Tensor | N
     return None, float(decay), False
 
 
-def lif_forward_triton(
-    x_seq: Tensor, decay: float | Tensor, v_threshold: float, soft_reset: bool, strict: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
+def lif_forward_triton(x_seq: Tensor, p: LIFParams) -> tuple[Tensor, Tensor, Tensor]:
     """``lif_forward_loop`` as one Triton kernel. Returns spike_seq, v_seq [T, N] (x's dtype), v_sum [N] fp32."""
     T, N = x_seq.shape
     stride_t, stride_n = _strides(x_seq, "x_seq")
     spike_seq = torch.empty((T, N), dtype=x_seq.dtype, device=x_seq.device)
     v_seq = torch.empty_like(spike_seq)
     v_sum = torch.empty(N, dtype=torch.float32, device=x_seq.device)
-    decay_t, decay_f, decay_ptr = _decay_args(decay, x_seq.device)
+    decay_t, decay_f, decay_ptr = _decay_args(p.decay, x_seq.device)
     if N and T:
         _jit().lif_fwd[_grid(N)](
             x_seq, spike_seq, v_seq, v_sum, v_sum if decay_t is None else decay_t, T, N, stride_t, stride_n,
-            decay_f, v_threshold,
-            SOFT=soft_reset, STRICT=strict, DECAY_PTR=decay_ptr, BLOCK=BLOCK, num_warps=NUM_WARPS,
+            decay_f, p.v_threshold,
+            SOFT=p.soft_reset, STRICT=p.strict, DECAY_PTR=decay_ptr, BLOCK=BLOCK, num_warps=NUM_WARPS,
             enable_fp_fusion=False,
         )  # fmt: skip
     return spike_seq, v_seq, v_sum
@@ -95,12 +95,7 @@ def lif_backward_triton(
     grad_v_mean: Tensor | None,
     v_seq: Tensor,
     k: Tensor,
-    decay: float | Tensor,
-    v_threshold: float,
-    soft_reset: bool,
-    detach_reset: bool,
-    strict: bool = False,
-    surrogate: str = "tanh",
+    p: LIFParams,
     decay_grad: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """``lif_backward_loop`` as one Triton kernel: dL/dx_seq [T, N] in v_seq's dtype, and with
@@ -117,12 +112,12 @@ def lif_backward_triton(
     k_t = k.reshape(1).to(device=v_seq.device)
     # divided here, not in the kernel: Triton may make T or N a compile-time 1, and T*N a Python int
     mean_t = k_t if grad_v_mean is None else (grad_v_mean.float() / v_seq.numel()).reshape(1).to(v_seq.device)
-    decay_t, decay_f, decay_ptr = _decay_args(decay, v_seq.device)
+    decay_t, decay_f, decay_ptr = _decay_args(p.decay, v_seq.device)
     _jit().lif_bwd[_grid(N)](
         grad_spike, v_seq if grad_v is None else grad_v, mean_t, v_seq, k_t, grad_x, k_t if decay_t is None else decay_t,
-        partial, T, N, *stride_gs, *stride_gv, decay_f, v_threshold,
-        SOFT=soft_reset, DETACH=detach_reset, HAS_GV=grad_v is not None, HAS_GM=grad_v_mean is not None,
-        STRICT=strict, GUO=surrogate == "guo", DECAY_PTR=decay_ptr, DECAY_GRAD=decay_grad,
+        partial, T, N, *stride_gs, *stride_gv, decay_f, p.v_threshold,
+        SOFT=p.soft_reset, DETACH=p.detach_reset, HAS_GV=grad_v is not None, HAS_GM=grad_v_mean is not None,
+        STRICT=p.strict, GUO=p.surrogate == "guo", DECAY_PTR=decay_ptr, DECAY_GRAD=decay_grad,
         BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
     )  # fmt: skip
     return grad_x, partial.sum() if decay_grad else None

@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from imloss_cli.errors import ImlossError
+
 FORMAT = "imloss-checkpoint-1"
 
 
-class CheckpointError(Exception):
+class CheckpointError(ImlossError):
     """A checkpoint that cannot be read: missing, truncated, foreign or unsafe."""
 
 

@@ -1,10 +1,12 @@
 """The training loop of Algorithm 1: CE + lambda * IM-Loss, BPTT, K(i) of the ESG once per epoch.
 
-``Trainer(recipe, seed).fit()`` yields one ``EpochRecord`` per epoch: plain data, which the caller
-stores wherever it likes. Everything the loop needs comes from the recipe; nothing is defaulted here.
-Within an epoch nothing is read back to the host: sums stay on the device until the epoch ends.
-On CUDA the LIF runs on its Triton kernels, in-memory data sets live on the device
-(``data.resident``), and ``train.cuda_graphs`` replays the step as one CUDA graph (``train.graphs``).
+``Trainer(recipe, seed).fit(run)`` trains epoch by epoch and hands everything that leaves the loop
+to ``run`` (``train.sink``: the epoch's record, the fence check between steps, where checkpoints go
+and the fence they are promoted in); it also yields each ``EpochRecord``. Everything the loop needs
+comes from the recipe; nothing is defaulted here. Within an epoch nothing is read back to the host:
+sums stay on the device until the epoch ends. On CUDA the LIF runs on its Triton kernels, in-memory
+data sets live on the device (``data.resident``), and ``train.cuda_graphs`` replays the step as one
+CUDA graph (``train.graphs``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +45,8 @@ from imloss_cli.train.placement import (
     resolve_device,
     wrap_ddp,
 )
-from imloss_cli.train.scoring import BatchCallback, score
-
-StepCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """What one epoch produced: scalar metrics and per-layer statistics on the test set."""
-
-    epoch: int
-    metrics: dict[str, float]
-    layers: list[LayerStats] = field(default_factory=list)
+from imloss_cli.train.scoring import score
+from imloss_cli.train.sink import Callbacks, EpochRecord, LocalRun, RunSink
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -66,29 +57,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Trainer:
     """Builds data, model and optimizer from a recipe and trains it, epoch by epoch.
 
+    Configured once, here; where the results go is the ``run`` given to :meth:`fit`.
+
     Args:
         recipe: the resolved recipe.
         seed: the run's seed (model init, data order and augmentation derive from it).
-        checkpoint_dir: where ``last.pt`` / ``best.pt`` go; None: no checkpoints.
-        on_step: called as ``on_step(step, steps)`` after each training step (progress bars).
         dist: this process's place in a torchrun job (the process group must be joined); None: alone.
+        callbacks: progress hooks of a front end (steps, evaluation batches, epochs).
     """
 
     def __init__(
-        self,
-        recipe: Recipe,
-        seed: int,
-        *,
-        checkpoint_dir: Path | None = None,
-        on_step: StepCallback | None = None,
-        dist: DistEnv | None = None,
+        self, recipe: Recipe, seed: int, *, dist: DistEnv | None = None, callbacks: Callbacks = Callbacks()
     ) -> None:
         self.recipe, self.seed = recipe, seed
-        self.checkpoint_dir = checkpoint_dir if recipe.train.checkpoint else None
-        self.on_step = on_step
-        self.on_eval_batch: BatchCallback | None = None  # progress of the test and validation passes
-        self.checkpoint_tag = "0"  # names this process's unpromoted checkpoint files
-        self.fence: Callable[[], contextlib.AbstractContextManager[None]] | None = None
+        self.callbacks = callbacks
         self.dist = dist
         self.rank, self.world_size = (dist.rank, dist.world_size) if dist else (0, 1)
         # data.batch_size is the global batch: each of the world_size processes trains its share.
@@ -181,24 +163,14 @@ class Trainer:
         except (ValueError, RecipeError):
             return False
 
-    def checkpoints_to(
-        self, directory: Path | None, *, tag: str, fence: Callable[[], contextlib.AbstractContextManager[None]]
-    ) -> None:
-        """Write checkpoints to ``directory`` as one attempt of a claimed run (``train.lifecycle``).
-
-        Each epoch's file is written under this attempt's ``tag`` and promoted to ``last.pt`` only
-        after the epoch's record was taken (stored in the registry), inside ``fence()``: a copy of
-        the run that was taken over never replaces the current attempt's checkpoint.
-        """
-        self.checkpoint_dir = directory if self.recipe.train.checkpoint else None
-        self.checkpoint_tag, self.fence = tag, fence
-
-    def _write_checkpoint(self, epoch: int, k: float, test_acc: float) -> tuple[Path, bool] | None:
-        """This epoch's checkpoint in the attempt's own file; (file, is it the best so far), or None."""
-        if self.checkpoint_dir is None:
+    def _checkpoints(self, run: RunSink) -> CheckpointDir | None:
+        """Where this run's checkpoints go: the run's folder (None: it keeps none, or the recipe says no)."""
+        if run.checkpoint_dir is None or not self.recipe.train.checkpoint:
             return None
-        is_best = test_acc > self.best_acc
-        self.best_acc = max(self.best_acc, test_acc)
+        return CheckpointDir(run.checkpoint_dir, self.recipe.train.keep_last, run.checkpoint_tag)
+
+    def _write_checkpoint(self, checkpoints: CheckpointDir, epoch: int, k: float, tag: str) -> Path:
+        """This epoch's checkpoint in the attempt's own file (not yet promoted to ``last.pt``)."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -210,19 +182,15 @@ class Trainer:
             "recipe": canonical_json(self.recipe),
             "best_acc": self.best_acc,
             "rng": rng_state(),
-            "written_by": self.checkpoint_tag,  # which attempt of the run wrote it
+            "written_by": tag,  # which attempt of the run wrote it
             "data_shape": self._data_shape(),  # what rebuilds the network without the data (imloss export)
         }
-        return self._checkpoints().write(epoch, state), is_best
+        return checkpoints.write(epoch, state)
 
     def _data_shape(self) -> dict[str, Any]:
         d = self.data  # sample_shape: [C, H, W], or [T, C, H, W] for frames
         dims = {"num_classes": d.num_classes, "in_channels": d.in_channels, "image_size": d.image_size}
         return dims | {"sample_shape": list(d.test[0][0].shape)}
-
-    def _checkpoints(self) -> CheckpointDir:
-        assert self.checkpoint_dir is not None
-        return CheckpointDir(self.checkpoint_dir, self.recipe.train.keep_last, self.checkpoint_tag)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -239,26 +207,32 @@ class Trainer:
         limit = self.recipe.train.max_steps_per_epoch
         return steps if limit is None else min(steps, limit)
 
-    def fit(self) -> Iterator[EpochRecord]:
-        """Train from ``start_epoch`` to the recipe's last epoch, yielding each epoch's record.
+    def fit(self, run: RunSink | None = None) -> Iterator[EpochRecord]:
+        """Train from ``start_epoch`` to the recipe's last epoch; each epoch's record goes to ``run`` and is yielded.
 
-        Without a fence the epoch's checkpoint is promoted before its record is yielded; with one
-        (a claimed run) after the caller has taken the record, so the registry never lags behind
-        ``last.pt``: a run stopped in between resumes from the epoch before and logs this one again.
+        An epoch ends in this order: its checkpoint is written to the attempt's own file, its record
+        is stored (``run.store_epoch``), then the checkpoint is promoted to ``last.pt`` inside
+        ``run.fenced()``. So what ``last.pt`` holds is always stored: a run stopped in between resumes
+        from the epoch before and stores this one again. ``run.check()`` after every step stops a
+        copy that must not go on. None: a :class:`~imloss_cli.train.sink.LocalRun` without checkpoints.
         """
+        run = run if run is not None else LocalRun()
+        checkpoints = self._checkpoints(run)
         for epoch in range(self.start_epoch, self.recipe.train.epochs + 1):
             start = time.perf_counter()
             k = surrogate_k(self.recipe, epoch)
             set_surrogate_k(self.model, k)
             lr = float(self.optimizer.param_groups[0]["lr"])
             torch.manual_seed(epoch_seed(self.seed, epoch))
-            train_metrics = self._train_epoch(epoch)
+            train_metrics = self._train_epoch(epoch, run)
             train_seconds = time.perf_counter() - start
             test_metrics, layers = self.evaluate()
             if self.data.val is not None:
                 test_metrics |= self.validate()
             self.scheduler.step()
-            written = self._write_checkpoint(epoch, k, test_metrics["test_acc"])
+            is_best = test_metrics["test_acc"] > self.best_acc
+            self.best_acc = max(self.best_acc, test_metrics["test_acc"])
+            pending = None if checkpoints is None else self._write_checkpoint(checkpoints, epoch, k, run.checkpoint_tag)
             metrics = {**train_metrics, **test_metrics}
             if layers:  # the ANN twin has no spiking layer: no K, IM term or entropy to log
                 metrics |= {
@@ -270,20 +244,17 @@ class Trainer:
                 del metrics["im"]
             metrics |= {"lr": lr, "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - start}
             record = EpochRecord(epoch, metrics, layers)
-            if written is None:
-                yield record
-                continue
-            pending, is_best = written
             try:
-                if self.fence is None:
-                    self._checkpoints().promote(pending, epoch, is_best)
-                    yield record
-                else:
-                    yield record
-                    with self.fence():
-                        self._checkpoints().promote(pending, epoch, is_best)
+                run.store_epoch(record)
+                if checkpoints is not None and pending is not None:
+                    with run.fenced():
+                        checkpoints.promote(pending, epoch, is_best)
             finally:  # not promoted (stopped, or taken over): the attempt's own file goes
-                pending.unlink(missing_ok=True)
+                if pending is not None:
+                    pending.unlink(missing_ok=True)
+            if self.callbacks.on_epoch is not None:
+                self.callbacks.on_epoch(record)
+            yield record
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.autocast_dtype is None:
@@ -327,7 +298,7 @@ class Trainer:
             raise TrainingError(f"a batch of shape {tuple(x.shape)} does not fit the captured CUDA graph")
         return self.graphed(x, y)
 
-    def _train_epoch(self, epoch: int) -> dict[str, float]:
+    def _train_epoch(self, epoch: int, run: RunSink) -> dict[str, float]:
         self.step_model.train()
         self._store(self.im_layers, inputs=self.recipe.loss.im_target == "input")
         loader = self._train_batches(epoch)
@@ -353,8 +324,9 @@ class Trainer:
                 sums += torch.stack([total.double() * n, ce.double() * n, im.double() * n, correct.double()])
                 bad = ~torch.isfinite(total)
                 first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
-            if self.on_step is not None:
-                self.on_step(step + 1, steps)
+            run.check()  # a copy that was taken over stops at its next step
+            if self.callbacks.on_step is not None:
+                self.callbacks.on_step(step + 1, steps)
         self._store([])
         sums = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64, device=self.device)])
         all_reduce_sum([sums])
@@ -372,7 +344,8 @@ class Trainer:
     def _score(self, batches: Iterable[tuple[Tensor, Tensor]], after_batch: Callable[[], None] | None = None) -> Tensor:
         return score(
             self.model, batches, total=self._eval_batches(batches), device=self.device,  # type: ignore[arg-type]
-            to_device=self._to_device, autocast=self._autocast, after_batch=after_batch, on_batch=self.on_eval_batch,
+            to_device=self._to_device, autocast=self._autocast, after_batch=after_batch,
+            on_batch=self.callbacks.on_eval_batch,
         )  # fmt: skip
 
     @torch.no_grad()

@@ -20,8 +20,8 @@ from imloss_cli.recipe import validate_recipe
 from imloss_cli.registry import FINISHED, Registry, RunInfo
 from imloss_cli.train.environment import code_version, git_state
 from imloss_cli.train.errors import TrainingError
-from imloss_cli.train.lifecycle import HEARTBEAT_S
-from imloss_cli.train.run import Callbacks, train_run
+from imloss_cli.train.lifecycle import HEARTBEAT_S, train_run
+from imloss_cli.train.sink import Callbacks
 
 TIMINGS = frozenset({"train_seconds", "epoch_seconds"})
 """Metrics that measure the machine, not the training: left out of the comparison."""
@@ -81,9 +81,7 @@ def reproduce_run(
     if on_warning is not None:
         for w in warnings:
             on_warning(w)
-    result = train_run(recipe, registry=registry, argv=argv, callbacks=callbacks, heartbeat_s=heartbeat_s,
-                       reproduces=info.id)  # fmt: skip
-    assert result is not None  # a single process
+    result = train_run(registry, recipe, argv=argv, callbacks=callbacks, heartbeat_s=heartbeat_s, reproduces=info.id)
     differences, first = compare_runs(registry, info.id, result.run_id, tolerance)
     return Reproduction(info.id, result.run_id, differences, first, tolerance, warnings)
 

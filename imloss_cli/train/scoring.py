@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BatchCallback = Callable[[int, int], None]
-"""Called as ``(batches done, batches in the pass)`` after each scored batch (progress bars)."""
+from imloss_cli.train.sink import StepCallback
 
 
 @torch.no_grad()
@@ -27,7 +26,7 @@ def score(
     to_device: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     autocast: Callable[[], contextlib.AbstractContextManager[None]],
     after_batch: Callable[[], None] | None = None,
-    on_batch: BatchCallback | None = None,
+    on_batch: StepCallback | None = None,
 ) -> Tensor:
     """Summed cross-entropy, correct predictions and images over at most ``total`` batches.
 
