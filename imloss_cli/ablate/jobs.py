@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from imloss_cli.files import open_to_append
 
-def _environment(slot: int, jobs: int) -> dict[str, str]:
-    env = dict(os.environ)
+
+def _environment(slot: int, jobs: int, registry_env: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **registry_env}
     gpus = torch.cuda.device_count()
     if gpus > 1:
         env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
@@ -34,7 +36,7 @@ def run_workers(
     group_id: str,
     jobs: int,
     *,
-    registry_url: str,
+    registry_env: dict[str, str],
     options: list[str],
     log_dir: Path,
     poll_s: float,
@@ -45,7 +47,8 @@ def run_workers(
     Args:
         group_id: the group every worker joins.
         jobs: processes at once.
-        registry_url: the registry of the group.
+        registry_env: what names the group's registry in a worker's environment (``Registry.child_environment``):
+            its URL may hold a password, so it is never put on the worker's command line.
         options: further ``imloss ablate`` options for each worker (``--heartbeat``, ``--fail-fast``).
         log_dir: worker k writes its output to ``log_dir/worker-k.log``.
         poll_s: seconds between calls of ``on_poll``.
@@ -66,16 +69,17 @@ def run_workers(
         "--group",
         group_id,
         "--no-wait",
-        "--registry",
-        registry_url,
     ]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for slot in range(jobs):
-            with open(log_dir / f"worker-{slot}.log", "ab") as log:
+            with open_to_append(log_dir / f"worker-{slot}.log") as log:
                 procs.append(
                     subprocess.Popen(
-                        [*command, *options], stdout=log, stderr=subprocess.STDOUT, env=_environment(slot, jobs)
+                        [*command, *options],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=_environment(slot, jobs, registry_env),
                     )
                 )
         while any(p.poll() is None for p in procs):

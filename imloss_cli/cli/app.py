@@ -26,10 +26,10 @@ from imloss_cli.cli.common import (
     load,
     open_registry,
     overrides_of,
-    write_text_atomically,
 )
 from imloss_cli.cli.errors import App, RecipeCommand, fail, note, warn
 from imloss_cli.cli.results import export, reproduce
+from imloss_cli.files import write_atomically
 from imloss_cli.recipe import Recipe, to_toml
 
 app = App(
@@ -270,7 +270,8 @@ def runs(
 
     with open_registry(registry, create=False, write=False) as reg:
         frame = runs_overview(reg, status=status and status.upper(), group=group, limit=limit)
-    console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
+        where = reg.url  # as it may be shown: the password hidden
+    console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {where}"))
 
 
 @app.command()
@@ -334,7 +335,7 @@ def report(
         if output is None:
             console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
-            write_text_atomically(output, text)
+            write_atomically(output, text)
             note(f"wrote {output}")
         if plots is not None:  # stdout holds only the report: a JSON or CSV report stays parseable
             for path in write_plots(rep, reg, plots):

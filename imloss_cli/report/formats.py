@@ -13,6 +13,7 @@ from imloss_cli.registry import Registry
 from .build import FORMATS, Report
 from .epochs import ENTROPY_METRIC, VAL_METRIC
 from .errors import ReportError
+from .escape import csv_cells, latex_comment, markdown_cell, markdown_text, one_line
 from .selection import CONFIG_COLUMN
 from .text import _count_text, _header, _is_accuracy, _number_text, _scale, _value_text
 
@@ -39,7 +40,7 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if fmt == "csv":
-        return _machine_table(report).to_csv(index=False)
+        return csv_cells(_machine_table(report)).to_csv(index=False)
     if fmt == "json":
         layers = report.layer_table.reset_index()
         payload = {
@@ -57,15 +58,15 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
     caption = _layer_caption(report)
     sops = [] if report.sops_table.empty else [(_sops_caption(report), _display_layers(report.sops_table, _count_text))]
     if fmt == "markdown":
-        lines = [f"### {report.title}", "", _subtitle(report)]
-        lines += [f"> warning: {w}" for w in report.warnings]
+        lines = [f"### {markdown_text(report.title)}", "", markdown_text(_subtitle(report))]
+        lines += [f"> warning: {markdown_text(w)}" for w in report.warnings]
         lines += ["", _markdown(table), "", caption, "", _markdown(layers)]
         for text, frame in sops:
             lines += ["", text, "", _markdown(frame)]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
-        lines = [f"% {report.title}", f"% {_subtitle(report)}"]
-        lines += [f"% warning: {w}" for w in report.warnings]
+        lines = [f"% {latex_comment(report.title)}", f"% {latex_comment(_subtitle(report))}"]
+        lines += [f"% warning: {latex_comment(w)}" for w in report.warnings]
         best = report.best_row
         bold = None if best is None else (best, len(_varying(report)))  # the metric's column
         lines += [_latex(table, bold), "", f"% {caption}", _latex(layers)]
@@ -151,10 +152,8 @@ def _display_layers(layer_table: pd.DataFrame, text: Callable[[float], str] = _n
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|")
-
     left = {"layer", CONFIG_COLUMN}
+    cell = markdown_cell
     lines = [
         "| " + " | ".join(cell(c) for c in frame.columns) + " |",
         "|" + "|".join(" :--- " if c in left else " ---: " for c in frame.columns) + "|",
@@ -180,7 +179,8 @@ _LATEX_SPECIALS = {
 
 
 def _latex_escape(value: Any) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(value))
+    """A cell: every character LaTeX would read as a command or a group escaped, on one line."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in one_line(value))
 
 
 def _latex(frame: pd.DataFrame, bold: tuple[int, int] | None = None) -> str:

@@ -47,7 +47,8 @@ def runs_overview(
     for r in runs:
         row = {"id": r.id, "name": r.name, "status": r.display_status, "group": r.group_id or ""}
         for label, (section, field) in KEY_FIELDS.items():
-            row[label] = r.recipe.get(section, {}).get(field)
+            part = r.recipe.get(section)  # a row is input: a section may be missing or not a table
+            row[label] = part.get(field) if isinstance(part, dict) else None
         row |= {"seed": r.seed, "best_acc": best.get(r.id), "last_acc": last.get(r.id), "duration": _duration(r)}
         rows.append(row)
     return pd.DataFrame(
