@@ -227,12 +227,18 @@ class TrainConfig(_Section):
         "CUDA graph and replay it per batch; static shapes, so the last partial training batch of each "
         "epoch is dropped",
     )
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke runs)")
+    max_steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="cut epochs short (smoke runs); each epoch's batches come from a fresh shuffle of the "
+        "whole training set, so a short epoch sees a random subset of it, a different one every epoch",
+    )
     max_eval_batches: int | None = Field(
         None,
         ge=1,
-        description="score at most this many batches of the test (and validation) set each epoch (smoke runs: "
-        "the accuracy is then that of a subset); None: the whole set",
+        description="score at most this many batches of the test (and validation) set each epoch (smoke runs): "
+        "a fixed, class-balanced subset of max_eval_batches * eval_batch_size images chosen from the run's seed, "
+        "the same every epoch; the accuracy is that subset's, and reports say so; None: the whole set",
     )
     deterministic: bool = Field(
         False, description="CUDA: deterministic algorithms, no cuDNN autotuning (slower, bit-exact reruns)"

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from imloss_cli import data as data_mod
+from imloss_cli.data.capped import capped_subset
 from imloss_cli.data.resident import device_resident_sets, resident_eval_batches, resident_train_batches
 from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recipe
 from imloss_cli.snn.energy import energy_uj
@@ -97,6 +98,11 @@ class Trainer:
     def _setup_data(self) -> None:
         self.data = data_mod.build_datasets(self.recipe.data, timesteps=self.recipe.model.timesteps)
         self.resident = device_resident_sets(self.data, self.recipe.data, self.device)
+        # train.max_eval_batches: a fixed, class-balanced subset of each evaluation set, from the seed.
+        limit = self.recipe.train.max_eval_batches
+        cap = None if limit is None else limit * self.recipe.data.eval_batch_size
+        self.test_subset = capped_subset(self.data.test, cap, self.seed)
+        self.val_subset = None if self.data.val is None else capped_subset(self.data.val, cap, self.seed)
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.seed)
@@ -359,14 +365,16 @@ class Trainer:
         self.model.eval()
         loader = data_mod.eval_loader(
             self.data.val, self.recipe.data, rank=self.rank, world_size=self.world_size,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", indices=self.val_subset,
         )  # fmt: skip
         sums = self._score(loader)
         for _, m in self.hidden_layers:
             m.clear()
         all_reduce_sum([sums])
         loss, correct, images = sums.tolist()
-        return {"val_loss": loss / images, "val_acc": correct / images}
+        # How many images the accuracy is of: fewer than the set's under train.max_eval_batches.
+        return {"val_loss": loss / images, "val_acc": correct / images, "val_images": images,
+                "val_images_total": float(len(self.data.val))}  # fmt: skip
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], list[LayerStats]]:
@@ -385,12 +393,13 @@ class Trainer:
         loader: Iterable[tuple[Tensor, Tensor]]
         if self.resident is not None:
             loader = resident_eval_batches(
-                self.resident[1], self.recipe.data, rank=self.rank, world_size=self.world_size
-            )
+                self.resident[1], self.recipe.data, rank=self.rank, world_size=self.world_size,
+                indices=self.test_subset,
+            )  # fmt: skip
         else:
             loader = data_mod.test_loader(
                 self.data, self.recipe.data, rank=self.rank, world_size=self.world_size,
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.device.type == "cuda", indices=self.test_subset,
             )  # fmt: skip
         with stats.watch(self.model):
             sums = self._score(loader, after_batch=stats.update)
@@ -404,6 +413,8 @@ class Trainer:
         metrics = {
             "test_loss": loss / images,
             "test_acc": correct / images,
+            "test_images": images,  # fewer than test_images_total under train.max_eval_batches
+            "test_images_total": float(len(self.data.test)),  # type: ignore[arg-type]
             "sops": sops,
             "macs": macs,
             "energy_uj": energy_uj(macs, sops, EnergyConfig()),
