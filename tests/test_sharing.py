@@ -170,14 +170,13 @@ def _set_column(db: Path, run_id: str, column: str, value: object) -> None:
                 conn.execute(f"UPDATE {table} SET run_id = ? WHERE run_id = ?", (value, run_id))
 
 
-@pytest.mark.parametrize("planted_id", ["/tmp/imloss-victim-{n}", "../../imloss-victim-{n}"])
-def test_a_run_id_that_is_a_path_is_refused_by_every_reader_and_nothing_is_deleted(
-    workdir: Path, planted_id: str
-) -> None:
+@pytest.mark.parametrize("planted", ["absolute", "relative"])
+def test_a_run_id_that_is_a_path_is_refused_by_every_reader_and_nothing_is_deleted(workdir: Path, planted: str) -> None:
     db = workdir / "r.db"
-    victim = (workdir / "victim").resolve()
-    planted_id = planted_id.format(n=os.getpid()) if planted_id.startswith("/") else str(victim)
-    target = Path(planted_id)
+    (workdir / "tb").mkdir()
+    victim = workdir / "victim"
+    planted_id = str(victim.resolve()) if planted == "absolute" else "../victim"  # relative to tb/
+    target = victim
     target.mkdir(parents=True, exist_ok=True)
     (target / "sentinel").write_text("keep me")
     with Registry(str(db)) as reg:
