@@ -14,9 +14,11 @@ would leave its folder.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,12 +69,18 @@ def sync_folder(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def write_atomically(path: Path, data: bytes | str) -> None:
-    """Replace ``path`` with ``data`` in one rename (its folder created); a planted symlink is replaced, not followed."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[BinaryIO]:
+    """A file to write that replaces ``path`` in one rename when the body ends (its folder created).
+
+    The bytes are synced before the rename and the folder after it, so the new file survives a
+    crash; if the body raises, ``path`` is left as it was and the temporary file goes. A symlink
+    planted at ``path`` is replaced, not followed.
+    """
     fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -80,6 +88,12 @@ def write_atomically(path: Path, data: bytes | str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
+
+
+def write_atomically(path: Path, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` (see :func:`replacing`)."""
+    with replacing(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
 
 
 def open_to_append(path: Path) -> BinaryIO:

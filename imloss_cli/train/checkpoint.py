@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from imloss_cli.errors import ImlossError
-from imloss_cli.files import sync_folder, temporary_beside
+from imloss_cli.files import replacing
 
 FORMAT = "imloss-checkpoint-1"
 EPOCH_FILE = re.compile(r"epoch-\d{4,}\.pt")
@@ -28,21 +28,12 @@ class CheckpointError(ImlossError):
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` so that a crash leaves either the old file or the new one.
 
-    The bytes go to a temporary file in the same directory (``files.temporary_beside``: mode per
-    umask), are fsync'ed, then renamed over ``path`` (atomic on POSIX); the directory is fsync'ed so
-    the rename itself survives a crash.
+    The bytes go to a temporary file in the same directory (mode per umask), are fsync'ed, then
+    renamed over ``path`` (atomic on POSIX); the directory is fsync'ed so the rename itself survives
+    a crash (``files.replacing``).
     """
-    fd, tmp = temporary_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    sync_folder(path.parent)
+    with replacing(path) as f:
+        torch.save({"format": FORMAT, **state}, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
