@@ -72,3 +72,5 @@ def test_a_cap_of_two_batches_on_a_tree_stored_class_by_class_scores_exactly_hal
         m = reg.epoch_metrics([run.id]).pivot(index="epoch", columns="name", values="value")
     assert m["test_acc"].tolist() == [0.5, 0.5]  # the first two batches in stored order would be 0 or 1
     assert m["test_images"].tolist() == [16.0, 16.0] and m["test_images_total"].tolist() == [80.0, 80.0]
+    shown = runner.invoke(app, ["show", run.id, "--registry", db])
+    assert shown.exit_code == 0 and "test_acc on 16 of 80 images" in shown.stdout

@@ -311,6 +311,8 @@ def render_details(console: Console, details: RunDetails) -> None:
     if len(details.epochs):
         cols = [c for c in _SHOWN_EPOCH_COLUMNS if c in details.epochs]
         console.print(frame_table(details.epochs[cols], title="epochs"))
+        for note in details.subsets:
+            console.print(note, style="yellow", highlight=False, markup=False)
         if "energy_uj" in details.epochs:
             e = EnergyConfig()
             console.print(

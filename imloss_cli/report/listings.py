@@ -8,6 +8,8 @@ import pandas as pd
 
 from imloss_cli.registry import Registry, RunInfo
 
+from .text import subset_notes
+
 # Recipe fields a researcher scans a run list by.
 KEY_FIELDS = {
     "arch": ("model", "arch"),
@@ -24,6 +26,7 @@ class RunDetails:
     epochs: pd.DataFrame  # one row per epoch, one column per metric, and the attempt that wrote it
     layers: pd.DataFrame  # last epoch: one row per layer, one column per statistic
     reproduced_by: list[str]  # the runs that train this one again (imloss reproduce)
+    subsets: list[str]  # "test_acc on 512 of 10,000 images ...": accuracies of a capped evaluation
 
 
 def _duration(run: RunInfo) -> str:
@@ -72,4 +75,4 @@ def run_details(registry: Registry, run: str) -> RunDetails:
         if len(stats)
         else pd.DataFrame()
     )
-    return RunDetails(info, epochs, layers, registry.reproductions_of(info.id))
+    return RunDetails(info, epochs, layers, registry.reproductions_of(info.id), subset_notes(epochs))

@@ -57,3 +57,26 @@ def _value_text(value: Any) -> str:
     if hasattr(value, "item"):  # numpy scalar from a pandas column
         value = value.item()
     return json.dumps(value)
+
+
+SCORED_SETS = {"test": ("test_images", "test_images_total"), "val": ("val_images", "val_images_total")}
+"""Per evaluation set, the epoch metrics that say how many of its images an accuracy is of."""
+
+
+def subset_text(metric: str, images: float, total: float) -> str | None:
+    """ "test_acc on 512 of 10,000 images" when ``metric`` was scored on a capped subset, else None."""
+    if pd.isna(images) or pd.isna(total) or images >= total:
+        return None
+    return f"{metric} on {int(images):,} of {int(total):,} images"
+
+
+def subset_notes(epochs: pd.DataFrame) -> list[str]:
+    """What a run's last epoch (one row per epoch, one column per metric) was scored on, per capped set."""
+    notes = []
+    for split, (images, total) in SCORED_SETS.items():
+        if images in epochs and total in epochs and len(epochs):
+            last = epochs.iloc[-1]
+            note = subset_text(f"{split}_acc", last[images], last[total])
+            if note is not None:
+                notes.append(note + " (train.max_eval_batches: a fixed, class-balanced subset)")
+    return notes
