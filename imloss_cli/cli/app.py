@@ -152,21 +152,21 @@ def ablate(
 
     Example: imloss ablate recipes/digits.toml --im-weight 0,1,2 --seeds 2
     """
-    from imloss_cli.ablate import GridSpec, run_ablation
+    from imloss_cli.ablate import GridSpec, plan_ablation, run_ablation
     from imloss_cli.cli.views import AblationView
 
     overrides = overrides_of(set_)
     joining = group is not None  # a worker of an existing group: the group holds recipe and axes
     spec = None if joining else GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed)
     # A recipe file is planned before the registry is opened: a bad grid writes nothing.
-    plan = _plan(load(recipe, set_), spec) if recipe is not None and not joining else None
+    plan = plan_ablation(load(recipe, set_), spec) if recipe is not None and not joining else None
     if plan is not None and dry_run:
         AblationView(console).summary(plan.dry_run, "")
         return
     # Joining a group or reusing the last run's recipe reads the registry: it must exist.
     with open_registry(registry, create=plan is not None, write=not dry_run) as reg:
         if plan is None and not joining:
-            plan = _plan(_latest_train_recipe(reg, overrides), spec)
+            plan = plan_ablation(_latest_train_recipe(reg, overrides), spec)
             if dry_run:
                 AblationView(console).summary(plan.dry_run, "")
                 return
@@ -175,12 +175,6 @@ def ablate(
             result = run_ablation(plan, registry=reg, argv=sys.argv, group=group, work=work)
         view.summary(result, _group_table(reg, result.group_id) if result.complete else "")
     raise typer.Exit(1 if result.failed else 0)
-
-
-def _plan(base: Recipe, spec: Any) -> Any:
-    from imloss_cli.ablate import plan_ablation
-
-    return plan_ablation(base, spec)
 
 
 def _latest_train_recipe(registry: Any, overrides: dict[str, Any]) -> Recipe:
