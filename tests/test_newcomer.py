@@ -139,7 +139,7 @@ def test_report_paper_names_the_row_and_flags_runs_that_are_not_the_papers_setti
     rows = [line for line in out.splitlines() if "CIFAR-10 ResNet-19 T=2" in line and line.startswith("|")]
     assert len(rows) == 2
     budget = next(r for r in rows if "40.00" in r)
-    faithful = next(r for r in rows if "93.85 |" in r.split("CIFAR-10 ResNet-19 T=2")[0])
+    faithful = next(r for r in rows if "93.85 (n = 1: no interval) |" in r.split("CIFAR-10 ResNet-19 T=2")[0])
     assert "-53.85 (not the paper's setting)" in budget and "+0.00 |" in faithful
     assert "CIFAR-10 ResNet-19 T=2: not the paper's setting (train.epochs 1 (paper: 300))" in err
     code, out, _ = cli(

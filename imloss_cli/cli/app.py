@@ -303,9 +303,16 @@ def report(
     e_mac: Annotated[float | None, typer.Option("--e-mac", help=energy_help("e_mac_pj"), show_default=False)] = None,
     e_ac: Annotated[float | None, typer.Option("--e-ac", help=energy_help("e_ac_pj"), show_default=False)] = None,
     paper: Annotated[bool, typer.Option("--paper", help="the paper's figure and our delta (pp) per row")] = False,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(help="the row the others are compared with: FIELD=VALUE (repeatable); default: the first row"),
+    ] = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
-    """Compare runs: one row per configuration (seeds pooled), mean ± std, per-layer entropy and SOPs.
+    """Compare runs: one row per configuration (seeds pooled), mean and 95% interval, each row against a baseline.
+
+    Every row but the baseline gets its difference with a 95% interval and a p-value (paired by seed,
+    else Welch; Holm-adjusted) and a plain-words verdict; per-layer entropy and SOPs follow.
 
     Default: the latest ablation group (or all finished runs), as markdown on stdout. Runs that
     counted operations get SOPs and energy per image (E = MACs * E_MAC + SOPs * E_AC). The html
@@ -321,7 +328,7 @@ def report(
     with open_registry(registry, create=False, write=False) as reg:
         rep = build_report(
             reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select, energy=energy,
-            paper=paper,
+            paper=paper, baseline=baseline,
         )  # fmt: skip
         text = render(rep, fmt, reg)
         for warning in rep.warnings:
