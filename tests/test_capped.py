@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,12 @@ def test_a_cap_of_two_batches_on_a_tree_stored_class_by_class_scores_exactly_hal
     assert m["test_images"].tolist() == [16.0, 16.0] and m["test_images_total"].tolist() == [80.0, 80.0]
     shown = runner.invoke(app, ["show", run.id, "--registry", db])
     assert shown.exit_code == 0 and "test_acc on 16 of 80 images" in shown.stdout
+    reports = {fmt: runner.invoke(app, ["report", "--format", fmt, "--registry", db]) for fmt in
+               ("markdown", "latex", "html", "csv", "json")}  # fmt: skip
+    for fmt in ("markdown", "latex", "html"):
+        text = reports[fmt].stdout.replace("\\_", "_")  # LaTeX escapes the underscores
+        assert "50.00 (n = 1: no interval) (test_acc on 16 of 80 images)" in text, fmt
+        assert "scored test_acc on a fixed, class-balanced subset (train.max_eval_batches)" in text, fmt
+    assert "scored_images,scored_images_total" in reports["csv"].stdout
+    row = json.loads(reports["json"].stdout)["rows"][0]
+    assert (row["scored_images"], row["scored_images_total"]) == (16, 80)

@@ -28,6 +28,7 @@ from .epochs import (
     chosen_epochs,
     higher_is_better,
     read_layer_values,
+    scored_columns,
 )
 from .errors import ReportError
 from .paper import add_paper_columns
@@ -40,7 +41,7 @@ from .selection import (
     runs_frame,
     select_runs,
 )
-from .text import _interval_text
+from .text import _interval_text, subset_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
 EFFICIENCY = ("sops", ENERGY)  # the table's columns of operation counts, where the runs logged them
@@ -189,11 +190,14 @@ def build_report(
     # 4. tables: means and intervals, each configuration against the baseline
     table, compared = _aggregate(runs, configs, varying, metric)
     valid = runs.dropna(subset=[metric])
+    warnings += _scored_on(table, valid, metric)
     base = choose_baseline(table, varying, baseline)
     significant = compare_configurations(table, valid, compared, base)
     for c in compared:
         table[c] = [_interval_text(*v, c) for v in zip(table[f"{c}_mean"], table[f"{c}_ci_low"], table[f"{c}_ci_high"],
                                                         table[f"{c}_values"].map(len))]  # fmt: skip
+    if "scored_on" in table:  # a capped evaluation's accuracy says so next to its number
+        table[metric] = [f"{text} ({on})" if on else text for text, on in zip(table[metric], table["scored_on"])]
     warnings += add_paper_columns(table, finished, metric, required=paper)
     notes = conclusion(table, metric, base, _selection_rule(metric, select), significant)
     labels = list(configs["config"])
@@ -256,6 +260,25 @@ def _enrich(runs: pd.DataFrame, layer_values: pd.DataFrame, energy: EnergyConfig
     entropy = layer_values[layer_values["stat"] == "entropy"].groupby("run_id")["value"].mean()
     runs[ENTROPY_METRIC] = runs[ENTROPY_METRIC].fillna(runs["run_id"].map(entropy))
     return runs
+
+
+def _scored_on(table: pd.DataFrame, valid: pd.DataFrame, metric: str) -> list[str]:
+    """Where ``train.max_eval_batches`` capped the evaluation: per row, the images the metric was scored on
+    (``scored_images`` of ``scored_images_total``, the fewest over its runs) and "test_acc on 16 of 80
+    images" in ``scored_on``; and a warning naming the rows."""
+    columns = scored_columns(metric)
+    if columns is None or not all(c in valid for c in columns):
+        return []
+    images, total = (valid.groupby("config_hash")[c].min().reindex(table["config_hash"]) for c in columns)
+    table["scored_images"], table["scored_images_total"] = images.to_numpy(), total.to_numpy()
+    table["scored_on"] = [subset_text(metric, i, t) or "" for i, t in zip(images, total)]
+    capped = [label for label, on in zip(table["config"], table["scored_on"]) if on]
+    if not capped:
+        return []
+    return [
+        f"{len(capped)} configuration{'s' if len(capped) > 1 else ''} scored {metric} on a fixed, class-balanced "
+        f"subset (train.max_eval_batches), not the whole set: {', '.join(capped)}"
+    ]
 
 
 def _missing_warnings(runs: pd.DataFrame, metric: str) -> list[str]:

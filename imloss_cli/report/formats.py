@@ -147,6 +147,7 @@ def _machine_table(report: Report) -> pd.DataFrame:
                           ("test_", ""), ("significant_", ""))]  # fmt: skip
     paper = ["paper_row", "paper_top1", "delta_pp", "paper_in_ci", "paper_deviation"]
     first = [f"{m}_mean", f"{m}_std", "n", ENTROPY_METRIC]  # the columns of imloss before intervals came
+    first += ["scored_images", "scored_images_total"]  # how many images the metric is of (a capped evaluation)
     rest = [c for c in compared if c not in first]
     columns = [*_varying(report), *first, *rest, "seeds", *tests, *paper, "config_hash"]
     table = report.table[[c for c in columns if c in report.table.columns]].copy()
