@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from imloss_cli.recipe import read_recorded
 from imloss_cli.registry import Registry, RunInfo
 
 # Recipe fields a researcher scans a run list by.
@@ -47,7 +48,7 @@ def runs_overview(
     for r in runs:
         row = {"id": r.id, "name": r.name, "status": r.display_status, "group": r.group_id or ""}
         for label, (section, field) in KEY_FIELDS.items():
-            row[label] = r.recipe.get(section, {}).get(field)
+            row[label] = read_recorded(r.recipe).get(section, {}).get(field)
         row |= {"seed": r.seed, "best_acc": best.get(r.id), "last_acc": last.get(r.id), "duration": _duration(r)}
         rows.append(row)
     return pd.DataFrame(
