@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import replace
@@ -245,6 +246,45 @@ def test_spikingjelly_lifnode_has_our_dynamics(T: int) -> None:
     lif.k.fill_(k)
     wrapped = bench.SpikingJellyLIF(lif)  # what the benchmark runs: the same settings, fp32 initial state
     assert torch.equal(wrapped(x), s_ref)
+
+
+@pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")
+@pytest.mark.parametrize("tau", [1.5, 2.0, 4.0])
+def test_spikingjelly_parametric_lif_node_is_our_plif(tau: float) -> None:
+    """model.neuron = "plif" is Fang et al.'s neuron as SpikingJelly 2.0 defines it: ParametricLIFNode(
+    init_tau=tau, decay_input=True, v_reset=0) starts from the same w, spikes identically over T = 4,
+    and with Sigmoid(alpha=2K) (ESG's surrogate) gives the same gradients to the input and to w."""
+    T, k = 4, 2.0
+    recipe = Recipe().with_overrides({"model.neuron": "plif", "neuron.plif_tau": tau})
+    lif = NetSpec.from_recipe(recipe, 10, 3, 32, timesteps=T).lif()
+    lif.k.fill_(k)
+    node = sj_neuron.ParametricLIFNode(
+        init_tau=tau, decay_input=True, v_threshold=lif.params.v_threshold, v_reset=0.0,
+        surrogate_function=sj_surrogate.Sigmoid(alpha=2 * k), detach_reset=False, step_mode="m",
+    )  # fmt: skip
+    torch.testing.assert_close(lif.w.detach(), node.w.detach())  # the same initial w: -log(tau - 1)
+    with torch.no_grad():  # a trained w, not the initial one
+        lif.w.fill_(float(node.w) + 0.3)
+        node.w.copy_(lif.w)
+    x = torch.rand(T, 4, 8, 6, 6, generator=torch.Generator().manual_seed(7)) * 1.2 * tau
+    up = torch.randn(x.shape, generator=torch.Generator().manual_seed(8))
+    x_ours, x_sj = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    s = lif(x_ours)
+    (s * up).sum().backward()
+    s_sj = node(x_sj)
+    (s_sj * up).sum().backward()
+    assert torch.equal(s, s_sj) and 0 < s.sum() < s.numel()
+    torch.testing.assert_close(x_ours.grad, x_sj.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lif.w.grad, node.w.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_the_imloss_plif_variant_is_fang_et_als_plif_at_the_recipes_tau() -> None:
+    model, neurons = build_variant(_tiny_model(), "imloss-plif", kernels="eager")
+    assert len(neurons) == 3
+    for n in neurons:
+        assert n.params.decay_input and float(n.w.detach()) == pytest.approx(-math.log(Recipe().neuron.plif_tau - 1))
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert all(n.w.grad is not None and n.w.grad != 0 for n in neurons)
 
 
 @pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")

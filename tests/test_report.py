@@ -317,7 +317,8 @@ def test_mixed_code_versions_and_dirty_trees_are_warned_about() -> None:
 def test_csv_is_the_numeric_main_table_accuracy_in_percent_as_named(registry: Registry) -> None:
     frame = pd.read_csv(io.StringIO(render(build_report(registry), "csv")))
     assert list(frame.columns[:5]) == ["loss.im_weight", "test_acc_mean_pct", "test_acc_std_pct", "n", "mean_entropy"]
-    assert list(frame.columns[5:9]) == ["test_acc_ci_low_pct", "test_acc_ci_high_pct", "test_acc_values_pct", "seeds"]
+    assert list(frame.columns[5:7]) == ["scored_images", "scored_images_total"]  # NaN: logged before they existed
+    assert list(frame.columns[7:11]) == ["test_acc_ci_low_pct", "test_acc_ci_high_pct", "test_acc_values_pct", "seeds"]
     assert "delta_test_acc_pp" in frame and "p_adj_test_acc" in frame and frame.columns[-1] == "config_hash"
     assert len(frame) == 3 and pd.api.types.is_float_dtype(frame["test_acc_mean_pct"])
     assert frame["test_acc_mean_pct"].tolist() == pytest.approx([89.0, 94.0, 79.0])

@@ -1,19 +1,21 @@
 """The benchmark's variants: module surgery swaps every LIF of a model for another neuron.
 
-imloss (the fused LIF on its eager, compiled or Triton kernels; imloss-plif: the same kernels with PLIF's
-learnable decay), the naive per-step loop, SpikingJelly 2.0's LIF with the
-same dynamics, the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B), and
+imloss (the fused LIF on its eager, compiled or Triton kernels; imloss-plif: the same kernels with Fang et
+al.'s PLIF, its learnable time constant from the recipe's ``neuron.plif_tau``), the naive per-step loop,
+SpikingJelly 2.0's LIF with the same dynamics, the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B), and
 conv-only: the convolutions alone (norms and neurons are identities), a bound below every variant.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from imloss_cli.errors import ImlossError
+from imloss_cli.recipe import NeuronConfig
 from imloss_cli.snn.models import Encoder
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.reference import lif_naive
@@ -146,8 +148,10 @@ def build_variant(base: nn.Module, variant: str, kernels: str = "compiled") -> t
             neurons.append(lif)
             continue
         new: nn.Module
-        if kind == "imloss-plif":
-            plif = LIF(lif.params, kernels, lif.block_output, learn_decay=True)
+        if kind == "imloss-plif":  # Fang et al.'s PLIF at the recipe's tau0, on the same kernels
+            tau = NeuronConfig().plif_tau
+            params = replace(lif.params, decay=1.0 - 1.0 / tau, decay_input=True)
+            plif = LIF(params, kernels, lif.block_output, learn_decay=True)
             plif.store_v_seq = True
             new = plif
         elif kind == "naive":

@@ -268,7 +268,7 @@ _SHOWN_EPOCH_COLUMNS = (
 
 def render_details(console: Console, details: RunDetails) -> None:
     """``imloss show``: header, recipe, environment, epochs, layers."""
-    from imloss_cli.recipe import EnergyConfig, to_toml, validate_recipe
+    from imloss_cli.recipe import EnergyConfig, to_toml, validate_recorded
 
     run = details.run
     # Everything below but the headings is the row's text: printed as text, never as rich markup.
@@ -304,7 +304,7 @@ def render_details(console: Console, details: RunDetails) -> None:
             markup=False,
         )
     console.print("\n[bold]recipe[/]")
-    console.print(to_toml(validate_recipe(run.recipe)), markup=False, highlight=False)
+    console.print(to_toml(validate_recorded(run.recipe)), markup=False, highlight=False)
     console.print("[bold]environment[/]")
     for key, value in run.environment.items():
         console.print(f"  {key}: {value}", highlight=False, markup=False)

@@ -21,7 +21,7 @@ from imloss_cli.export.nir_graph import network_graph
 from imloss_cli.export.nir_run import run_graph
 from imloss_cli.export.problems import ExportError, export_problems
 from imloss_cli.files import temporary_beside
-from imloss_cli.recipe import Recipe, validate_recipe
+from imloss_cli.recipe import Recipe, validate_recorded
 from imloss_cli.registry import Registry, RunInfo
 from imloss_cli.snn.models import SpikingNet, build_model
 from imloss_cli.snn.neuron import spiking_layers
@@ -68,7 +68,7 @@ def export_nir(
     """
     require("nir", "nirtorch", extra="export")
     info = registry.get_run(run)
-    recipe = validate_recipe(info.recipe, f"run {info.id}")
+    recipe = validate_recorded(info.recipe, f"run {info.id}")
     problems = export_problems(recipe)
     if problems:
         raise ExportError(f"run {info.id} does not export to NIR: " + "; ".join(problems))

@@ -15,9 +15,11 @@ from .files import (
     load_recipe,
     parse_overrides,
     parse_value,
+    read_recorded,
     run_fingerprint,
     sets_nothing,
     to_toml,
+    validate_recorded,
 )
 from .sections import (
     ARCHITECTURES,
@@ -64,8 +66,10 @@ __all__ = [
     "load_recipe",
     "parse_overrides",
     "parse_value",
+    "read_recorded",
     "run_fingerprint",
     "sets_nothing",
     "to_toml",
     "validate_recipe",
+    "validate_recorded",
 ]

@@ -14,7 +14,7 @@ from .errors import RecipeError, describe
 
 ARCHITECTURES = ("convnet3", "resnet19", "resnet19-tet", "resnet19-guo", "resnet20", "vgg16", "resnet34")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
-NEURONS = ("lif", "plif", "relu")
+NEURONS = ("lif", "plif", "lif-learned-leak", "relu")
 
 # Fields that name, place or schedule a run without changing what it computes: two runs that
 # differ only here are the same configuration (their seeds are pooled in reports).
@@ -48,10 +48,15 @@ class ModelConfig(_Section):
     )
     neuron: Literal[NEURONS] = Field(  # type: ignore[valid-type]
         "lif",
-        description="lif: the spiking network; plif: the same with a learnable decay per layer (Fang et al., "
-        "ICCV 2021: decay = sigmoid(w), w starting at logit(neuron.decay)); relu: its ANN twin, the same "
-        "architecture with ReLU in place of every LIF, which runs at T = 1 without IM-Loss (timesteps and "
-        "loss.im_weight are set to 1 and 0; the neuron and surrogate sections have no effect)",
+        description="lif: the spiking network; plif: PLIF as Fang et al. (ICCV 2021) and SpikingJelly's "
+        "ParametricLIFNode define it, one learnable time constant per layer, H = V + (X - V) / tau with "
+        "1/tau = sigmoid(w), tau starting at neuron.plif_tau (neuron.decay is not used), hard reset to 0 by "
+        "default; lif-learned-leak: a learnable leak on imloss's LIF charge, H = decay * V + X with decay = "
+        "sigmoid(w) per layer, w starting at logit(neuron.decay) (what 'plif' was before; runs recorded as that "
+        "read as this); relu: "
+        "its ANN twin, the same architecture with ReLU in place of every LIF, which runs at T = 1 without "
+        "IM-Loss (timesteps and loss.im_weight are set to 1 and 0; the neuron and surrogate sections have no "
+        "effect)",
     )
     membrane_bn: bool = Field(
         False,
@@ -80,6 +85,13 @@ class ModelConfig(_Section):
 
 class NeuronConfig(_Section):
     decay: float = Field(0.25, gt=0.0, le=1.0, description="membrane leak per time step")
+    plif_tau: float = Field(
+        2.0,
+        gt=1.0,
+        le=1e4,
+        description="model.neuron = 'plif': the initial membrane time constant tau0 of every layer (Fang et al. "
+        "and SpikingJelly: 2), so w starts at -log(tau0 - 1) and the decay at 1 - 1/tau0",
+    )
     v_threshold: float = Field(0.5, gt=0.0, le=100.0, description="firing threshold V_th")
     reset: Literal["hard", "soft"] = Field("hard", description="hard: u*(1-o) after a spike; soft: u - V_th*o")
     detach_reset: bool = Field(False, description="stop gradients through the reset path")
@@ -205,6 +217,11 @@ class OptimConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     nesterov: bool = False
     no_decay_norm_bias: bool = Field(False, description="exempt BatchNorm weights and all biases from weight decay")
+    plif_weight_decay: bool = Field(
+        False,
+        description="weight-decay the learnable w of model.neuron = 'plif' or 'lif-learned-leak' like the other "
+        "parameters (no_decay_norm_bias still exempts it); false: w trains without weight decay, as Fang et al.",
+    )
     scheduler: Literal["cosine", "none"] = Field("cosine", description="cosine: lr -> 0 at the end")
 
 

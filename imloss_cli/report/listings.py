@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from imloss_cli.recipe import read_recorded
 from imloss_cli.registry import Registry, RunInfo
 
 from .text import subset_notes
@@ -50,7 +51,7 @@ def runs_overview(
     for r in runs:
         row = {"id": r.id, "name": r.name, "status": r.display_status, "group": r.group_id or ""}
         for label, (section, field) in KEY_FIELDS.items():
-            part = r.recipe.get(section)  # a row is input: a section may be missing or not a table
+            part = read_recorded(r.recipe).get(section)  # a row is input: a section may be missing or not a table
             row[label] = part.get(field) if isinstance(part, dict) else None
         row |= {"seed": r.seed, "best_acc": best.get(r.id), "last_acc": last.get(r.id), "duration": _duration(r)}
         rows.append(row)

@@ -47,7 +47,7 @@ import torch.distributed as dist
 
 from imloss_cli.errors import Terminated
 from imloss_cli.files import UnsafePathError, child_path, write_atomically
-from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, validate_recipe
+from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, validate_recorded
 from imloss_cli.registry import (
     FAILED,
     FINISHED,
@@ -311,7 +311,7 @@ def resume_run(
         RunFencedError: it was taken over while this trained.
     """
     info = registry.get_run(run)
-    recipe = validate_recipe(info.recipe, f"run {info.id}")
+    recipe = validate_recorded(info.recipe, f"run {info.id}")
     checkpoint_dir, how = _checkpoint_plan(info, recipe)
     with claimed_run(
         registry, info.id, how=how, heartbeat_s=heartbeat_s, device=resolve_device(recipe.train.device),

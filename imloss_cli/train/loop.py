@@ -25,7 +25,7 @@ from torch import Tensor
 from imloss_cli import data as data_mod
 from imloss_cli.data.capped import capped_subset
 from imloss_cli.data.resident import device_resident_sets, resident_eval_batches, resident_train_batches
-from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recipe
+from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recorded
 from imloss_cli.snn.energy import energy_uj
 from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
@@ -131,9 +131,7 @@ class Trainer:
         return per_image * images_per_epoch * self.recipe.train.epochs
 
     def _setup_optimizer(self) -> None:
-        self.optimizer, self.scheduler = build_optimizer(
-            self.step_model.parameters(), self.recipe.optim, self.recipe.train.epochs
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.step_model, self.recipe.optim, self.recipe.train.epochs)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -165,7 +163,7 @@ class Trainer:
         if not isinstance(stored, str):
             return False
         try:
-            return canonical_json(validate_recipe(json.loads(stored))) == canonical_json(self.recipe)
+            return canonical_json(validate_recorded(json.loads(stored))) == canonical_json(self.recipe)
         except (ValueError, RecipeError):
             return False
 
