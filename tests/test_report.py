@@ -361,7 +361,7 @@ def test_latex_is_booktabs_with_the_best_mean_in_bold(registry: Registry) -> Non
     assert latex.count("\\toprule") == latex.count("\\midrule") == latex.count("\\bottomrule") == 2
     assert "\\hline" not in latex
     assert (
-        r"loss.im\_weight & test\_acc (\%) & n & Δ test\_acc (pp) & test & p (Holm) & verdict & mean\_entropy \\"
+        r"loss.im\_weight & test\_acc (\%) & n & $\Delta$ test\_acc (pp) & test & p (Holm) & verdict & mean\_entropy \\"
         in latex
     )
     # lambda=1 has the best mean (94.00, seeds at 95 and 93): bold, the others not

@@ -261,6 +261,7 @@ _LATEX_SPECIALS = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
+    "Δ": r"$\Delta$",
     "–": "--",
 }
 
