@@ -22,6 +22,7 @@ from .files import (
 from .sections import (
     ARCHITECTURES,
     DATASETS,
+    MEMORY_MODES,
     NEURONS,
     NON_SEMANTIC_FIELDS,
     PAPER_TABLES,
@@ -43,6 +44,7 @@ from .sections import (
 __all__ = [
     "ARCHITECTURES",
     "DATASETS",
+    "MEMORY_MODES",
     "NEURONS",
     "NON_SEMANTIC_FIELDS",
     "PAPER_TABLES",
