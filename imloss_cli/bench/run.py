@@ -343,7 +343,8 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         create_model(o.arch, NetSpec.from_recipe(DEFAULTS, 10, 3, o.image_size or 32, timesteps=1))
     except KeyError as e:
         raise BenchError(str(e.args[0])) from None
-    sj = [v.partition("[")[2].rstrip("]") or None for v in variants if v.startswith("spikingjelly")]
+    # each SpikingJelly provider once (spikingjelly-memopt runs the same LIF as spikingjelly)
+    sj = list(dict.fromkeys(v.partition("[")[2].rstrip("]") or None for v in variants if v.startswith("spikingjelly")))
     gate = correctness_gate(o.timesteps, o.device, compiled=o.compiled, spikingjelly_backends=tuple(sj))
     device_name = torch.cuda.get_device_name() if o.device == "cuda" else "cpu"
     info = {"options": o, "device_name": device_name, "torch_version": torch.__version__,

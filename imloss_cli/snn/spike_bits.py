@@ -58,18 +58,33 @@ def _dense(t: Tensor) -> bool:
 
 
 def pack_bits(flat: Tensor) -> Tensor:
-    """uint8 [ceil(n / 8)]: value i of the 0/1 tensor ``flat`` [n] in bit i % 8 of byte i // 8."""
-    b = flat.to(torch.uint8)
+    """uint8 [ceil(n / 8)]: value i of the 0/1 tensor ``flat`` [n] in bit i % 8 of byte i // 8.
+
+    Eight bytes of 0/1 are one int64 word w with value i at bit 8i (bytes in memory order, as the
+    int64 view reads them on this machine; :func:`unpack_bits` reads them back the same way). Three
+    shift-ors gather them into the lowest byte: w | w >> 7 puts value i + 1 beside value i (bits
+    0-1 of each byte), | >> 14 four values (bits 0-3), | >> 28 all eight (bits 0-7 of byte 0).
+    """
+    b = flat.to(torch.bool).view(torch.uint8)
     if b.numel() % 8:
         b = F.pad(b, (0, 8 - b.numel() % 8))
-    shifts = torch.arange(8, dtype=torch.uint8, device=flat.device)
-    return (b.view(-1, 8) << shifts).sum(1, dtype=torch.uint8)
+    w = b.view(torch.int64)
+    w = w | (w >> 7)
+    w |= w >> 14
+    w |= w >> 28
+    return (w & 0xFF).to(torch.uint8)
 
 
 def unpack_bits(bits: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    """The first ``n`` values packed by :func:`pack_bits`, as a [n] tensor of ``dtype``."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
-    return ((bits.unsqueeze(1) >> shifts) & 1).view(-1)[:n].to(dtype)
+    """The first ``n`` values packed by :func:`pack_bits`, as a [n] tensor of ``dtype``: the shift-ors
+    in reverse (bits 4-7 to byte 4, then 2-3 of bytes 0 and 4 to bytes 2 and 6, then each odd bit
+    to the next byte), each byte's lowest bit kept."""
+    w = bits.to(torch.int64)
+    w |= w << 28
+    w |= w << 14
+    w |= w << 7
+    w &= 0x0101010101010101
+    return w.view(torch.uint8)[:n].view(torch.bool).to(dtype)
 
 
 @dataclass(frozen=True)
