@@ -137,8 +137,11 @@ class SpikingJellyLIF(nn.Module):
         spike_seq, _, v_seq = functional.lif_multi_step(
             x_seq, v0, n.tau, n.decay_input, n.v_threshold, n.v_reset, n.surrogate_function, n.detach_reset, True
         )
-        self.v_mean = v_seq.mean(dtype=torch.float32)
-        self.v_seq = v_seq if self.keep_v_seq else None
+        # spikingjelly-memopt runs the node again in the backward pass, from a checkpoint: the loss
+        # read the first call's v_mean, and keeping the second would keep its recomputed graph alive.
+        if self.v_mean is None:
+            self.v_mean = v_seq.mean(dtype=torch.float32)
+            self.v_seq = v_seq if self.keep_v_seq else None
         return spike_seq
 
 
@@ -155,10 +158,15 @@ def sj_memopt(model: nn.Module, example: Tensor) -> nn.Module:
     """SpikingJelly 2.0's memopt at level 1 (the level that runs without CUDA): every stem, residual
     block and ``Folded`` layer outside them checkpointed, its first input kept as bits where
     memopt's probe on ``example`` finds it binary (SpikingJelly's CIFAR10-DVS example checkpoints
-    its conv-BN-neuron blocks the same way)."""
+    its conv-BN-neuron blocks the same way). The neurons must be cleared after every step (the
+    benchmark's step does): each keeps the first v_mean of a step."""
     from spikingjelly.activation_based import memopt
 
-    return memopt.optimize_memory(model, (Encoder, BasicBlock, Folded), lambda m: m(example), level=1, compress=True)
+    memopt.optimize_memory(model, (Encoder, BasicBlock, Folded), lambda m: m(example), level=1, compress=True)
+    for m in model.modules():  # what memopt's probing forward pass left behind
+        if isinstance(m, SpikingJellyLIF):
+            m.v_mean = m.v_seq = None
+    return model
 
 
 def build_variant(
