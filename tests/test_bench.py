@@ -316,3 +316,30 @@ def test_cuda_graphs_for_the_timed_epoch_need_cuda() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(BenchError, match=r"timing an epoch: train\.cuda_graphs needs"):
         run_benchmark(BenchOptions(**TINY, compare=(), timesteps=(1,), epoch_images=16, cuda_graphs=True))
+
+
+@pytest.mark.slow  # a memory probe process per row and T
+@pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")
+def test_memory_modes_and_spikingjelly_memopt_get_rows_with_their_memory_and_a_growth_line() -> None:
+    o = BenchOptions(
+        timesteps=(2, 4), compare=("spikingjelly-memopt",), memory_modes=("default", "low"), **{**TINY, "memory": True}
+    )
+    result = run_benchmark(o)
+    assert [r.variant for r in result.rows] == ["imloss", "imloss-low", "spikingjelly-memopt"] * 2
+    assert all(r.step_mb is not None and r.step_mb > 0 for r in result.rows)  # each measured in its own process
+    runners, _, _ = bench.run._setup(bench.options.resolve_options(o), 2, ["imloss-low", "spikingjelly-memopt"])
+    assert type(runners["imloss-low"].model).__name__ == "LowMemoryNet"
+    wrapped = {type(m).__name__ for m in runners["spikingjelly-memopt"].model.modules()}
+    assert "CheckpointWrapper" in wrapped
+    table = bench.format_table(result)
+    low = {r.timesteps: r for r in result.rows if r.variant == "imloss-low"}
+    assert f"summary T=4: imloss-low takes {1 / low[4].imloss_over_this:.2f}x" in table
+    assert "the step time of spikingjelly-memopt" in table
+    assert "step memory per time step, T=2 to 4 (MB): imloss " in table
+
+
+@pytest.mark.parametrize("entry", ["python -m imloss_cli.bench", "imloss bench"])
+def test_an_unknown_memory_mode_is_a_usage_error(entry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _bench_cli(entry, ["--arch", "convnet3", "--no-memory", "--memory-mode", "default,tiny"], capsys)
+    assert code == 2
+    assert "memory modes must be distinct values from default, low, got default,tiny" in err

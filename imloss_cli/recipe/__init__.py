@@ -24,6 +24,7 @@ from .files import (
 from .sections import (
     ARCHITECTURES,
     DATASETS,
+    MEMORY_MODES,
     NEURONS,
     NON_SEMANTIC_FIELDS,
     PAPER_TABLES,
@@ -45,6 +46,7 @@ from .sections import (
 __all__ = [
     "ARCHITECTURES",
     "DATASETS",
+    "MEMORY_MODES",
     "NEURONS",
     "NON_SEMANTIC_FIELDS",
     "PAPER_TABLES",

@@ -15,6 +15,7 @@ from .errors import RecipeError, describe
 ARCHITECTURES = ("convnet3", "resnet19", "resnet19-tet", "resnet19-guo", "resnet20", "vgg16", "resnet34")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
 NEURONS = ("lif", "plif", "lif-learned-leak", "relu")
+MEMORY_MODES = ("default", "low")  # train.memory; the first is the default
 
 # Fields that name, place or schedule a run without changing what it computes: two runs that
 # differ only here are the same configuration (their seeds are pooled in reports).
@@ -261,6 +262,13 @@ class TrainConfig(_Section):
         False, description="CUDA: deterministic algorithms, no cuDNN autotuning (slower, bit-exact reruns)"
     )
     sync_bn: bool = Field(False, description="synchronise BatchNorm statistics across GPUs (torchrun)")
+    memory: Literal[MEMORY_MODES] = Field(  # type: ignore[valid-type]
+        "default",
+        description="activation memory of a training step: default keeps each spiking layer's input spikes, "
+        "norm input and membrane potentials for every step; low keeps the norm input and the spikes as bits "
+        "and recomputes the norm and the LIF in the backward pass (about a third of the memory per time step, "
+        "the same gradients, a few percent more time; imloss_cli.snn.memory)",
+    )
     checkpoint: bool = True
     keep_last: int = Field(1, ge=1, le=1000)
     output_dir: str = Field("runs", description="checkpoints go to OUTPUT_DIR/<run id>/")
@@ -303,7 +311,9 @@ class Recipe(_Section):
         model, loss = data.get("model"), data.get("loss")
         if (model.get("neuron") if isinstance(model, dict) else getattr(model, "neuron", None)) != "relu":
             return data
-        return {**data, "model": _with(model, timesteps=1), "loss": _with(loss, im_weight=0.0)}
+        twin = {"model": _with(model, timesteps=1), "loss": _with(loss, im_weight=0.0)}
+        # No spikes to keep as bits, and its ReLU saves what the next layer reads anyway: default memory.
+        return {**data, **twin, "train": _with(data.get("train"), memory=MEMORY_MODES[0])}
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
@@ -318,7 +328,31 @@ class Recipe(_Section):
                 "model.membrane_bn: MPBN resets the raw potential to 0, as its authors' code does (neuron.reset = 'hard'); "
                 "a soft reset would subtract V_th from a potential whose threshold the BN moves"
             )
+        self._low_memory_combinations()
         return self
+
+    def _low_memory_combinations(self) -> None:
+        """What ``train.memory = "low"`` (recomputing norms and neurons in the backward pass) cannot join."""
+        if self.train.memory != "low":
+            return
+        if self.train.cuda_graphs:
+            raise ValueError(
+                "train.cuda_graphs: train.memory = 'low' recomputes each block's norms and neurons inside the "
+                "backward pass (torch.utils.checkpoint), which no CUDA graph capture of the step has been run "
+                "with yet; use train.memory = 'default' with CUDA graphs"
+            )
+        if self.train.sync_bn:
+            raise ValueError(
+                "train.sync_bn: train.memory = 'low' recomputes every norm in the backward pass, where a "
+                "SyncBatchNorm would all-gather its statistics across ranks a second time, between DDP's gradient "
+                "all-reduces; use one of the two"
+            )
+        if self.loss.im_target == "rate":
+            raise ValueError(
+                "loss.im_target: 'rate' differentiates every hidden layer's whole spike tensor, held in the "
+                "compute dtype from the forward pass to the loss, and train.memory = 'low' keeps spikes only as "
+                "bits; use im_target 'membrane' or 'input', or train.memory = 'default'"
+            )
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """A validated copy with dotted-path values replaced (``{"loss.im_weight": 0}``)."""

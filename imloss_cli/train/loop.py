@@ -27,6 +27,7 @@ from imloss_cli.data.capped import capped_subset
 from imloss_cli.data.resident import device_resident_sets, resident_eval_batches, resident_train_batches
 from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recorded
 from imloss_cli.snn.energy import energy_uj
+from imloss_cli.snn.memory import use_low_memory
 from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.ops import plan_ops
@@ -113,6 +114,8 @@ class Trainer:
         self.lif_kernels = lif_kernels(self.recipe, self.device, self._run_neuron_steps)
         for _, layer in spiking_layers(self.model):
             layer.kernels = self.lif_kernels
+        if self.recipe.train.memory == "low":  # spikes as bits, norms and neurons recomputed (snn.memory)
+            use_low_memory(self.model)
         # The bare network (evaluation, checkpoints, layer names) and what the step calls (DDP under torchrun).
         self.model = place_model(self.model, self.recipe, self.device, self.dist)
         self.step_model = wrap_ddp(self.model, self.device, self.dist)
