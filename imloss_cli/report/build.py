@@ -39,6 +39,7 @@ from .selection import (
     runs_frame,
     select_runs,
 )
+from .study import StudyReport, study_section
 from .text import _mean_std_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
@@ -74,6 +75,7 @@ class Report:
             host; newest first.
         metric: the compared metric.
         select: "best" or "last".
+        study: for a study's group (``imloss tune``): its trials, Pareto front and importances.
     """
 
     title: str
@@ -87,6 +89,7 @@ class Report:
     metric: str
     select: str
     energy: EnergyConfig
+    study: StudyReport | None = None
 
     @property
     def efficiency(self) -> list[str]:
@@ -180,6 +183,8 @@ def build_report(
     # 3. enrich: the energy at the report's constants, entropies of older runs, what is missing
     runs = _enrich(runs.merge(chosen, on="run_id", how="left"), layer_values, energy)
     warnings += _missing_warnings(runs, metric) + provenance_warnings(runs)
+    study, study_warnings = study_section(registry, members)
+    warnings += study_warnings
     # 4. tables
     table = _aggregate(runs, configs, varying, metric)
     warnings += add_paper_columns(table, finished, metric, required=paper)
@@ -214,6 +219,7 @@ def build_report(
         metric=metric,
         select=select,
         energy=energy,
+        study=study,
     )
 
 

@@ -14,6 +14,8 @@ from .build import FORMATS, Report
 from .epochs import ENTROPY_METRIC, VAL_METRIC
 from .errors import ReportError
 from .selection import CONFIG_COLUMN
+from .study_views import display_tables, machine_trials, notes
+from .study_views import payload as study_payload
 from .text import _count_text, _header, _is_accuracy, _number_text, _scale, _value_text
 
 
@@ -38,8 +40,9 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
     """
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    if fmt == "csv":
-        return _machine_table(report).to_csv(index=False)
+    if fmt == "csv":  # a study's CSV is its trials, the front marked: what a search is read for
+        table = _machine_table(report) if report.study is None else machine_trials(report.study)
+        return table.to_csv(index=False)
     if fmt == "json":
         layers = report.layer_table.reset_index()
         payload = {
@@ -52,6 +55,8 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
             "sops_layers": json.loads(report.sops_table.reset_index().to_json(orient="records", double_precision=15)),
             "warnings": list(report.warnings),
         }
+        if report.study is not None:
+            payload["study"] = study_payload(report.study)
         return json.dumps(payload, indent=2, ensure_ascii=False)
     table, layers = _display_table(report), _display_layers(report.layer_table)
     caption = _layer_caption(report)
@@ -62,6 +67,9 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
         lines += ["", _markdown(table), "", caption, "", _markdown(layers)]
         for text, frame in sops:
             lines += ["", text, "", _markdown(frame)]
+        for text, frame in _study_tables(report):
+            lines += ["", text, "", _markdown(frame)]
+        lines += ["", *(f"> note: {n}" for n in _study_notes(report))] if report.study is not None else []
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         lines = [f"% {report.title}", f"% {_subtitle(report)}"]
@@ -71,10 +79,34 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
         lines += [_latex(table, bold), "", f"% {caption}", _latex(layers)]
         for text, frame in sops:
             lines += ["", f"% {text}", _latex(frame)]
+        for text, frame in _study_tables(report):
+            lines += ["", f"% {text}", _latex(frame)]
+        lines += [f"% note: {n}" for n in _study_notes(report)]
         return "\n".join(lines) + "\n"
     from .html import html_page
 
     return html_page(report, registry)
+
+
+def render_study(report: Report) -> str:
+    """A study's front and parameter importances as markdown, with its notes and warnings: what
+    ``imloss tune`` prints when the study is complete ("" for a report that is no study's)."""
+    if report.study is None:
+        return ""
+    tables = _study_tables(report)[:-1]  # every trial: the command printed each as it ended
+    lines = [f"> warning: {w}" for w in report.warnings if "best_trials" in w]
+    for text, frame in tables:
+        lines += [text, "", _markdown(frame), ""]
+    lines += [f"> note: {n}" for n in _study_notes(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _study_tables(report: Report) -> list[tuple[str, pd.DataFrame]]:
+    return [] if report.study is None else display_tables(report.study)
+
+
+def _study_notes(report: Report) -> list[str]:
+    return [] if report.study is None else notes(report.study)
 
 
 def _subtitle(report: Report) -> str:
