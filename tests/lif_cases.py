@@ -67,14 +67,18 @@ VARIANTS = {
     "strict threshold": {"strict": True},
     "guo surrogate": {"surrogate": "guo"},
     "authors' neuron (strict, guo)": {"strict": True, "surrogate": "guo"},
-    "learnable decay (PLIF)": {"learn_decay": True},
-    "PLIF, soft reset": {"learn_decay": True, "reset": "soft"},
+    "learnable leak": {"learn_decay": True},
+    "learnable leak, soft reset": {"learn_decay": True, "reset": "soft"},
+    "Fang et al.'s charge (decay_input)": {"decay_input": True},
+    "PLIF (Fang et al.: learnable, decay_input)": {"learn_decay": True, "decay_input": True},
+    "PLIF, soft reset": {"learn_decay": True, "decay_input": True, "reset": "soft"},
+    "PLIF, reset detached": {"learn_decay": True, "decay_input": True, "detach_reset": True},
 }
 
 
 def assert_variant_equals_the_naive_loop(kernels: LIFKernels, variant: str, T: int = 4) -> None:
-    """Spikes and potentials bitwise and dL/dx (and dL/d(decay) for PLIF) within tolerance of the
-    naive loop's autograd, for a loss reading spikes, potentials and v_mean."""
+    """Spikes and potentials bitwise and dL/dx (and dL/d(decay) for a learnable one) within tolerance
+    of the naive loop's autograd, for a loss reading spikes, potentials and v_mean."""
     options = VARIANTS[variant]
     strict, surrogate, reset = (
         options.get("strict", False),
@@ -82,19 +86,26 @@ def assert_variant_equals_the_naive_loop(kernels: LIFKernels, variant: str, T: i
         options.get("reset", "hard"),
     )
     k = 3.0
-    x_ref = lif_input(T, seed=7, shape=(3, 4, 5))
+    # Fang et al.'s charge at tau = 2 (decay 0.5) scales the input by 1/2: inputs twice as large, so
+    # that the potentials are the same and x = 2 V_th lands exactly on the threshold
+    decay_input = options.get("decay_input", False)
+    decay0, gain = (0.5, 0.5) if decay_input else (DECAY, 1.0)
+    x_ref = (lif_input(T, seed=7, shape=(3, 4, 5)) / gain).detach().requires_grad_(True)
     x = x_ref.detach().clone().requires_grad_(True)
-    x_ref.data[0, 0, 0, :2] = V_TH  # exactly at the threshold: the strict test and >= disagree there
-    x.data[0, 0, 0, :2] = V_TH
-    decay_ref: float | torch.Tensor = DECAY
-    decay: float | torch.Tensor = DECAY
+    x_ref.data[0, 0, 0, :2] = V_TH / gain  # exactly at the threshold: the strict test and >= disagree there
+    x.data[0, 0, 0, :2] = V_TH / gain
+    decay_ref: float | torch.Tensor = decay0
+    decay: float | torch.Tensor = decay0
     if options.get("learn_decay"):
-        decay_ref = torch.tensor(DECAY, requires_grad=True)
-        decay = torch.tensor(DECAY, requires_grad=True)
+        decay_ref = torch.tensor(decay0, requires_grad=True)
+        decay = torch.tensor(decay0, requires_grad=True)
     g = torch.Generator().manual_seed(11)
     upstream = [torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g), torch.tensor(-1.5)]
 
-    params = LIFParams(DECAY, V_TH, soft_reset=reset == "soft", strict=strict, surrogate=surrogate)
+    params = LIFParams(
+        decay0, V_TH, soft_reset=reset == "soft", detach_reset=options.get("detach_reset", False), strict=strict,
+        surrogate=surrogate, decay_input=decay_input,
+    )  # fmt: skip
     s_ref, v_ref = lif_naive(x_ref, k, replace(params, decay=decay_ref))
     s, v, v_mean = MultiStepLIFFunction.apply(x, torch.tensor(k), decay, params, kernels)
     assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
@@ -132,3 +143,45 @@ def im_share_of_the_input_gradient(kernels: LIFKernels, dtype: torch.dtype) -> f
 def lif_params(reset: str = "hard", detach_reset: bool = False, decay: float = DECAY) -> LIFParams:
     """The test neuron: DECAY and V_TH, with this reset."""
     return LIFParams(decay, V_TH, soft_reset=reset == "soft", detach_reset=detach_reset)
+
+
+def bf16_layer_input() -> torch.Tensor:
+    """A bf16 input shaped like a ResNet-19 layer's [T, B, C, H, W] (fewer images and pixels), around the
+    threshold: where an fp32 state and one rounded to bf16 at every step part ways."""
+    g = torch.Generator().manual_seed(19)
+    return (torch.randn(4, 2, 128, 8, 8, generator=g) * 0.4 + 0.3).to(torch.bfloat16)
+
+
+def bf16_spikes_by_hand(x: torch.Tensor, state_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(spike_seq, v_seq) of the hard-reset LIF with the state carried in ``state_dtype``, each step's
+    potential stored in bf16 and its spike read off the stored value: the precision rule with fp32,
+    the former eager and compiled loops with bf16."""
+    h = torch.zeros(x.shape[1:], dtype=state_dtype)
+    o = torch.zeros_like(h)
+    spikes, vs = [], []
+    for t in range(x.shape[0]):
+        h = (DECAY * (h * (1.0 - o)) + x[t].to(state_dtype)).to(state_dtype)
+        v = h.to(torch.bfloat16)
+        o = (v >= V_TH).to(state_dtype)
+        spikes.append(o.to(torch.bfloat16))
+        vs.append(v)
+    return torch.stack(spikes), torch.stack(vs)
+
+
+def assert_bf16_forward_follows_the_precision_rule(kernels: LIFKernels) -> None:
+    """A bf16 layer: the state carried in fp32, each potential stored in bf16 and each spike read off
+    the stored value, exactly (spikes and potentials bitwise the fp32-state loop's by hand), v_sum the
+    sum of the fp32 potentials; and the input is one where a bf16 state fires otherwise."""
+    x = bf16_layer_input().flatten(1)  # [T, N] rows
+    s, v, v_sum = kernels.forward(x, lif_params())
+    assert s.dtype == v.dtype == torch.bfloat16 and v_sum.dtype == torch.float32
+    s_ref, v_ref = bf16_spikes_by_hand(x, torch.float32)
+    assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
+    h, total = torch.zeros(x.shape[1]), torch.zeros(x.shape[1])
+    for t in range(x.shape[0]):  # the fp32 potentials, with the kernel's spikes
+        h = DECAY * (h * (1.0 - (s[t - 1].float() if t else 0.0))) + x[t].float()
+        total += h
+    assert_close(v_sum, total, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(v_sum, v.float().sum(0), rtol=1e-6, atol=1e-6)  # not the sum of bf16 copies
+    s_bf16_state, _ = bf16_spikes_by_hand(x, torch.bfloat16)
+    assert int((s_bf16_state != s_ref).sum()) > 0  # the rule decides spikes on this input

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import replace
@@ -248,6 +249,45 @@ def test_spikingjelly_lifnode_has_our_dynamics(T: int) -> None:
 
 
 @pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")
+@pytest.mark.parametrize("tau", [1.5, 2.0, 4.0])
+def test_spikingjelly_parametric_lif_node_is_our_plif(tau: float) -> None:
+    """model.neuron = "plif" is Fang et al.'s neuron as SpikingJelly 2.0 defines it: ParametricLIFNode(
+    init_tau=tau, decay_input=True, v_reset=0) starts from the same w, spikes identically over T = 4,
+    and with Sigmoid(alpha=2K) (ESG's surrogate) gives the same gradients to the input and to w."""
+    T, k = 4, 2.0
+    recipe = Recipe().with_overrides({"model.neuron": "plif", "neuron.plif_tau": tau})
+    lif = NetSpec.from_recipe(recipe, 10, 3, 32, timesteps=T).lif()
+    lif.k.fill_(k)
+    node = sj_neuron.ParametricLIFNode(
+        init_tau=tau, decay_input=True, v_threshold=lif.params.v_threshold, v_reset=0.0,
+        surrogate_function=sj_surrogate.Sigmoid(alpha=2 * k), detach_reset=False, step_mode="m",
+    )  # fmt: skip
+    torch.testing.assert_close(lif.w.detach(), node.w.detach())  # the same initial w: -log(tau - 1)
+    with torch.no_grad():  # a trained w, not the initial one
+        lif.w.fill_(float(node.w) + 0.3)
+        node.w.copy_(lif.w)
+    x = torch.rand(T, 4, 8, 6, 6, generator=torch.Generator().manual_seed(7)) * 1.2 * tau
+    up = torch.randn(x.shape, generator=torch.Generator().manual_seed(8))
+    x_ours, x_sj = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    s = lif(x_ours)
+    (s * up).sum().backward()
+    s_sj = node(x_sj)
+    (s_sj * up).sum().backward()
+    assert torch.equal(s, s_sj) and 0 < s.sum() < s.numel()
+    torch.testing.assert_close(x_ours.grad, x_sj.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lif.w.grad, node.w.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_the_imloss_plif_variant_is_fang_et_als_plif_at_the_recipes_tau() -> None:
+    model, neurons = build_variant(_tiny_model(), "imloss-plif", kernels="eager")
+    assert len(neurons) == 3
+    for n in neurons:
+        assert n.params.decay_input and float(n.w.detach()) == pytest.approx(-math.log(Recipe().neuron.plif_tau - 1))
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert all(n.w.grad is not None and n.w.grad != 0 for n in neurons)
+
+
+@pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")
 def test_gate_covers_spikingjelly() -> None:
     (imloss, sj) = correctness_gate((2,), "cpu", compiled=False, spikingjelly_backends=(None,))
     assert imloss.passed and sj.passed and sj.name == "spikingjelly[default]"
@@ -276,3 +316,30 @@ def test_cuda_graphs_for_the_timed_epoch_need_cuda() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(BenchError, match=r"timing an epoch: train\.cuda_graphs needs"):
         run_benchmark(BenchOptions(**TINY, compare=(), timesteps=(1,), epoch_images=16, cuda_graphs=True))
+
+
+@pytest.mark.slow  # a memory probe process per row and T
+@pytest.mark.skipif(bool(SJ_SKIP), reason=SJ_SKIP or "")
+def test_memory_modes_and_spikingjelly_memopt_get_rows_with_their_memory_and_a_growth_line() -> None:
+    o = BenchOptions(
+        timesteps=(2, 4), compare=("spikingjelly-memopt",), memory_modes=("default", "low"), **{**TINY, "memory": True}
+    )
+    result = run_benchmark(o)
+    assert [r.variant for r in result.rows] == ["imloss", "imloss-low", "spikingjelly-memopt"] * 2
+    assert all(r.step_mb is not None and r.step_mb > 0 for r in result.rows)  # each measured in its own process
+    runners, _, _ = bench.run._setup(bench.options.resolve_options(o), 2, ["imloss-low", "spikingjelly-memopt"])
+    assert type(runners["imloss-low"].model).__name__ == "LowMemoryNet"
+    wrapped = {type(m).__name__ for m in runners["spikingjelly-memopt"].model.modules()}
+    assert "CheckpointWrapper" in wrapped
+    table = bench.format_table(result)
+    low = {r.timesteps: r for r in result.rows if r.variant == "imloss-low"}
+    assert f"summary T=4: imloss-low takes {1 / low[4].imloss_over_this:.2f}x" in table
+    assert "the step time of spikingjelly-memopt" in table
+    assert "step memory per time step, T=2 to 4 (MB): imloss " in table
+
+
+@pytest.mark.parametrize("entry", ["python -m imloss_cli.bench", "imloss bench"])
+def test_an_unknown_memory_mode_is_a_usage_error(entry: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _bench_cli(entry, ["--arch", "convnet3", "--no-memory", "--memory-mode", "default,tiny"], capsys)
+    assert code == 2
+    assert "memory modes must be distinct values from default, low, got default,tiny" in err

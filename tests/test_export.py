@@ -10,12 +10,14 @@ import importlib.util
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from sqlalchemy import create_engine, update
 from typer.testing import CliRunner
 
 from imloss_cli.cli.app import app
+from imloss_cli.export.nir_graph import DT
 from imloss_cli.recipe import config_hash, load_recipe
 from imloss_cli.registry import Registry
 from imloss_cli.registry.schema import EpochMetric
@@ -47,16 +49,26 @@ def _calibrated(arch: str, channels: int, side: int, **fields: object) -> torch.
 
 
 @needs("nir", "nirtorch")
-@pytest.mark.parametrize(("arch", "channels", "side", "norm"), [("convnet3", 1, 8, "bn"), ("resnet19", 3, 32, "tdbn")])
+@pytest.mark.parametrize(
+    ("arch", "channels", "side", "fields"),
+    [
+        ("convnet3", 1, 8, {"model.norm": "bn"}),
+        ("resnet19", 3, 32, {"model.norm": "tdbn"}),
+        ("convnet3", 1, 8, {"model.membrane_bn": True}),  # MPBN: per-channel folded thresholds
+        ("convnet3", 1, 8, {"model.neuron": "plif", "neuron.plif_tau": 3.0}),  # Fang et al.'s charge: r = 1
+        ("convnet3", 1, 8, {"model.neuron": "lif-learned-leak"}),
+    ],
+    ids=["convnet3-bn", "resnet19-tdbn", "convnet3-mpbn", "convnet3-plif", "convnet3-learned-leak"],
+)
 def test_a_nir_round_trip_gives_every_layers_spikes_and_the_logits_of_imloss(
-    arch: str, channels: int, side: int, norm: str, tmp_path: Path
+    arch: str, channels: int, side: int, fields: dict[str, object], tmp_path: Path
 ) -> None:
     import nir
 
     from imloss_cli.export.nir_graph import network_graph
     from imloss_cli.export.nir_run import run_graph
 
-    model = _calibrated(arch, channels, side, **{"model.norm": norm})
+    model = _calibrated(arch, channels, side, **fields)
     x = torch.rand(3, channels, side, side)
     path = tmp_path / "net.nir"
     nir.write(str(path), network_graph(model, x[:1], {"arch": arch}))
@@ -78,6 +90,14 @@ def test_a_nir_round_trip_gives_every_layers_spikes_and_the_logits_of_imloss(
     rates = [float(lif.spike_seq.mean()) for _, lif in layers]
     assert 0.05 < sum(rates) / len(rates) < 0.5  # the comparison sees spikes, not silence
     torch.testing.assert_close(run.logits, logits, rtol=1e-9, atol=1e-9)
+    lifs = [n for n in graph.nodes.values() if isinstance(n, nir.LIF)]
+    thresholds = {float(v) for n in lifs for v in np.unique(n.v_threshold)}
+    if fields.get("model.membrane_bn"):  # one threshold per channel, not V_th
+        assert len(thresholds) == sum(n.v_threshold.shape[0] for n in lifs) and 0.5 not in thresholds
+    else:
+        assert thresholds == {0.5}
+    if fields.get("model.neuron") == "plif":
+        assert all(np.allclose(n.r, 1.0) and np.allclose(n.tau, 3 * DT) for n in lifs)  # untrained: tau0 = 3
 
 
 @needs("nir")
@@ -87,8 +107,11 @@ def test_what_nir_cannot_express_is_refused_naming_the_layer() -> None:
 
     with pytest.raises(ExportError, match=r"^body\.0\.0: NIR has no max pooling"):
         network_graph(_calibrated("resnet34", 3, 64), torch.zeros(1, 3, 64, 64), {})
-    with pytest.raises(ExportError, match=r"^encoder\.lif: MPBN's BatchNorm sits between"):
-        network_graph(_calibrated("convnet3", 1, 8, **{"model.membrane_bn": True}), torch.zeros(1, 1, 8, 8), {})
+    mpbn = _calibrated("convnet3", 1, 8, **{"model.membrane_bn": True})
+    with torch.no_grad():
+        mpbn.encoder.lif.bn.weight[[3, 7]] = torch.tensor([-0.5, 0.0])
+    with pytest.raises(ExportError, match=r"^encoder\.lif: MPBN channels \[3, 7\] have gamma <= 0: .* fires above"):
+        network_graph(mpbn, torch.zeros(1, 1, 8, 8), {})
     with pytest.raises(ExportError, match=r"^encoder\.lif: a soft reset subtracts V_th"):
         network_graph(_calibrated("convnet3", 1, 8, **{"neuron.reset": "soft"}), torch.zeros(1, 1, 8, 8), {})
 
@@ -106,13 +129,16 @@ def test_export_of_a_soft_reset_run_exits_2_before_writing_and_validate_warns(wo
     assert not (workdir / "soft.nir").exists()
     result = runner.invoke(app, ["validate", "--set", "neuron.reset='soft'"])
     assert result.exit_code == 0 and "warning: will not export to NIR: neuron.reset = 'soft'" in result.stderr
+    result = runner.invoke(app, ["validate", "--set", "model.membrane_bn=true"])  # MPBN folds: it exports
+    assert result.exit_code == 0 and "will not export" not in result.stderr
 
 
 @needs("nir", "nirtorch")
 @pytest.mark.slow
-def test_export_check_of_a_trained_run_agrees_on_every_layer(tiny_recipe: Path, workdir: Path) -> None:
+@pytest.mark.parametrize("sets", [[], ["--set", "model.membrane_bn=true"]], ids=["lif", "mpbn"])
+def test_export_check_of_a_trained_run_agrees_on_every_layer(tiny_recipe: Path, workdir: Path, sets: list[str]) -> None:
     db = str(workdir / "r.db")
-    assert runner.invoke(app, ["train", str(tiny_recipe), "--seed", "1", "--registry", db]).exit_code == 0
+    assert runner.invoke(app, ["train", str(tiny_recipe), "--seed", "1", *sets, "--registry", db]).exit_code == 0
     (run,) = Registry(db).list_runs()
     result = runner.invoke(app, ["export", run.id[:6], "--nir", str(workdir / "out" / "net.nir"), "--check",
                                  "--registry", db])  # fmt: skip

@@ -1,4 +1,5 @@
-"""Fused multi-step LIF against the per-step reference, hand-computed dynamics, K buffer, compiled kernels."""
+"""Fused multi-step LIF against the per-step reference, hand-computed dynamics, K buffer, compiled kernels,
+the precision rule in bf16, PLIF (Fang et al.) and the learnable leak."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from .lif_cases import (
     READ_OUTPUTS,
     V_TH,
     VARIANTS,
+    assert_bf16_forward_follows_the_precision_rule,
     assert_kernels_equal_the_naive_loop,
     assert_variant_equals_the_naive_loop,
     im_share_of_the_input_gradient,
@@ -316,6 +318,28 @@ def test_compiled_kernels_match_eager() -> None:
     assert_close(x2.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_kernels_run_plif_as_eager() -> None:
+    """Fang et al.'s charge and the learnable decay through the compiled loops: the eager loops' spikes,
+    potentials, and gradients to the input and to the decay."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    params = LIFParams(0.5, V_TH, decay_input=True)
+    x_ref = _input(4, seed=6, shape=(3, 16)) * 2.0
+    w = torch.randn(x_ref.shape, generator=torch.Generator().manual_seed(10))
+    results = []
+    for kernels in (EAGER_KERNELS, compiled_kernels()):
+        x = x_ref.detach().clone().requires_grad_(True)
+        decay = torch.tensor(0.5, requires_grad=True)
+        s, v, m = MultiStepLIFFunction.apply(x, torch.tensor(3.0), decay, params, kernels)
+        ((s * w).sum() + 2.0 * m).backward()
+        results.append((s, v, x.grad, decay.grad))
+    (s_ref, v_ref, gx_ref, gd_ref), (s, v, gx, gd) = results
+    assert torch.equal(s, s_ref) and 0 < s.sum() < s.numel()
+    assert_close(v, v_ref)
+    assert_close(gx, gx_ref, rtol=1e-5, atol=1e-6)
+    assert_close(gd, gd_ref, rtol=1e-5, atol=1e-5)
+
+
 def test_one_compiled_kernel_per_direction_serves_every_layer_size_and_layout() -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("torch.compile on CPU needs a C compiler")
@@ -357,13 +381,61 @@ def test_bf16_keeps_the_im_loss_share_of_the_input_gradient() -> None:
     assert fp32 > 0 and abs(bf16 - fp32) < 0.1 * fp32  # accumulated in fp32, rounded once
 
 
-def test_plif_decay_is_sigmoid_of_a_learnable_weight_starting_at_the_recipes_decay() -> None:
+def test_bf16_eager_loop_carries_the_state_in_fp32_and_fires_on_the_stored_potential() -> None:
+    assert_bf16_forward_follows_the_precision_rule(EAGER_KERNELS)
+
+
+def test_the_learnable_leak_is_sigmoid_of_w_from_logit_decay_on_imlosss_charge() -> None:
+    """model.neuron = "lif-learned-leak" (what "plif" was): decay = sigmoid(w), w = logit(decay), h = decay r + x."""
     lif = LIF(lif_params(), learn_decay=True)
     assert [name for name, _ in lif.named_parameters()] == ["w"]
     assert float(lif.leak().detach()) == pytest.approx(DECAY)
     assert float(lif.w.detach()) == pytest.approx(math.log(DECAY / (1 - DECAY)))
+    lif.store_v_seq = True
+    lif(torch.tensor([0.3, 0.4]).view(2, 1, 1))
+    assert_close(lif.v_seq.flatten(), torch.tensor([0.3, 0.25 * 0.3 + 0.4]))  # the input unscaled
     x = _input(3, seed=2, shape=(4, 6))
     lif(x).sum().backward()
     assert lif.w.grad is not None and lif.w.grad != 0
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         LIF(lif_params(decay=1.0), learn_decay=True)
+
+
+def _plif(tau: float) -> LIF:
+    """Fang et al.'s PLIF at tau0 = ``tau``, as NetSpec builds it for model.neuron = "plif"."""
+    return LIF(LIFParams(1.0 - 1.0 / tau, V_TH, decay_input=True), learn_decay=True)
+
+
+@pytest.mark.parametrize("tau", [1.5, 2.0, 4.0])
+def test_plif_is_fang_et_als_neuron_w_from_tau0_and_the_input_scaled_by_one_over_tau(tau: float) -> None:
+    """sigmoid(w) = 1/tau, w0 = -log(tau0 - 1) (SpikingJelly's ParametricLIFNode); the charge
+    H = V + (X - V) / tau, hard reset to 0: h0 = x0 / tau, h1 = (1 - 1/tau) h0 + x1 / tau."""
+    lif = _plif(tau)
+    assert float(lif.w.detach()) == pytest.approx(-math.log(tau - 1.0))
+    assert float(lif.leak().detach()) == pytest.approx(1.0 - 1.0 / tau)
+    lif.store_v_seq = True
+    x = torch.tensor([0.3, 0.4, 2.0, 0.2]).view(4, 1, 1)
+    h0 = 0.3 / tau
+    h1 = (1 - 1 / tau) * h0 + 0.4 / tau
+    h2 = (1 - 1 / tau) * h1 + 2.0 / tau  # fires: 2 / tau >= 0.5 for every tau here
+    h3 = 0.2 / tau  # reset to 0
+    s = lif(x)
+    assert_close(lif.v_seq.flatten(), torch.tensor([h0, h1, h2, h3]))
+    assert s.flatten().tolist() == [float(v >= V_TH) for v in (h0, h1, h2, h3)] and s[2].item() == 1.0
+
+
+def test_plif_gradient_to_w_is_closed_form_below_threshold() -> None:
+    """Two steps without spikes (the reset detached: no surrogate term through it), L = v_mean =
+    (h0 + h1) / 2 with a = sigmoid(w) = 1/tau: h0 = a x0, h1 = (1 - a) a x0 + a x1, so
+    dL/da = (x0 + (1 - 2a) x0 + x1) / 2 and dL/dw = dL/da * a (1 - a); dL/dx0 = (a + (1 - a) a) / 2,
+    dL/dx1 = a / 2."""
+    lif = LIF(LIFParams(0.5, V_TH, detach_reset=True, decay_input=True), learn_decay=True).double()
+    lif.store_v_seq = True
+    x0, x1 = 0.3, 0.2
+    x = torch.tensor([x0, x1], dtype=torch.float64).view(2, 1, 1).requires_grad_(True)
+    lif(x)
+    assert lif.spike_seq.sum() == 0
+    lif.v_mean.backward()
+    a = 0.5
+    assert float(lif.w.grad) == pytest.approx((x0 + (1 - 2 * a) * x0 + x1) / 2 * a * (1 - a), rel=1e-12)
+    assert x.grad.flatten().tolist() == pytest.approx([(a + (1 - a) * a) / 2, a / 2], rel=1e-12)

@@ -102,11 +102,13 @@ def test_max_eval_batches_caps_the_test_pass_and_is_recorded(tiny_recipe: Path, 
     trainer = Trainer(recipe, 0, callbacks=Callbacks(on_eval_batch=lambda done, total: seen.append((done, total))))
     metrics, _ = trainer.evaluate()
     assert seen == [(1, 2), (2, 2)]  # 2 of the test set's 9 batches, with the progress to show
-    x = torch.stack([trainer.data.test[i][0] for i in range(100)])
-    y = torch.tensor([int(trainer.data.test[i][1]) for i in range(100)])
+    subset = trainer.test_subset  # 100 images, 10 of each class, chosen from the seed (test_capped.py)
+    assert subset is not None and len(subset) == 100 and metrics["test_images"] == 100
+    x = torch.stack([trainer.data.test[int(i)][0] for i in subset])
+    y = torch.tensor([int(trainer.data.test[int(i)][1]) for i in subset])
     with torch.no_grad():
         expected = (trainer.model(x).argmax(1) == y).double().mean().item()
-    assert metrics["test_acc"] == pytest.approx(expected, abs=1e-12)  # the first 100 test images, no more
+    assert metrics["test_acc"] == pytest.approx(expected, abs=1e-12)  # those 100 images, no more
     code, _, err = cli("train", str(tiny_recipe), "--set", "train.max_eval_batches=2", "--set", "train.epochs=1",
                          "--registry", str(workdir / "r.db"))  # fmt: skip
     assert code == 0, err
@@ -137,7 +139,7 @@ def test_report_paper_names_the_row_and_flags_runs_that_are_not_the_papers_setti
     rows = [line for line in out.splitlines() if "CIFAR-10 ResNet-19 T=2" in line and line.startswith("|")]
     assert len(rows) == 2
     budget = next(r for r in rows if "40.00" in r)
-    faithful = next(r for r in rows if "93.85 |" in r.split("CIFAR-10 ResNet-19 T=2")[0])
+    faithful = next(r for r in rows if "93.85 (n = 1: no interval) |" in r.split("CIFAR-10 ResNet-19 T=2")[0])
     assert "-53.85 (not the paper's setting)" in budget and "+0.00 |" in faithful
     assert "CIFAR-10 ResNet-19 T=2: not the paper's setting (train.epochs 1 (paper: 300))" in err
     code, out, _ = cli(

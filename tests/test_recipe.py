@@ -122,6 +122,7 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> Non
         ("[optim]\nlr = nan\n", "optim.lr", r"finite.*\(got nan\)"),
         ("[optim]\nlr = inf\n", "optim.lr", r"finite.*\(got inf\)"),
         ("[loss]\nim_weight = -1.0\n", "loss.im_weight", "greater than or equal to 0"),
+        ("[neuron]\nplif_tau = 1.0\n", "neuron.plif_tau", "greater than 1"),  # tau0 = 1: no memory, w = inf
         ("[data]\nstd = [0.2, 0.0, 0.2]\n", "data.std", "every std must be > 0"),
         ("[data]\nmean = [0.1, 0.2, 0.3, 0.4]\n", "data.mean", "at most 3 items"),
         ('name = ""\n', "name", "at least 1"),
@@ -266,7 +267,7 @@ def test_the_ann_twin_runs_at_one_time_step_without_im_loss(tmp_path: Path) -> N
 def test_an_unknown_neuron_names_the_field() -> None:
     with pytest.raises(RecipeError) as info:
         load_recipe(None, {"model.neuron": "lfi"})
-    assert info.value.problems == ["model.neuron: 'lfi' is not one of: 'lif', 'plif' or 'relu'"]
+    assert info.value.problems == ["model.neuron: 'lfi' is not one of: 'lif', 'plif', 'lif-learned-leak' or 'relu'"]
 
 
 def test_energy_constants_default_to_horowitz_45nm_and_name_a_bad_one() -> None:

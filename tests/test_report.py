@@ -34,6 +34,13 @@ ACC = {
 }
 BEST_EPOCH = {(0.0, 0): 2, (0.0, 1): 3, (1.0, 0): 2, (1.0, 1): 2, (2.0, 0): 3, (2.0, 1): 2}
 STD_2 = 0.01 * 2**0.5  # sample std (ddof=1) of two values 0.02 apart
+T_1 = 12.706204736174698  # Student's t, 0.975 quantile, 1 degree of freedom: the 95% interval of two seeds
+
+
+def interval(mean: float, sd: float, digits: int = 2, n: int = 2, t: float = T_1) -> str:
+    """The report's cell by the textbook: mean [mean - t s/sqrt(n), mean + t s/sqrt(n)]."""
+    half = t * sd / n**0.5
+    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
 def _entropy(weight: float, seed: int, epoch: int, layer: int) -> float:
@@ -127,7 +134,8 @@ def test_best_selection_pools_seeds_per_configuration(registry: Registry) -> Non
     assert list(table["n"]) == [2, 2, 2]
     assert table["test_acc_mean"].tolist() == pytest.approx([0.89, 0.94, 0.79])
     assert table["test_acc_std"].tolist() == pytest.approx([STD_2] * 3)
-    assert list(table["test_acc"]) == ["89.00 ± 1.41", "94.00 ± 1.41", "79.00 ± 1.41"]
+    assert list(table["test_acc"]) == [interval(m, 100 * STD_2) for m in (89.0, 94.0, 79.0)]
+    assert list(table["test_acc"])[1] == "94.00 [81.29, 106.71]"  # 94 ± 12.706 * 1.414 / sqrt 2
     # mean_entropy at each run's best epoch: mean over layers (+0.25) of 0.3 w + 0.01 s + 0.2 e
     expected = [sum(0.3 * w + 0.01 * s + 0.2 * BEST_EPOCH[w, s] + 0.25 for s in (0, 1)) / 2 for w in (0.0, 1.0, 2.0)]
     assert table["mean_entropy"].tolist() == pytest.approx(expected)
@@ -142,14 +150,15 @@ def test_last_selection_uses_the_final_epoch(registry: Registry) -> None:
     table = build_report(registry, select="last").table
     assert table["test_acc_mean"].tolist() == pytest.approx([0.865, 0.92, 0.77])
     assert table["test_acc_std"].tolist() == pytest.approx([0.03 / 2**0.5, STD_2, 0.06 / 2**0.5])
-    assert list(table["test_acc"]) == ["86.50 ± 2.12", "92.00 ± 1.41", "77.00 ± 4.24"]
+    sds = [3 / 2**0.5, 100 * STD_2, 6 / 2**0.5]
+    assert list(table["test_acc"]) == [interval(m, s) for m, s in zip((86.5, 92.0, 77.0), sds)]
     assert table["mean_entropy"].tolist() == pytest.approx([0.3 * w + 0.005 + 0.6 + 0.25 for w in (0, 1, 2)])
 
 
 def test_loss_metrics_are_minimised_and_shown_with_four_decimals(registry: Registry) -> None:
     report = build_report(registry, metric="test_loss")
     assert report.table["test_loss_mean"].tolist() == pytest.approx([0.11, 0.06, 0.21])
-    assert list(report.table["test_loss"]) == ["0.1100 ± 0.0141", "0.0600 ± 0.0141", "0.2100 ± 0.0141"]
+    assert list(report.table["test_loss"]) == [interval(m, STD_2, digits=4) for m in (0.11, 0.06, 0.21)]
     assert list(report.runs["epoch"]) == [BEST_EPOCH[w, s] for w in (0.0, 1.0, 2.0) for s in (0, 1)]
 
 
@@ -185,7 +194,7 @@ def test_single_seed_shows_only_the_mean() -> None:
         _add_run(reg, _recipe(0.0, 0), [0.5, 0.75])
         _add_run(reg, _recipe(1.0, 0), [0.5, 0.25])
         report = build_report(reg)
-        assert list(report.table["test_acc"]) == ["75.00", "50.00"]
+        assert list(report.table["test_acc"]) == ["75.00 (n = 1: no interval)", "50.00 (n = 1: no interval)"]
         assert report.table["test_acc_std"].isna().all()
         assert json.loads(render(report, "json"))["rows"][0]["test_acc_std_pct"] is None
 
@@ -213,19 +222,20 @@ def test_runs_without_the_metric_are_left_out_of_the_means(registry: Registry) -
 
 def test_mean_entropy_as_the_metric_is_not_repeated(registry: Registry) -> None:
     report = build_report(registry, metric="mean_entropy", select="last")
-    assert list(report.table.columns) == [
+    assert list(report.table.columns[:6]) == [
         "loss.im_weight",
         "mean_entropy",
         "n",
         "mean_entropy_mean",
         "mean_entropy_std",
         "config_hash",
-    ]
+    ]  # then the row labels, the intervals and the comparisons with the baseline
     assert report.table["mean_entropy_mean"].tolist() == pytest.approx(
         [0.3 * w + 0.005 + 0.6 + 0.25 for w in (0, 1, 2)]
     )
-    assert list(report.table["mean_entropy"]) == ["0.8550 ± 0.0071", "1.1550 ± 0.0071", "1.4550 ± 0.0071"]
-    assert "| 0.0 | 0.8550 ± 0.0071 | 2 |" in render(report, "markdown")
+    sd = 0.005 * 2**0.5  # the two seeds 0.01 apart
+    assert list(report.table["mean_entropy"]) == [interval(m, sd, digits=4) for m in (0.855, 1.155, 1.455)]
+    assert f"| 0.0 | {interval(0.855, sd, digits=4)} | 2 | baseline |" in render(report, "markdown")
 
 
 # ----------------------------------------------------------------------------- selection
@@ -306,14 +316,10 @@ def test_mixed_code_versions_and_dirty_trees_are_warned_about() -> None:
 
 def test_csv_is_the_numeric_main_table_accuracy_in_percent_as_named(registry: Registry) -> None:
     frame = pd.read_csv(io.StringIO(render(build_report(registry), "csv")))
-    assert list(frame.columns) == [
-        "loss.im_weight",
-        "test_acc_mean_pct",
-        "test_acc_std_pct",
-        "n",
-        "mean_entropy",
-        "config_hash",
-    ]
+    assert list(frame.columns[:5]) == ["loss.im_weight", "test_acc_mean_pct", "test_acc_std_pct", "n", "mean_entropy"]
+    assert list(frame.columns[5:7]) == ["scored_images", "scored_images_total"]  # NaN: logged before they existed
+    assert list(frame.columns[7:11]) == ["test_acc_ci_low_pct", "test_acc_ci_high_pct", "test_acc_values_pct", "seeds"]
+    assert "delta_test_acc_pp" in frame and "p_adj_test_acc" in frame and frame.columns[-1] == "config_hash"
     assert len(frame) == 3 and pd.api.types.is_float_dtype(frame["test_acc_mean_pct"])
     assert frame["test_acc_mean_pct"].tolist() == pytest.approx([89.0, 94.0, 79.0])
     assert frame["n"].tolist() == [2, 2, 2]
@@ -334,10 +340,16 @@ def test_json_has_rows_layers_and_numbers(registry: Registry) -> None:
 def test_markdown_prints_both_tables(registry: Registry) -> None:
     text = render(build_report(registry), "markdown")
     lines = text.splitlines()
-    assert "| loss.im_weight | test_acc (%) | n | mean_entropy |" in lines
-    assert "| 1.0 | 94.00 ± 1.41 | 2 | 0.955 |" in lines
+    header = "| loss.im_weight | test_acc (%) | n | Δ test_acc (pp) | test | p (Holm) | verdict | mean_entropy |"
+    assert header in lines
+    # both seeds gain exactly 5 pp over lambda = 0 (95 - 90, 93 - 88): an interval of width 0, nothing to test
+    row = f"| 1.0 | {interval(94.0, 100 * STD_2)} | 2 | +5.00 [+5.00, +5.00] | paired, n = 2 | – | no test | 0.955 |"
+    assert row in lines
+    last_row = next(i for i, line in enumerate(lines) if line.startswith("| 2.0 |"))
+    assert lines[last_row + 1] == "" and lines[last_row + 2].startswith("Tested: every configuration against")
+    assert lines[last_row + 3] == "" and lines[last_row + 4].startswith("Not to conclude:")
     caption = next(i for i, line in enumerate(lines) if line.startswith("Per-layer entropy (bits)"))
-    assert lines[caption - 1] == "" and lines[caption - 2].startswith("| 2.0 |")
+    assert lines[caption - 1] == "" and lines[caption - 2].startswith("No difference in test_acc is significant.")
     assert "| layer | loss.im_weight=0.0 | loss.im_weight=1.0 | loss.im_weight=2.0 |" in lines
     assert "| stem.lif | 0.505 | 0.705 | 1.105 |" in lines
 
@@ -348,9 +360,12 @@ def test_latex_is_booktabs_with_the_best_mean_in_bold(registry: Registry) -> Non
     assert latex.count("\\begin{tabular}") == 2 and latex.count("\\end{tabular}") == 2
     assert latex.count("\\toprule") == latex.count("\\midrule") == latex.count("\\bottomrule") == 2
     assert "\\hline" not in latex
-    assert r"loss.im\_weight & test\_acc (\%) & n & mean\_entropy \\" in latex
+    assert (
+        r"loss.im\_weight & test\_acc (\%) & n & $\Delta$ test\_acc (pp) & test & p (Holm) & verdict & mean\_entropy \\"
+        in latex
+    )
     # lambda=1 has the best mean (94.00, seeds at 95 and 93): bold, the others not
-    assert r"1.0 & \textbf{94.00 $\pm$ 1.41} & 2" in latex and latex.count("\\textbf") == 1
+    assert r"1.0 & \textbf{94.00 [81.29, 106.71]} & 2" in latex and latex.count("\\textbf") == 1
 
 
 def test_html_is_one_page_with_every_table_and_no_network(registry: Registry) -> None:
@@ -358,11 +373,11 @@ def test_html_is_one_page_with_every_table_and_no_network(registry: Registry) ->
     page = render(report, "html", registry)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     # comparison, layer entropy, layer firing rate, runs
-    assert page.count("<table") == 4 and "94.00 ± 1.41" in page and "stem.lif" in page
+    assert page.count("<table") == 4 and "94.00 [81.29, 106.71]" in page and "stem.lif" in page
     assert page.count('<img alt="') == 6 and page.count('src="data:image/svg+xml;base64,') == 6
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
     assert page.count('<td class="best"') == 1 and re.search(
-        r'<td class="best" data-sort="0\.9[34]\d*">94\.00 ± 1\.41</td>', page
+        r'<td class="best" data-sort="0\.9[34]\d*">94\.00 \[81\.29, 106\.71\]</td>', page
     )
     assert "optimistic" in page  # the selection rule says what the best test epoch means
     for run_id in report.runs["run_id"]:
@@ -454,10 +469,10 @@ def test_sops_and_energy_are_columns_of_mean_and_std_at_the_selected_epoch(count
     assert list(table["model.neuron"]) == ["relu", "lif"] and list(table["model.timesteps"]) == [1, 4]
     # lif: seed 0 at epoch 2 (2.0 M), seed 1 at epoch 1 (2.2 M); in millions per image
     assert table["sops_mean"].tolist() == pytest.approx([0.0, 2.1e6])
-    assert list(table["sops"]) == ["0.0000 ± 0.0000", "2.1000 ± 0.1414"]
+    assert list(table["sops"]) == [interval(0.0, 0.0, digits=4), interval(2.1, 0.1 * 2**0.5, digits=4)]
     # E = MACs * 4.6 pJ + SOPs * 0.9 pJ: relu 5e6 * 4.6 pJ = 23 µJ; lif 4.6 + 1.8 and 4.6 + 1.98 µJ
     assert table["energy_uj_mean"].tolist() == pytest.approx([23.0, 6.49])
-    assert list(table["energy_uj"]) == ["23.0000 ± 0.0000", "6.4900 ± 0.1273"]
+    assert list(table["energy_uj"]) == [interval(23.0, 0.0, digits=4), interval(6.49, 0.09 * 2**0.5, digits=4)]
     assert report.efficiency == ["sops", "energy_uj"]
     assert report.runs["k_schedule"].tolist()[:2] == ["none (ReLU twin)"] * 2
     # the SOPs per layer of the spiking configuration; the twin has no spiking layer
@@ -472,16 +487,18 @@ def test_the_report_recomputes_the_energy_with_the_constants_it_is_given(counted
     text = render(report, "markdown")
     assert "energy per image E = MACs × 3.1 pJ + SOPs × 0.1 pJ" in text
     assert (
-        "| loss.im_weight | model.neuron | model.timesteps | test_acc (%) | n | mean_entropy | sops (M) | energy_uj (µJ) |"
-        in text
+        "| loss.im_weight | model.neuron | model.timesteps | test_acc (%) | n | Δ test_acc (pp) | test | p (Holm) "
+        "| verdict | mean_entropy | sops (M) | energy_uj (µJ) |" in text
     )
-    assert "| 2.0 | lif | 4 | 91.00 ± 1.41 | 2 | 0.600 | 2.1000 ± 0.1414 | 3.3100 ± 0.0141 |" in text
+    lif = [interval(91.0, 100 * STD_2), interval(2.1, 0.1 * 2**0.5, digits=4), interval(3.31, 0.01 * 2**0.5, digits=4)]
+    assert f"| 2.0 | lif | 4 | {lif[0]} | 2 |" in text and f"| 0.600 | {lif[1]} | {lif[2]} |" in text
     assert "Per-layer synaptic operations per image (millions)" in text and "| stem.lif | 0.525 |" in text
     assert json.loads(render(report, "json"))["energy"] == {"e_mac_pj": 3.1, "e_ac_pj": 0.1}
     frame = pd.read_csv(io.StringIO(render(report, "csv")))
-    assert list(frame.columns)[-5:] == ["sops_mean", "sops_std", "energy_uj_mean", "energy_uj_std", "config_hash"]
-    page = render(report, "html", counted)
-    assert page.count("<table") == 5 and "MACs × 3.1 pJ + SOPs × 0.1 pJ" in page
+    assert {"sops_mean", "sops_std", "sops_ci_low", "energy_uj_mean", "delta_energy_uj", "p_adj_sops"} <= set(frame)
+    assert list(frame.columns)[-1] == "config_hash"
+    page = render(report, "html", counted)  # + the differences in operations and energy
+    assert page.count("<table") == 6 and "MACs × 3.1 pJ + SOPs × 0.1 pJ" in page
     assert page.count('<img alt="') == 6
     assert r"3.1 pJ" in render(report, "latex")
 
@@ -492,7 +509,7 @@ def test_energy_as_the_metric_is_minimised_with_the_report_constants(counted: Re
     assert report.runs["epoch"].tolist() == [1, 1, 2, 2]  # the twin's SOPs tie at 0: the earliest epoch
     assert report.table["energy_uj_mean"].tolist() == pytest.approx([23.0, 4.6 + 0.15])
     assert report.best_row == 1 and "energy_uj" not in report.efficiency
-    assert list(report.table["sops"]) == ["0.0000 ± 0.0000", "1.5000 ± 0.7071"]
+    assert list(report.table["sops"]) == [interval(0.0, 0.0, digits=4), interval(1.5, 0.5 * 2**0.5, digits=4)]
 
 
 def test_a_bad_energy_constant_is_a_report_error() -> None:

@@ -74,7 +74,8 @@ def test_page_opens_with_its_tables_and_every_image_loaded_and_headers_sort(
     assert first_column() == ["0.0", "1.0", "2.0"]
     header = comparison.find_elements(By.TAG_NAME, "th")[1]  # test_acc
     header.click()
-    assert metric_column() == ["79.00 ± 1.41", "89.00 ± 1.41", "94.00 ± 1.41"]  # ascending by mean
+    # ascending by mean; each cell the mean and its 95% interval (two seeds 2 pp apart: ± 12.71 pp)
+    assert metric_column() == ["79.00 [66.29, 91.71]", "89.00 [76.29, 101.71]", "94.00 [81.29, 106.71]"]
     assert first_column() == ["2.0", "0.0", "1.0"]
     header.click()
     assert first_column() == ["1.0", "0.0", "2.0"]  # descending

@@ -22,7 +22,7 @@ from typing import Any
 
 from imloss_cli.ablate.grid import SEED_KEY, GridSpec, Trial, plan_trials
 from imloss_cli.ablate.jobs import run_workers
-from imloss_cli.recipe import Recipe, config_hash, validate_recipe
+from imloss_cli.recipe import Recipe, config_hash, validate_recorded
 from imloss_cli.registry import (
     FAILED,
     FINISHED,
@@ -53,7 +53,7 @@ def latest_train_recipe(registry: Registry, overrides: dict[str, Any]) -> tuple[
     run = registry.latest_run(kind="train")
     if run is None:
         raise RegistryError(f"no train run in the registry {registry.url}; give a recipe: imloss ablate RECIPE ...")
-    return run.id, validate_recipe(run.recipe, f"run {run.id}").with_overrides(overrides)
+    return run.id, validate_recorded(run.recipe, f"run {run.id}").with_overrides(overrides)
 
 
 @dataclass(frozen=True)
@@ -202,9 +202,9 @@ def work_on_group(
     if work.jobs > 1:
         options = ["--heartbeat", str(work.heartbeat_s), *(["--fail-fast"] if work.fail_fast else [])]
         first = registry.list_runs(group_id=group_id)[-1]
-        log_dir = Path(validate_recipe(first.recipe).train.output_dir) / f"group-{group_id}"
+        log_dir = Path(validate_recorded(first.recipe).train.output_dir) / f"group-{group_id}"
         codes = run_workers(
-            group_id, work.jobs, registry_url=registry.url_for_subprocesses, options=options, log_dir=log_dir,
+            "ablate", group_id, work.jobs, registry_env=registry.child_environment(), options=options, log_dir=log_dir,
             poll_s=worker.poll_s, on_poll=worker.report_new,
         )  # fmt: skip
         for slot, code in enumerate(codes):
@@ -324,7 +324,7 @@ class _Worker:
 
     def _trial(self, run: RunInfo) -> Trial:
         values = {axis: _dotted(run.recipe, axis) for axis in self.group.axes}
-        return Trial(values, validate_recipe(run.recipe, f"run {run.id}"), run.fingerprint)
+        return Trial(values, validate_recorded(run.recipe, f"run {run.id}"), run.fingerprint)
 
 
 def _dotted(data: dict[str, Any], path: str) -> Any:

@@ -10,6 +10,7 @@ import torch
 from imloss_cli.bench.epoch import EpochTiming
 from imloss_cli.bench.gate import GateCheck
 from imloss_cli.bench.variants import BenchError
+from imloss_cli.recipe import MEMORY_MODES
 from imloss_cli.snn.neuron import KERNEL_SETS
 from imloss_cli.snn.triton_lif import triton_available
 
@@ -44,6 +45,9 @@ class BenchOptions:
     cuda_graphs: bool = False  # the timed epoch replays its step as a CUDA graph (train.cuda_graphs)
     # Every variant runs in each listed layout; rows after the first layout are named "variant@layout".
     memory_formats: tuple[str, ...] = ("channels_last",)
+    # imloss's rows (imloss, imloss-eager, imloss-plif) train in each listed mode (train.memory);
+    # rows in a mode other than "default" are named variant-mode (imloss-low).
+    memory_modes: tuple[str, ...] = (MEMORY_MODES[0],)
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,11 @@ def resolve_options(o: BenchOptions) -> BenchOptions:
         raise BenchError(
             f"memory formats must be distinct values from {', '.join(MEMORY_FORMATS)}, "
             f"got {','.join(o.memory_formats) or 'none'}"
+        )
+    bad = [m for m in o.memory_modes if m not in MEMORY_MODES]
+    if bad or not o.memory_modes or len(set(o.memory_modes)) < len(o.memory_modes):
+        raise BenchError(
+            f"memory modes must be distinct values from {', '.join(MEMORY_MODES)}, got {','.join(o.memory_modes) or 'none'}"
         )
     size = o.image_size or {"resnet34": 224, "convnet3": 8}.get(o.arch, 32)
     cuda = device == "cuda"

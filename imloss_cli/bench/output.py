@@ -6,8 +6,9 @@ import dataclasses
 import json
 
 from imloss_cli.bench.gate import GATE_TOL
-from imloss_cli.bench.options import BenchResult, VariantResult
-from imloss_cli.bench.run import split_row_name
+from imloss_cli.bench.options import BenchOptions, BenchResult, VariantResult
+from imloss_cli.bench.run import reference_row, row_name, split_row_name
+from imloss_cli.bench.variants import memory_variant
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -67,31 +68,71 @@ def _ratio_range(r: VariantResult) -> str:
 
 
 def _summary(result: BenchResult) -> list[str]:
+    o = result.options
+    ref_name = reference_row(o)
     out = []
-    for T in result.options.timesteps:
+    for T in o.timesteps:
         rows = {r.variant: r for r in result.rows if r.timesteps == T}
-        if "imloss" not in rows:
+        if ref_name not in rows:
             continue
+        ref = rows[ref_name]
         parts = []
-        sj = [r for n, r in rows.items() if n.startswith("spikingjelly")]  # every backend and layout
+        # every backend and layout of SpikingJelly's LIF; memopt is compared in the memory line
+        sj = [r for n, r in rows.items() if split_row_name(n, o)[0].partition("[")[0] == "spikingjelly"]
         if sj:
             best = min(sj, key=lambda r: r.s_per_step)
             parts.append(
                 f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of {best.variant} (fastest SJ; "
-                f"images/s {rows['imloss'].images_per_s / best.images_per_s:.2f}x)"
+                f"images/s {ref.images_per_s / best.images_per_s:.2f}x)"
             )
-            if best.step_mb and rows["imloss"].step_mb:
-                parts.append(f"{rows['imloss'].step_mb / best.step_mb:.2f}x its step memory")
+            if best.step_mb and ref.step_mb:
+                parts.append(f"{ref.step_mb / best.step_mb:.2f}x its step memory")
         for floor, kind in (("relu", "floor"), ("relu-tb", "floor"), ("conv-only", "bound")):
-            floors = [r for n, r in rows.items() if split_row_name(n, result.options)[0] == floor]
+            floors = [r for n, r in rows.items() if split_row_name(n, o)[0] == floor]
             if floors:  # the floor is the fastest layout of it
                 best = min(floors, key=lambda r: r.s_per_step)
                 parts.append(
                     f"{best.imloss_over_this:.2f}x (repeats {_ratio_range(best)}) the time of the {best.variant} {kind}"
                 )
         if parts:
-            out.append(f"summary T={T}: imloss takes " + ", ".join(parts))
+            out.append(f"summary T={T}: {ref_name} takes " + ", ".join(parts))
+        out += _memory_summary(o, T, rows)
+    return out + _growth_summary(result)
+
+
+def _memory_summary(o: BenchOptions, T: int, rows: dict[str, VariantResult]) -> list[str]:
+    """imloss in each further memory mode against the first, and against SpikingJelly's memopt."""
+    ref_name = reference_row(o)
+    ref, memopt = rows[ref_name], rows.get("spikingjelly-memopt")
+    out = []
+    for mode in o.memory_modes[1:]:
+        r = rows.get(row_name(memory_variant("imloss", mode), o.memory_formats[0], o))
+        if r is None:
+            continue
+        parts = [
+            f"{1 / r.imloss_over_this:.2f}x (repeats {1 / r.ratio_high:.2f}-{1 / r.ratio_low:.2f}) the step time of {ref_name}"
+        ]
+        if r.step_mb and ref.step_mb:
+            parts.append(f"{r.step_mb / ref.step_mb:.2f}x its step memory")
+        if memopt is not None:
+            parts.append(f"{r.s_per_step / memopt.s_per_step:.2f}x the step time of spikingjelly-memopt")
+            if r.step_mb and memopt.step_mb:
+                parts.append(f"{r.step_mb / memopt.step_mb:.2f}x its step memory")
+        out.append(f"summary T={T}: {r.variant} takes " + ", ".join(parts))
     return out
+
+
+def _growth_summary(result: BenchResult) -> list[str]:
+    """Step memory added per time step, from the first T to the last, for every row that measured it."""
+    ts = result.options.timesteps
+    if len(ts) < 2 or ts[-1] == ts[0]:
+        return []
+    first = {r.variant: r.step_mb for r in result.rows if r.timesteps == ts[0] and r.step_mb is not None}
+    last = {r.variant: r.step_mb for r in result.rows if r.timesteps == ts[-1] and r.step_mb is not None}
+    growth = [f"{name} {(last[name] - mb) / (ts[-1] - ts[0]):.1f}" for name, mb in first.items() if name in last]
+    if not growth:
+        return []
+    return [f"step memory per time step, T={ts[0]} to {ts[-1]} (MB): " + ", ".join(growth)]
 
 
 def to_json(result: BenchResult) -> str:

@@ -22,7 +22,15 @@ from torch import Tensor, nn
 from imloss_cli.bench.epoch import EpochTiming, time_epochs
 from imloss_cli.bench.gate import correctness_gate
 from imloss_cli.bench.options import MEMORY_FORMATS, BenchOptions, BenchResult, VariantResult, resolve_options
-from imloss_cli.bench.variants import KNOWN, SJ_CUDA_BACKENDS, BenchError, _sj_use, build_variant
+from imloss_cli.bench.variants import (
+    IMLOSS_KINDS,
+    KNOWN,
+    SJ_CUDA_BACKENDS,
+    BenchError,
+    _sj_use,
+    build_variant,
+    memory_variant,
+)
 from imloss_cli.recipe import Recipe
 from imloss_cli.snn.im_loss import im_loss
 from imloss_cli.snn.models import NetSpec, create_model
@@ -34,17 +42,25 @@ DEFAULTS = Recipe()
 LR = 0.01
 
 
-def _sj_rows(device: str, notes: list[str]) -> list[str]:
-    """The SpikingJelly rows this machine can run: one per importable provider on CUDA."""
+def _sj_rows(device: str, notes: list[str], variant: str = "spikingjelly") -> list[str]:
+    """The SpikingJelly rows this machine can run: one per importable provider on CUDA (spikingjelly),
+    or ``variant`` alone (spikingjelly-memopt: SpikingJelly's default provider)."""
     try:
         import spikingjelly.activation_based.neuron  # noqa: F401
         from spikingjelly.activation_based import functional
     except ImportError as e:
-        notes.append(f"spikingjelly skipped: not importable ({e}); pip install -e .[bench]")
+        notes.append(f"{variant} skipped: not importable ({e}); pip install -e .[bench]")
         return []
     if not hasattr(functional, "lif_multi_step"):  # the 0.0.0.0.x API (LIFNode(backend=...)) differs
-        notes.append("spikingjelly skipped: this benchmark needs SpikingJelly >= 2.0 (functional.lif_multi_step)")
+        notes.append(f"{variant} skipped: this benchmark needs SpikingJelly >= 2.0 (functional.lif_multi_step)")
         return []
+    if variant == "spikingjelly-memopt":
+        try:
+            from spikingjelly.activation_based import memopt  # noqa: F401
+        except ImportError as e:
+            notes.append(f"spikingjelly-memopt skipped: this SpikingJelly has no memopt ({e})")
+            return []
+        return [variant]
     if device == "cpu":
         return ["spikingjelly"]  # SJ 2.0 has one CPU implementation (the Torch reference)
     rows = []
@@ -69,14 +85,22 @@ def split_row_name(row: str, o: BenchOptions) -> tuple[str, str]:
     return variant, memory_format or o.memory_formats[0]
 
 
+def reference_row(o: BenchOptions) -> str:
+    """The row every other is compared with: imloss in the first listed memory mode and layout."""
+    return row_name(memory_variant("imloss", o.memory_modes[0]), o.memory_formats[0], o)
+
+
 def _variant_names(o: BenchOptions, notes: list[str]) -> list[str]:
-    names = ["imloss"]
+    """imloss in every memory mode, then the compared variants (imloss's own in every memory mode)."""
+    names = [memory_variant("imloss", mode) for mode in o.memory_modes]
     for name in o.compare:
         kind = name.partition("[")[0]
         if kind not in KNOWN:
             raise BenchError(f"unknown variant {name!r}; known: {', '.join(KNOWN)}")
-        if name == "spikingjelly":
-            names += _sj_rows(o.device, notes)
+        if name in ("spikingjelly", "spikingjelly-memopt"):
+            names += _sj_rows(o.device, notes, name)
+        elif name in IMLOSS_KINDS:
+            names += [v for v in (memory_variant(name, mode) for mode in o.memory_modes) if v not in names]
         elif name not in names:
             names.append(name)
     return names
@@ -122,7 +146,7 @@ def _setup(o: BenchOptions, T: int, rows: list[str]) -> tuple[dict[str, _Runner]
     for row in rows:
         variant, memory_format = split_row_name(row, o)
         layout = MEMORY_FORMATS[memory_format]
-        model, neurons = build_variant(base, variant, o.lif_kernels)
+        model, neurons = build_variant(base, variant, o.lif_kernels, example=x.contiguous(memory_format=layout))
         model = model.to(memory_format=layout)
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=DEFAULTS.optim.momentum)
         runners[row] = _Runner(
@@ -274,7 +298,7 @@ def _row(o: BenchOptions, T: int, name: str, t: _Timings, warmup_s: float, flops
     variant, memory_format = split_row_name(name, o)
     times = t.seconds[name]
     median = statistics.median(times)
-    ratio, low, high = paired_ratios(t.seconds["imloss"], times)
+    ratio, low, high = paired_ratios(t.seconds[reference_row(o)], times)
     mfu = None
     if o.device == "cuda" and flops is not None:
         mfu = flops * o.batch * T / median / (o.peak_tflops * 1e12)
@@ -319,7 +343,8 @@ def run_benchmark(options: BenchOptions) -> BenchResult:
         create_model(o.arch, NetSpec.from_recipe(DEFAULTS, 10, 3, o.image_size or 32, timesteps=1))
     except KeyError as e:
         raise BenchError(str(e.args[0])) from None
-    sj = [v.partition("[")[2].rstrip("]") or None for v in variants if v.startswith("spikingjelly")]
+    # each SpikingJelly provider once (spikingjelly-memopt runs the same LIF as spikingjelly)
+    sj = list(dict.fromkeys(v.partition("[")[2].rstrip("]") or None for v in variants if v.startswith("spikingjelly")))
     gate = correctness_gate(o.timesteps, o.device, compiled=o.compiled, spikingjelly_backends=tuple(sj))
     device_name = torch.cuda.get_device_name() if o.device == "cuda" else "cpu"
     info = {"options": o, "device_name": device_name, "torch_version": torch.__version__,
@@ -402,6 +427,17 @@ def _method_notes(o: BenchOptions, variants: list[str]) -> list[str]:
             "its v_seq is the post-reset potential, IM-Loss uses its mean"
         )
     notes.append(f"imloss ran its {o.lif_kernels} LIF kernels")
+    if len(o.memory_modes) > 1 or o.memory_modes[0] != "default":
+        notes.append(
+            "imloss-low: train.memory = 'low' (snn.memory): spikes saved as bits; each residual block's first "
+            "convolution, every norm and LIF recomputed in the backward pass; the same gradients as imloss"
+        )
+    if "spikingjelly-memopt" in variants:
+        notes.append(
+            "spikingjelly-memopt: the spikingjelly row under memopt.optimize_memory(level=1, compress=True) on the "
+            "stem, every residual block and the Folded layers outside them (checkpointed, binary inputs as bits; "
+            "levels 2-4 search by measuring CUDA memory)"
+        )
     if not o.compiled:
         notes.append("--no-compile: no torch.compile anywhere")
     if "naive" in variants:

@@ -1,25 +1,48 @@
 """The benchmark's variants: module surgery swaps every LIF of a model for another neuron.
 
-imloss (the fused LIF on its eager, compiled or Triton kernels; imloss-plif: the same kernels with PLIF's
-learnable decay), the naive per-step loop, SpikingJelly 2.0's LIF with the
-same dynamics, the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B), and
-conv-only: the convolutions alone (norms and neurons are identities), a bound below every variant.
+imloss (the fused LIF on its eager, compiled or Triton kernels; imloss-plif: the same kernels with Fang et
+al.'s PLIF, its learnable time constant from the recipe's ``neuron.plif_tau``), each also in low-memory
+training (``imloss-low``, ``snn.memory``), the naive per-step loop, SpikingJelly 2.0's LIF with the same
+dynamics, and the same with SpikingJelly's memopt (every block checkpointed, its input spikes kept as
+bits), the ReLU floor (with the stem on [B] or, for relu-tb, on the folded batch T*B), and conv-only: the
+convolutions alone (norms and neurons are identities), a bound below every variant.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from imloss_cli.errors import ImlossError
-from imloss_cli.snn.models import Encoder
+from imloss_cli.recipe import MEMORY_MODES, NeuronConfig
+from imloss_cli.snn.memory import use_low_memory
+from imloss_cli.snn.models import BasicBlock, Encoder, Folded
 from imloss_cli.snn.neuron import LIF, spiking_layers
 from imloss_cli.snn.reference import lif_naive
 
-KNOWN = ("imloss", "imloss-eager", "imloss-plif", "naive", "spikingjelly", "relu", "relu-tb", "conv-only")
+KNOWN = (
+    "imloss", "imloss-eager", "imloss-plif", "naive", "spikingjelly", "spikingjelly-memopt", "relu", "relu-tb",
+    "conv-only",
+)  # fmt: skip
+IMLOSS_KINDS = ("imloss", "imloss-eager", "imloss-plif")  # the variants that run in every --memory-mode
 SJ_CUDA_BACKENDS = ("triton", "cuda", "torch")  # SpikingJelly 2.0's CUDA providers (no cupy any more)
+
+
+def memory_variant(variant: str, mode: str) -> str:
+    """An imloss variant's name in a training memory mode: ``imloss`` by default, ``imloss-low`` in "low"."""
+    return variant if mode == MEMORY_MODES[0] else f"{variant}-{mode}"
+
+
+def split_memory_variant(variant: str) -> tuple[str, str]:
+    """(variant, memory mode) of a name: the inverse of ``memory_variant`` (other variants: their default mode)."""
+    for mode in MEMORY_MODES[1:]:
+        kind = variant.removesuffix(f"-{mode}")
+        if kind != variant and kind in IMLOSS_KINDS:
+            return kind, mode
+    return variant, MEMORY_MODES[0]
 
 
 class BenchError(ImlossError):
@@ -115,8 +138,11 @@ class SpikingJellyLIF(nn.Module):
         spike_seq, _, v_seq = functional.lif_multi_step(
             x_seq, v0, n.tau, n.decay_input, n.v_threshold, n.v_reset, n.surrogate_function, n.detach_reset, True
         )
-        self.v_mean = v_seq.mean(dtype=torch.float32)
-        self.v_seq = v_seq if self.keep_v_seq else None
+        # spikingjelly-memopt runs the node again in the backward pass, from a checkpoint: the loss
+        # read the first call's v_mean, and keeping the second would keep its recomputed graph alive.
+        if self.v_mean is None:
+            self.v_mean = v_seq.mean(dtype=torch.float32)
+            self.v_seq = v_seq if self.keep_v_seq else None
         return spike_seq
 
 
@@ -129,14 +155,34 @@ class FoldedEncoder(Encoder):
         return self.lif(self.layers(x_flat).unflatten(0, (T, B)))  # [T, B, C', H', W']
 
 
-def build_variant(base: nn.Module, variant: str, kernels: str = "compiled") -> tuple[nn.Module, list[nn.Module]]:
+def sj_memopt(model: nn.Module, example: Tensor) -> nn.Module:
+    """SpikingJelly 2.0's memopt at level 1 (the level that runs without CUDA): every stem, residual
+    block and ``Folded`` layer outside them checkpointed, its first input kept as bits where
+    memopt's probe on ``example`` finds it binary (SpikingJelly's CIFAR10-DVS example checkpoints
+    its conv-BN-neuron blocks the same way). The neurons must be cleared after every step (the
+    benchmark's step does): each keeps the first v_mean of a step."""
+    from spikingjelly.activation_based import memopt
+
+    memopt.optimize_memory(model, (Encoder, BasicBlock, Folded), lambda m: m(example), level=1, compress=True)
+    for m in model.modules():  # what memopt's probing forward pass left behind
+        if isinstance(m, SpikingJellyLIF):
+            m.v_mean = m.v_seq = None
+    return model
+
+
+def build_variant(
+    base: nn.Module, variant: str, kernels: str = "compiled", example: Tensor | None = None
+) -> tuple[nn.Module, list[nn.Module]]:
     """A deep copy of ``base`` with its LIF layers swapped for ``variant``'s neurons.
 
-    ``kernels`` is the LIF kernel set of the "imloss" variant ("imloss-eager" always runs "eager").
+    ``kernels`` is the LIF kernel set of the "imloss" variant ("imloss-eager" always runs "eager");
+    an imloss variant named for a memory mode (``imloss-low``) trains in that mode. ``example``: an
+    input batch, which spikingjelly-memopt needs (memopt probes the network with it).
 
     Returns the model and its neurons, in order (all of them are hidden layers that IM-Loss uses).
     """
     model = copy.deepcopy(base)
+    variant, memory = split_memory_variant(variant)
     kind, _, backend = variant.partition("[")
     backend = backend.rstrip("]") or None
     neurons: list[nn.Module] = []
@@ -146,13 +192,15 @@ def build_variant(base: nn.Module, variant: str, kernels: str = "compiled") -> t
             neurons.append(lif)
             continue
         new: nn.Module
-        if kind == "imloss-plif":
-            plif = LIF(lif.params, kernels, lif.block_output, learn_decay=True)
+        if kind == "imloss-plif":  # Fang et al.'s PLIF at the recipe's tau0, on the same kernels
+            tau = NeuronConfig().plif_tau
+            params = replace(lif.params, decay=1.0 - 1.0 / tau, decay_input=True)
+            plif = LIF(params, kernels, lif.block_output, learn_decay=True)
             plif.store_v_seq = True
             new = plif
         elif kind == "naive":
             new = NaiveLIF(lif)
-        elif kind == "spikingjelly":
+        elif kind in ("spikingjelly", "spikingjelly-memopt"):
             new = SpikingJellyLIF(lif, backend)
         elif kind in ("relu", "relu-tb"):
             new = ReLUNeuron()
@@ -171,4 +219,10 @@ def build_variant(base: nn.Module, variant: str, kernels: str = "compiled") -> t
         if not isinstance(enc, Encoder):
             raise BenchError("relu-tb needs a model whose encoder is an Encoder")
         model.encoder = FoldedEncoder(enc.layers, enc.lif, enc.timesteps)
+    if memory == "low":
+        use_low_memory(model)
+    if kind == "spikingjelly-memopt":
+        if example is None:
+            raise BenchError("spikingjelly-memopt needs an example batch to probe the network with")
+        sj_memopt(model, example)
     return model, neurons

@@ -26,11 +26,11 @@ from imloss_cli.cli.common import (
     load,
     open_registry,
     overrides_of,
-    write_text_atomically,
 )
 from imloss_cli.cli.errors import App, RecipeCommand, fail, note, warn
 from imloss_cli.cli.results import export, reproduce
 from imloss_cli.cli.tune import tune
+from imloss_cli.files import write_atomically
 from imloss_cli.recipe import Recipe, to_toml
 
 app = App(
@@ -153,21 +153,21 @@ def ablate(
 
     Example: imloss ablate recipes/digits.toml --im-weight 0,1,2 --seeds 2
     """
-    from imloss_cli.ablate import GridSpec, run_ablation
+    from imloss_cli.ablate import GridSpec, plan_ablation, run_ablation
     from imloss_cli.cli.views import AblationView
 
     overrides = overrides_of(set_)
     joining = group is not None  # a worker of an existing group: the group holds recipe and axes
     spec = None if joining else GridSpec.from_options(im_weight, surrogate, timesteps, grid or [], seeds, seed)
     # A recipe file is planned before the registry is opened: a bad grid writes nothing.
-    plan = _plan(load(recipe, set_), spec) if recipe is not None and not joining else None
+    plan = plan_ablation(load(recipe, set_), spec) if recipe is not None and not joining else None
     if plan is not None and dry_run:
         AblationView(console).summary(plan.dry_run, "")
         return
     # Joining a group or reusing the last run's recipe reads the registry: it must exist.
     with open_registry(registry, create=plan is not None, write=not dry_run) as reg:
         if plan is None and not joining:
-            plan = _plan(_latest_train_recipe(reg, overrides), spec)
+            plan = plan_ablation(_latest_train_recipe(reg, overrides), spec)
             if dry_run:
                 AblationView(console).summary(plan.dry_run, "")
                 return
@@ -176,12 +176,6 @@ def ablate(
             result = run_ablation(plan, registry=reg, argv=sys.argv, group=group, work=work)
         view.summary(result, _group_table(reg, result.group_id) if result.complete else "")
     raise typer.Exit(1 if result.failed else 0)
-
-
-def _plan(base: Recipe, spec: Any) -> Any:
-    from imloss_cli.ablate import plan_ablation
-
-    return plan_ablation(base, spec)
 
 
 def _latest_train_recipe(registry: Any, overrides: dict[str, Any]) -> Recipe:
@@ -276,7 +270,8 @@ def runs(
 
     with open_registry(registry, create=False, write=False) as reg:
         frame = runs_overview(reg, status=status and status.upper(), group=group, limit=limit)
-    console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {registry}"))
+        where = reg.url  # as it may be shown: the password hidden
+    console.print(frame_table(frame.set_index("id"), title=f"{len(frame)} runs in {where}"))
 
 
 @app.command()
@@ -314,9 +309,16 @@ def report(
     e_mac: Annotated[float | None, typer.Option("--e-mac", help=energy_help("e_mac_pj"), show_default=False)] = None,
     e_ac: Annotated[float | None, typer.Option("--e-ac", help=energy_help("e_ac_pj"), show_default=False)] = None,
     paper: Annotated[bool, typer.Option("--paper", help="the paper's figure and our delta (pp) per row")] = False,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(help="the row the others are compared with: FIELD=VALUE (repeatable); default: the first row"),
+    ] = None,
     registry: RegistryOpt = DEFAULT_REGISTRY,
 ) -> None:
-    """Compare runs: one row per configuration (seeds pooled), mean ± std, per-layer entropy and SOPs.
+    """Compare runs: one row per configuration (seeds pooled), mean and 95% interval, each row against a baseline.
+
+    Every row but the baseline gets its difference with a 95% interval and a p-value (paired by seed,
+    else Welch; Holm-adjusted) and a plain-words verdict; per-layer entropy and SOPs follow.
 
     Default: the latest ablation group (or all finished runs), as markdown on stdout. Runs that
     counted operations get SOPs and energy per image (E = MACs * E_MAC + SOPs * E_AC). The html
@@ -332,7 +334,7 @@ def report(
     with open_registry(registry, create=False, write=False) as reg:
         rep = build_report(
             reg, group=group, last=last, recipe_name=recipe_name, metric=metric, select=select, energy=energy,
-            paper=paper,
+            paper=paper, baseline=baseline,
         )  # fmt: skip
         text = render(rep, fmt, reg)
         for warning in rep.warnings:
@@ -340,7 +342,7 @@ def report(
         if output is None:
             console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:
-            write_text_atomically(output, text)
+            write_atomically(output, text)
             note(f"wrote {output}")
         if plots is not None:  # stdout holds only the report: a JSON or CSV report stays parseable
             for path in write_plots(rep, reg, plots):

@@ -42,6 +42,10 @@ def bench(
         str | None,
         typer.Option(help="layouts, every variant runs in each (channels_last; or channels_last,contiguous)"),
     ] = None,
+    memory_mode: Annotated[
+        str | None,
+        typer.Option(help="imloss's training memory modes (train.memory), each its own rows: default,low (default)"),
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's choice)")] = None,
     memory: Annotated[bool | None, typer.Option("--memory/--no-memory", help="measure peak memory (on)")] = None,
     compiled: Annotated[
@@ -68,11 +72,14 @@ def bench(
     (--epoch-images).
 
     Example: imloss bench --arch resnet19 --timesteps 2,4 --batch 8 --compare spikingjelly,relu
+
+    Memory: imloss bench --timesteps 2,4,8 --threads 1 --compare spikingjelly,spikingjelly-memopt --memory-mode default,low
     """
     given = {
         "arch": arch, "batch": batch, "device": device, "dtype": dtype, "repeats": repeats, "steps": steps,
         "warmup": warmup, "image_size": image_size, "seed": seed, "peak_tflops": peak_tflops, "threads": threads,
         "memory": memory, "compiled": compiled, "compare": _csv(compare), "memory_formats": _csv(memory_format),
+        "memory_modes": _csv(memory_mode),
         "lif_kernels": lif_kernels, "epoch_images": epoch_images, "cuda_graphs": cuda_graphs,
     }  # fmt: skip
     try:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from imloss_cli import REGISTRY_ENV
 from imloss_cli.cli.errors import warn
 from imloss_cli.recipe import EnergyConfig, Recipe, load_recipe, parse_overrides, sets_nothing
 
@@ -36,17 +37,13 @@ def energy_help(field: str) -> str:
 
 
 RegistryOpt = Annotated[
-    str, typer.Option("--registry", envvar="IMLOSS_REGISTRY", help="SQLAlchemy URL or SQLite path of the run registry")
+    str,
+    typer.Option(
+        "--registry",
+        envvar=REGISTRY_ENV,
+        help=f"SQLAlchemy URL or SQLite path of the run registry (or ${REGISTRY_ENV})",
+    ),
 ]
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (its folder created) through a temporary file, so a failure leaves no
-    half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def load(recipe: Path | None, sets: list[str] | None, **fields: Any) -> Recipe:

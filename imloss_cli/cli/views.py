@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from imloss_cli.registry import FAILED, FINISHED, KILLED, LOST, SKIPPED
 
@@ -120,16 +122,16 @@ class TrainDisplay:
 
 
 def frame_table(frame: pd.DataFrame, title: str | None = None, floats: str = "{:.4f}") -> Table:
-    """A rich table of a DataFrame (index included when it is named)."""
-    table = Table(title=title, title_justify="left", header_style="bold")
+    """A rich table of a DataFrame (index included when it is named); every cell is plain text, never markup."""
+    table = Table(title=None if title is None else Text(title), title_justify="left", header_style="bold")
     index_name = frame.index.name if frame.index.name is not None else None
     if index_name is not None:
-        table.add_column(str(index_name), justify="right")
+        table.add_column(Text(str(index_name)), justify="right")
     for col in frame.columns:
-        table.add_column(str(col), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left")
+        table.add_column(Text(str(col)), justify="right" if pd.api.types.is_numeric_dtype(frame[col]) else "left")
     for idx, row in frame.iterrows():
-        cells = [_cell(v, floats) for v in row.tolist()]
-        table.add_row(*([str(idx)] if index_name is not None else []), *cells)
+        cells = [Text(_cell(v, floats)) for v in row.tolist()]
+        table.add_row(*([Text(str(idx))] if index_name is not None else []), *cells)
     return table
 
 
@@ -183,15 +185,16 @@ class AblationView:
         )
 
     def trial(self, number: int, total: int, trial: Trial, run_id: str) -> Callbacks:
-        self.console.print(f"[bold]trial {number}/{total}[/]  {trial.label}  run {run_id}", highlight=False)
+        self.console.print(f"[bold]trial {number}/{total}[/]  {escape(trial.label)}  run {run_id}", highlight=False)
         return self.display.callbacks()
 
     def outcome(self, outcome: TrialOutcome) -> None:
-        label = outcome.trial.label
-        where = f" on {outcome.elsewhere}" if outcome.elsewhere else ""
+        label = escape(outcome.trial.label)
+        where = f" on {escape(outcome.elsewhere)}" if outcome.elsewhere else ""
         if outcome.status in (FAILED, KILLED, LOST):
             self.console.print(
-                f"[bold red]{outcome.status}[/]{where}  {label}  run {outcome.run_id}: {outcome.error}", highlight=False
+                f"[bold red]{outcome.status}[/]{where}  {label}  run {outcome.run_id}: {escape(str(outcome.error))}",
+                highlight=False,
             )
         elif outcome.status == SKIPPED:
             self.console.print(f"[dim]skipped (finished before)[/]  {label}  run {outcome.run_id}", highlight=False)
@@ -216,7 +219,9 @@ class AblationView:
             f"waiting for {len(running)} trial{'s' if len(running) != 1 else ''} running elsewhere:", highlight=False
         )
         for o in running:
-            self.console.print(f"  {o.trial.label}  run {o.run_id}  running on {o.elsewhere}", highlight=False)
+            self.console.print(
+                f"  {o.trial.label}  run {o.run_id}  running on {o.elsewhere}", highlight=False, markup=False
+            )
 
     def missing(self, row: str, message: str) -> None:
         """A paper row left out: its data is not on this machine."""
@@ -228,7 +233,7 @@ class AblationView:
             self.console.print(f"{table} table: {len(trials)} trials (dry run: nothing recorded)", highlight=False)
             for t in trials:
                 mark = "  (no data here)" if plan.row(t) in missing else ""
-                self.console.print(f"  {t.label}{mark}", highlight=False)
+                self.console.print(f"  {t.label}{mark}", highlight=False, markup=False)
         if missing:
             self.console.print(f"{len(missing)} row(s) would be left out for want of data: {', '.join(missing)}")
 
@@ -263,44 +268,51 @@ _SHOWN_EPOCH_COLUMNS = (
 
 def render_details(console: Console, details: RunDetails) -> None:
     """``imloss show``: header, recipe, environment, epochs, layers."""
-    from imloss_cli.recipe import EnergyConfig, to_toml, validate_recipe
+    from imloss_cli.recipe import EnergyConfig, to_toml, validate_recorded
 
     run = details.run
+    # Everything below but the headings is the row's text: printed as text, never as rich markup.
     console.print(
-        f"[bold]run {run.id}[/]  {run.name}  {run.display_status}  kind {run.kind}  seed {run.seed}  "
+        f"[bold]run {run.id}[/]  {escape(run.name)}  {run.display_status}  kind {escape(run.kind)}  seed {run.seed}  "
         f"attempt {run.attempt}  group {run.group_id or '-'}",
         highlight=False,
     )
     console.print(
         f"code {run.code_version}  commit {run.git_commit or '-'}{'  (dirty)' if run.git_dirty else ''}",
         highlight=False,
+        markup=False,
     )
     console.print(
-        f"started {run.started_at}  ended {run.ended_at}  checkpoints {run.checkpoint_dir or '-'}", highlight=False
+        f"started {run.started_at}  ended {run.ended_at}  checkpoints {run.checkpoint_dir or '-'}",
+        highlight=False,
+        markup=False,
     )
     if run.error_message:
-        console.print(f"[red]{run.error_type}: {run.error_message}[/]", highlight=False)
+        console.print(f"{run.error_type}: {run.error_message}", style="red", highlight=False, markup=False)
     if run.reproduces:
         console.print(
             f"reproduces run {run.reproduces} (imloss reproduce: its recorded recipe and seed)", highlight=False
         )
     for other in details.reproduced_by:
         console.print(f"reproduced by run {other} (imloss reproduce)", highlight=False)
-    for a in run.attempts:
+    for a in (a for a in run.attempts if isinstance(a, dict)):
         took_over = f"; took over from {a['took_over']}, whose heartbeat had stopped" if "took_over" in a else ""
         console.print(
-            f"attempt {a['attempt']}: {a['started_at']} on {a['host']} (pid {a['pid']}), {a['how']}{took_over}",
+            f"attempt {a.get('attempt')}: {a.get('started_at')} on {a.get('host')} (pid {a.get('pid')}), "
+            f"{a.get('how')}{took_over}",
             highlight=False,
             markup=False,
         )
     console.print("\n[bold]recipe[/]")
-    console.print(to_toml(validate_recipe(run.recipe)), markup=False, highlight=False)
+    console.print(to_toml(validate_recorded(run.recipe)), markup=False, highlight=False)
     console.print("[bold]environment[/]")
     for key, value in run.environment.items():
         console.print(f"  {key}: {value}", highlight=False, markup=False)
     if len(details.epochs):
         cols = [c for c in _SHOWN_EPOCH_COLUMNS if c in details.epochs]
         console.print(frame_table(details.epochs[cols], title="epochs"))
+        for note in details.subsets:
+            console.print(note, style="yellow", highlight=False, markup=False)
         if "energy_uj" in details.epochs:
             e = EnergyConfig()
             console.print(

@@ -85,10 +85,35 @@ class _Cifar100(_PickledCifar, CIFAR100):
     label_key, display = "fine_labels", "CIFAR-100"
 
 
+# What a CIFAR batch holds: dicts, lists, strings, bytes and numpy arrays. The only globals such a
+# pickle names are numpy's array rebuilders (Python 2 / numpy 1 names and numpy 2's) and the codec
+# that Python 3 uses to pickle bytes at protocol 2. Anything else could run code while loading.
+_CIFAR_GLOBALS = frozenset(
+    {(f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")}
+    | {(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+)
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global that a data file never holds."""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers, strings, bytes and numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, display: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")  # latin1: the official files are Python 2's
+            entry = _DataUnpickler(f, encoding="latin1").load()  # latin1: the official files are Python 2's
+    except RefusedGlobal as e:
+        _bad(path, f"it asks to load {e}, which a CIFAR batch never holds; refused unloaded", display)
     except Exception as e:  # arbitrary bytes can make pickle raise nearly any exception type
         _bad(path, f"cannot be unpickled: {type(e).__name__}: {e}", display)
     if not isinstance(entry, dict):

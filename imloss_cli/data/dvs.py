@@ -50,7 +50,7 @@ class EventFrames(SeededSet):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
         if self._frames is None:
-            self._frames = np.load(self.path, mmap_mode="r")
+            self._frames = np.load(self.path, mmap_mode="r", allow_pickle=False)
         x = torch.from_numpy(np.array(self._frames[self.rows[index]]))  # [T, 2, H, W], a copy
         if self.augment:
             if sample_seed is None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from imloss_cli.data.aedat import read_aedat
 from imloss_cli.data.bundle import DataError
+from imloss_cli.files import temporary_beside
 from imloss_cli.data.frames import Split, integrate, resize
 
 FORMAT = 1  # bump whenever integrate() or resize() change what they produce
@@ -73,7 +74,7 @@ def cached_frames(path: Path, recordings: Sequence[Recording], timesteps: int, s
 
 def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     try:
-        frames = np.load(path, mmap_mode="r")
+        frames = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):  # missing, or not a whole .npy (then it is rebuilt)
         return None
     return frames if frames.shape == shape and frames.dtype == np.float32 else None
@@ -84,8 +85,7 @@ def _build(path: Path, recordings: Sequence[Recording], timesteps: int, split: S
     where = "set data.cache_dir to a writable folder with room for it"
     created = not path.parent.exists()  # a folder made here goes again if nothing is cached in it
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temporary_beside(path)
     except OSError as e:
         _remove_if_empty(path.parent, created)
         raise DataError(f"cannot write the frame cache in {path.parent} ({e}); {where}") from None

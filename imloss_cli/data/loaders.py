@@ -144,7 +144,7 @@ def train_loader(bundle: DataBundle, cfg: DataConfig, *, seed: int, epoch: int, 
 
 
 def test_loader(bundle: DataBundle, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
-                pin_memory: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+                pin_memory: bool = False, indices: np.ndarray | None = None) -> Iterable[tuple[Tensor, Tensor]]:
     """The test batches in dataset order; reusable across epochs.
 
     Args:
@@ -154,6 +154,8 @@ def test_loader(bundle: DataBundle, cfg: DataConfig, *, rank: int = 0, world_siz
             shards together cover the test set exactly once, so counts must be summed over ranks.
         world_size: number of data-parallel processes.
         pin_memory: pin batches for faster host-to-GPU copies.
+        indices: score only these samples, in this order (a capped evaluation's subset,
+            ``data.capped``); None: the whole set.
 
     Returns:
         An iterable of (inputs, labels) with a len(); no shuffling, last batch may be short.
@@ -161,19 +163,19 @@ def test_loader(bundle: DataBundle, cfg: DataConfig, *, rank: int = 0, world_siz
     Raises:
         ValueError: rank outside 0..world_size-1.
     """
-    return eval_loader(bundle.test, cfg, rank=rank, world_size=world_size, pin_memory=pin_memory)
+    return eval_loader(bundle.test, cfg, rank=rank, world_size=world_size, pin_memory=pin_memory, indices=indices)
 
 
 def eval_loader(dataset: Dataset, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
-                pin_memory: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+                pin_memory: bool = False, indices: np.ndarray | None = None) -> Iterable[tuple[Tensor, Tensor]]:
     """Batches of any evaluation set (test or validation) in dataset order: see :func:`test_loader`."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-    n = len(dataset)  # type: ignore[arg-type]
+    order = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)  # type: ignore[arg-type]
+    shard = order[rank::world_size]
     if isinstance(dataset, TensorPairs):
-        shard = torch.arange(rank, n, world_size)
         return _TensorBatches(dataset, shard, cfg.eval_batch_size, pin_memory)
-    return _loader(dataset, range(rank, n, world_size), cfg.eval_batch_size, cfg, 0, pin_memory)
+    return _loader(dataset, shard.tolist(), cfg.eval_batch_size, cfg, 0, pin_memory)
 
 
 # Test modules import this function by name; without the flag pytest would collect it as a test.

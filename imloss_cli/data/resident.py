@@ -171,11 +171,15 @@ def resident_train_batches(data: ResidentSet, cfg: DataConfig, *, seed: int, epo
     return ResidentBatches(data, order, cfg.batch_size, params, drop_last)
 
 
-def resident_eval_batches(data: ResidentSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1) -> ResidentBatches:
-    """Evaluation batches in data set order, this rank's shard (every world_size-th sample)."""
+def resident_eval_batches(
+    data: ResidentSet, cfg: DataConfig, *, rank: int = 0, world_size: int = 1, indices: np.ndarray | None = None
+) -> ResidentBatches:
+    """Evaluation batches in data set order (or of ``indices``, a capped evaluation's subset), this rank's
+    shard (every world_size-th sample)."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-    return ResidentBatches(data, torch.arange(rank, len(data), world_size), cfg.eval_batch_size)
+    order = torch.arange(len(data)) if indices is None else torch.as_tensor(indices)
+    return ResidentBatches(data, order[rank::world_size], cfg.eval_batch_size)
 
 
 

@@ -8,7 +8,12 @@ One NIR graph is one time step of the network; a simulator runs it T times. The 
 - LIF -> ``LIF`` with the usual discrete-time mapping: for ``h[t] = decay * h[t-1] + x[t]`` and a step
   dt, ``tau = dt / (1 - decay)``, ``r = tau / dt``, ``v_leak = v_reset = 0`` (a hard reset), the
   threshold V_th; forward Euler of ``tau dv/dt = v_leak - v + r I`` over dt is then that update
-  exactly. dt = 1e-4 (snnTorch's choice; only dt/tau matters). PLIF's decay is its trained sigmoid(w);
+  exactly. dt = 1e-4 (snnTorch's choice; only dt/tau matters). A learned decay is the trained one
+  (from w, in float64); Fang et al.'s charge ``h[t] = decay * h[t-1] + (1 - decay) x[t]`` is r = 1;
+- MPBN's LIF -> ``LIF`` whose ``v_threshold`` is the folded per-channel threshold V'_c
+  (``MembraneBNLIF.folded_thresholds``, every neuron of a channel the same): its BatchNorm between
+  potential and threshold folds away with the running statistics (a channel with gamma <= 0 fires
+  below V'_c and is refused, named);
 - a residual block's sum -> two edges into its output LIF (NIR sums the inputs of a node);
 - average pooling -> ``AvgPool2d`` (the global pool before a readout: its window is the whole map);
 - flatten -> ``Flatten`` (NIR shapes have no batch dimension, so torch's dim 1 is NIR's 0);
@@ -17,7 +22,7 @@ One NIR graph is one time step of the network; a simulator runs it T times. The 
 NIR's LIF fires on ``v > v_threshold``; imloss's default spike test is ``v >= V_th`` (the two differ
 only at exact equality): the graph's metadata names the test the network was trained with. What NIR
 cannot express is refused before anything is written, naming the layer: a soft reset, max pooling,
-MPBN (a BatchNorm between potential and threshold), the ANN twin.
+an MPBN channel with gamma <= 0, the ANN twin.
 """
 
 from __future__ import annotations
@@ -115,25 +120,35 @@ class _Builder:
         import nir
 
         name = self.names[lif]
-        if isinstance(lif, MembraneBNLIF):
-            raise ExportError(
-                f"{name}: MPBN's BatchNorm sits between the potential and the threshold; NIR's LIF has none"
-            )
         if not isinstance(lif, LIF):
             raise ExportError(f"{name}: {type(lif).__name__} is not a spiking neuron (the ANN twin does not export)")
         if lif.params.soft_reset:
             raise ExportError(f"{name}: a soft reset subtracts V_th; NIR's LIF resets to v_reset")
-        decay = float(lif.leak()) if lif.w is None else float(torch.sigmoid(lif.w.detach()).double())
+        decay = lif.decay_value()
         if not decay < 1.0:
             raise ExportError(f"{name}: decay {decay} has no leak; NIR's LIF needs tau = dt / (1 - decay) finite")
         shape = self.shapes[lif]
         tau = DT / (1.0 - decay)  # in float64: 1 - dt / tau gives the decay back
+        # the input's gain per step, r dt / tau: 1 (imloss's charge) or 1 - decay (Fang et al.'s: r = 1)
+        r = 1.0 if lif.params.decay_input else tau / DT
         self.lifs.append(lif)
         node = nir.LIF(
-            tau=np.full(shape, tau), r=np.full(shape, tau / DT), v_leak=np.zeros(shape),
-            v_threshold=np.full(shape, float(lif.params.v_threshold)), v_reset=np.zeros(shape),
+            tau=np.full(shape, tau), r=np.full(shape, r), v_leak=np.zeros(shape),
+            v_threshold=self._thresholds(name, lif, shape), v_reset=np.zeros(shape),
         )  # fmt: skip
         return self.add(name, node, sources)
+
+    @staticmethod
+    def _thresholds(name: str, lif: LIF, shape: tuple[int, ...]) -> np.ndarray:
+        """V_th for every neuron: the layer's, or MPBN's folded per-channel thresholds (float64, eval
+        statistics) broadcast over the channel's neurons."""
+        if not isinstance(lif, MembraneBNLIF):
+            return np.full(shape, float(lif.params.v_threshold))
+        try:
+            folded = lif.folded_thresholds(torch.float64).cpu().numpy()
+        except ValueError as e:
+            raise ExportError(f"{name}: {e}; NIR's LIF fires above its threshold") from None
+        return np.broadcast_to(folded.reshape(-1, *(1,) * (len(shape) - 1)), shape).copy()
 
     def sequence(self, name: str, layers: list[nn.Module], x: str) -> str:
         """Stateless layers in order; a BatchNorm folds into the convolution before it."""

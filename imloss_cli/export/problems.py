@@ -19,10 +19,6 @@ def export_problems(recipe: Recipe) -> list[str]:
         problems.append(
             "neuron.reset = 'soft': NIR's LIF resets to v_reset (a hard reset); a soft reset subtracts V_th"
         )
-    if recipe.model.membrane_bn:
-        problems.append(
-            "model.membrane_bn: MPBN's BatchNorm sits between the potential and the threshold; NIR's LIF has none"
-        )
     if recipe.neuron.decay >= 1.0:
         problems.append("neuron.decay = 1: a LIF without leak has tau = infinity in NIR's mapping")
     if recipe.model.arch == "resnet34" and recipe.model.stem_pool == "max":

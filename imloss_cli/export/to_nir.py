@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from imloss_cli import data as data_mod
 from imloss_cli.export.nir_graph import network_graph
 from imloss_cli.export.nir_run import run_graph
 from imloss_cli.export.problems import ExportError, export_problems
-from imloss_cli.recipe import Recipe, validate_recipe
+from imloss_cli.files import temporary_beside
+from imloss_cli.recipe import Recipe, validate_recorded
 from imloss_cli.registry import Registry, RunInfo
 from imloss_cli.snn.models import SpikingNet, build_model
 from imloss_cli.snn.neuron import spiking_layers
@@ -68,7 +68,7 @@ def export_nir(
     """
     require("nir", "nirtorch", extra="export")
     info = registry.get_run(run)
-    recipe = validate_recipe(info.recipe, f"run {info.id}")
+    recipe = validate_recorded(info.recipe, f"run {info.id}")
     problems = export_problems(recipe)
     if problems:
         raise ExportError(f"run {info.id} does not export to NIR: " + "; ".join(problems))
@@ -102,14 +102,13 @@ def _trained_network(info: RunInfo, recipe: Recipe, which: str) -> tuple[Spiking
 def _write(graph: object, path: Path) -> None:
     import nir
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     os.close(fd)
     try:
-        nir.write(tmp, graph)
+        nir.write(str(tmp), graph)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

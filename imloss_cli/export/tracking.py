@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import pandas as pd
 
 from imloss_cli.export.problems import ExportError
 from imloss_cli.export.to_nir import require
+from imloss_cli.files import child_path
 from imloss_cli.registry import FAILED, FINISHED, KILLED, Registry, RunInfo
 
 MLFLOW_STATUS = {FINISHED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}  # the ended imloss statuses
@@ -81,6 +83,7 @@ def export_mlflow(registry: Registry, runs: list[RunInfo], uri: str, experiment:
     experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
     results = []
     for run in runs:
+        # The id was checked against its format (12 hex digits) when the row was read: no quote can end the string.
         hits = client.search_runs([experiment_id], filter_string=f"tags.imloss_run_id = '{run.id}'", max_results=2)
         created = not hits
         start = int((run.started_at or run.created_at).timestamp() * 1000)
@@ -123,10 +126,10 @@ def export_tensorboard(registry: Registry, runs: list[RunInfo], directory: Path)
     from torch.utils.tensorboard import SummaryWriter
 
     results = []
+    directory.mkdir(parents=True, exist_ok=True)
     for run in runs:
-        target = directory / run.id
-        tmp = directory / f".{run.id}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        target = child_path(directory, run.id, "run id")  # the id was checked when the row was read; once more
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run.id}.", dir=directory))
         metrics = registry.epoch_metrics([run.id])
         layers = registry.layer_stats([run.id], stats=list(TENSORBOARD_LAYER_STATS))
         start = (run.started_at or run.created_at).timestamp()
@@ -141,7 +144,10 @@ def export_tensorboard(registry: Registry, runs: list[RunInfo], directory: Path)
                 scalars += 1
         finally:
             writer.close()
-        shutil.rmtree(target, ignore_errors=True)
+        if target.is_symlink():  # a link planted at the run's name goes, never what it points to
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
         tmp.replace(target)
         results.append(Exported(run.id, str(target), scalars, True))
     return results

@@ -15,13 +15,16 @@ from .files import (
     load_recipe,
     parse_overrides,
     parse_value,
+    read_recorded,
     run_fingerprint,
     sets_nothing,
     to_toml,
+    validate_recorded,
 )
 from .sections import (
     ARCHITECTURES,
     DATASETS,
+    MEMORY_MODES,
     NEURONS,
     NON_SEMANTIC_FIELDS,
     PAPER_TABLES,
@@ -43,6 +46,7 @@ from .sections import (
 __all__ = [
     "ARCHITECTURES",
     "DATASETS",
+    "MEMORY_MODES",
     "NEURONS",
     "NON_SEMANTIC_FIELDS",
     "PAPER_TABLES",
@@ -64,8 +68,10 @@ __all__ = [
     "load_recipe",
     "parse_overrides",
     "parse_value",
+    "read_recorded",
     "run_fingerprint",
     "sets_nothing",
     "to_toml",
     "validate_recipe",
+    "validate_recorded",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,37 @@ def sets_nothing(path: str | Path) -> bool:
         return tomllib.loads(Path(path).read_text(encoding="utf-8")) == {}
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False  # load_recipe reports those
+
+
+def read_recorded(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe as an earlier imloss recorded it (a run's, a checkpoint's), in today's names, so that a
+    recorded run keeps the meaning it was trained with: whatever reads a recorded recipe reads it
+    through this (or :func:`validate_recorded`).
+
+    Recordings are complete (every field their imloss had). One without ``neuron.plif_tau`` predates
+    Fang et al.'s PLIF: its ``model.neuron = "plif"`` was the learnable leak on imloss's charge, today
+    ``"lif-learned-leak"``, whose w was weight-decayed then (``optim.plif_weight_decay = true``).
+    """
+    data = copy.deepcopy(dict(recorded))
+    model, neuron, optim = data.get("model"), data.get("neuron"), data.get("optim")
+    if (
+        isinstance(model, dict)
+        and model.get("neuron") == "plif"
+        and isinstance(neuron, dict)
+        and "plif_tau" not in neuron
+    ):
+        data["model"] = {**model, "neuron": "lif-learned-leak"}
+        data["optim"] = {**(optim if isinstance(optim, dict) else {}), "plif_weight_decay": True}
+    return data
+
+
+def validate_recorded(recorded: Mapping[str, Any], source: str | None = None) -> Recipe:
+    """:func:`read_recorded`, validated: the recipe a recorded run trained (fields added since take their defaults).
+
+    Raises:
+        RecipeError: a recorded value today's imloss refuses, with its field path.
+    """
+    return validate_recipe(read_recorded(recorded), source)
 
 
 # --- identity ------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from typing import Any
 from imloss_cli import SOURCE_ROOT
 
 from .errors import RecipeError
-from .files import load_recipe
-from .sections import NON_SEMANTIC_FIELDS, PAPER_TABLES, Recipe, validate_recipe
+from .files import load_recipe, validate_recorded
+from .sections import NON_SEMANTIC_FIELDS, PAPER_TABLES, Recipe
 
 PAPER_DIR = SOURCE_ROOT / "recipes" / "paper"
 
@@ -68,7 +68,7 @@ def deviations(recorded: dict[str, Any], row: Recipe) -> list[str]:
     Fields that name or place a run (``NON_SEMANTIC_FIELDS``) and the seed do not count. A recipe
     recorded by an older imloss is read with today's defaults for the fields it lacks.
     """
-    ours = _flat(validate_recipe(recorded).model_dump(mode="json"))
+    ours = _flat(validate_recorded(recorded).model_dump(mode="json"))
     theirs = _flat(row.model_dump(mode="json"))
     ignored = (*NON_SEMANTIC_FIELDS, "train.seed")
     return [

@@ -14,7 +14,8 @@ from .errors import RecipeError, describe
 
 ARCHITECTURES = ("convnet3", "resnet19", "resnet19-tet", "resnet19-guo", "resnet20", "vgg16", "resnet34")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "cifar10dvs")
-NEURONS = ("lif", "plif", "relu")
+NEURONS = ("lif", "plif", "lif-learned-leak", "relu")
+MEMORY_MODES = ("default", "low")  # train.memory; the first is the default
 
 # Fields that name, place or schedule a run without changing what it computes: two runs that
 # differ only here are the same configuration (their seeds are pooled in reports).
@@ -48,10 +49,15 @@ class ModelConfig(_Section):
     )
     neuron: Literal[NEURONS] = Field(  # type: ignore[valid-type]
         "lif",
-        description="lif: the spiking network; plif: the same with a learnable decay per layer (Fang et al., "
-        "ICCV 2021: decay = sigmoid(w), w starting at logit(neuron.decay)); relu: its ANN twin, the same "
-        "architecture with ReLU in place of every LIF, which runs at T = 1 without IM-Loss (timesteps and "
-        "loss.im_weight are set to 1 and 0; the neuron and surrogate sections have no effect)",
+        description="lif: the spiking network; plif: PLIF as Fang et al. (ICCV 2021) and SpikingJelly's "
+        "ParametricLIFNode define it, one learnable time constant per layer, H = V + (X - V) / tau with "
+        "1/tau = sigmoid(w), tau starting at neuron.plif_tau (neuron.decay is not used), hard reset to 0 by "
+        "default; lif-learned-leak: a learnable leak on imloss's LIF charge, H = decay * V + X with decay = "
+        "sigmoid(w) per layer, w starting at logit(neuron.decay) (what 'plif' was before; runs recorded as that "
+        "read as this); relu: "
+        "its ANN twin, the same architecture with ReLU in place of every LIF, which runs at T = 1 without "
+        "IM-Loss (timesteps and loss.im_weight are set to 1 and 0; the neuron and surrogate sections have no "
+        "effect)",
     )
     membrane_bn: bool = Field(
         False,
@@ -80,6 +86,13 @@ class ModelConfig(_Section):
 
 class NeuronConfig(_Section):
     decay: float = Field(0.25, gt=0.0, le=1.0, description="membrane leak per time step")
+    plif_tau: float = Field(
+        2.0,
+        gt=1.0,
+        le=1e4,
+        description="model.neuron = 'plif': the initial membrane time constant tau0 of every layer (Fang et al. "
+        "and SpikingJelly: 2), so w starts at -log(tau0 - 1) and the decay at 1 - 1/tau0",
+    )
     v_threshold: float = Field(0.5, gt=0.0, le=100.0, description="firing threshold V_th")
     reset: Literal["hard", "soft"] = Field("hard", description="hard: u*(1-o) after a spike; soft: u - V_th*o")
     detach_reset: bool = Field(False, description="stop gradients through the reset path")
@@ -205,6 +218,11 @@ class OptimConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     nesterov: bool = False
     no_decay_norm_bias: bool = Field(False, description="exempt BatchNorm weights and all biases from weight decay")
+    plif_weight_decay: bool = Field(
+        False,
+        description="weight-decay the learnable w of model.neuron = 'plif' or 'lif-learned-leak' like the other "
+        "parameters (no_decay_norm_bias still exempts it); false: w trains without weight decay, as Fang et al.",
+    )
     scheduler: Literal["cosine", "none"] = Field("cosine", description="cosine: lr -> 0 at the end")
 
 
@@ -227,17 +245,30 @@ class TrainConfig(_Section):
         "CUDA graph and replay it per batch; static shapes, so the last partial training batch of each "
         "epoch is dropped",
     )
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke runs)")
+    max_steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="cut epochs short (smoke runs); each epoch's batches come from a fresh shuffle of the "
+        "whole training set, so a short epoch sees a random subset of it, a different one every epoch",
+    )
     max_eval_batches: int | None = Field(
         None,
         ge=1,
-        description="score at most this many batches of the test (and validation) set each epoch (smoke runs: "
-        "the accuracy is then that of a subset); None: the whole set",
+        description="score at most this many batches of the test (and validation) set each epoch (smoke runs): "
+        "a fixed, class-balanced subset of max_eval_batches * eval_batch_size images chosen from the run's seed, "
+        "the same every epoch; the accuracy is that subset's, and reports say so; None: the whole set",
     )
     deterministic: bool = Field(
         False, description="CUDA: deterministic algorithms, no cuDNN autotuning (slower, bit-exact reruns)"
     )
     sync_bn: bool = Field(False, description="synchronise BatchNorm statistics across GPUs (torchrun)")
+    memory: Literal[MEMORY_MODES] = Field(  # type: ignore[valid-type]
+        "default",
+        description="activation memory of a training step: default keeps each spiking layer's input spikes, "
+        "norm input and membrane potentials for every step; low keeps the norm input and the spikes as bits "
+        "and recomputes the norm and the LIF in the backward pass (about a third of the memory per time step, "
+        "the same gradients, a few percent more time; imloss_cli.snn.memory)",
+    )
     checkpoint: bool = True
     keep_last: int = Field(1, ge=1, le=1000)
     output_dir: str = Field("runs", description="checkpoints go to OUTPUT_DIR/<run id>/")
@@ -280,7 +311,9 @@ class Recipe(_Section):
         model, loss = data.get("model"), data.get("loss")
         if (model.get("neuron") if isinstance(model, dict) else getattr(model, "neuron", None)) != "relu":
             return data
-        return {**data, "model": _with(model, timesteps=1), "loss": _with(loss, im_weight=0.0)}
+        twin = {"model": _with(model, timesteps=1), "loss": _with(loss, im_weight=0.0)}
+        # No spikes to keep as bits, and its ReLU saves what the next layer reads anyway: default memory.
+        return {**data, **twin, "train": _with(data.get("train"), memory=MEMORY_MODES[0])}
 
     @model_validator(mode="after")
     def _combinations(self) -> Recipe:
@@ -295,7 +328,31 @@ class Recipe(_Section):
                 "model.membrane_bn: MPBN resets the raw potential to 0, as its authors' code does (neuron.reset = 'hard'); "
                 "a soft reset would subtract V_th from a potential whose threshold the BN moves"
             )
+        self._low_memory_combinations()
         return self
+
+    def _low_memory_combinations(self) -> None:
+        """What ``train.memory = "low"`` (recomputing norms and neurons in the backward pass) cannot join."""
+        if self.train.memory != "low":
+            return
+        if self.train.cuda_graphs:
+            raise ValueError(
+                "train.cuda_graphs: train.memory = 'low' recomputes each block's norms and neurons inside the "
+                "backward pass (torch.utils.checkpoint), which no CUDA graph capture of the step has been run "
+                "with yet; use train.memory = 'default' with CUDA graphs"
+            )
+        if self.train.sync_bn:
+            raise ValueError(
+                "train.sync_bn: train.memory = 'low' recomputes every norm in the backward pass, where a "
+                "SyncBatchNorm would all-gather its statistics across ranks a second time, between DDP's gradient "
+                "all-reduces; use one of the two"
+            )
+        if self.loss.im_target == "rate":
+            raise ValueError(
+                "loss.im_target: 'rate' differentiates every hidden layer's whole spike tensor, held in the "
+                "compute dtype from the forward pass to the loss, and train.memory = 'low' keeps spikes only as "
+                "bits; use im_target 'membrane' or 'input', or train.memory = 'default'"
+            )
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """A validated copy with dotted-path values replaced (``{"loss.im_weight": 0}``)."""

@@ -39,6 +39,7 @@ from sqlalchemy.pool import StaticPool
 
 from .errors import BUSY_TIMEOUT_MS, RegistryError, sqlite_code
 from .schema import MIGRATIONS, SCHEMA_VERSION, Base, Meta
+from .values import masked_text
 
 _IMMEDIATE = "imloss_begin_immediate"  # execution option marking the write engine
 # pg_advisory_xact_lock key held while a PostgreSQL registry's schema is created or checked
@@ -59,8 +60,11 @@ def parse_url(url: str | os.PathLike[str]) -> URL:
         return URL.create("sqlite", database=str(Path(text).expanduser()))
     try:
         return make_url(text)
-    except ArgumentError as exc:
-        raise RegistryError(f"invalid registry URL {text!r}: {exc}") from exc
+    except (ArgumentError, ValueError):  # their messages quote the URL: say it again with any password hidden
+        raise RegistryError(
+            f"invalid registry URL {masked_text(text)!r}: give a SQLAlchemy URL (dialect+driver://user@host/db) "
+            "or a file path"
+        ) from None
 
 
 def sqlite_file(url: URL) -> Path | None:

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .errors import RegistryError
 from .schema import Group, Run
 from .status import TERMINAL
+from .values import ID_PATTERN, check_id
 
 JSON_COLUMNS = frozenset({"recipe", "argv", "environment", "axes", "base_recipe", "attempts"})
 """Columns stored as JSON text and handed out decoded."""
+_JSON_KINDS: dict[str, type] = {"recipe": dict, "argv": list, "environment": dict, "attempts": list}
+"""What each JSON column of a run decodes to: a row that holds something else is refused by name."""
 
 
 @dataclass(frozen=True)
@@ -144,11 +148,26 @@ def _decoded(row: Run | Group, name: str) -> Any:
 
 
 def run_info(row: Run, display_status: str) -> RunInfo:
-    """The snapshot of a run row (JSON columns decoded)."""
+    """The snapshot of a run row (JSON columns decoded), its ids checked (RegistryError naming the run)."""
+    check_id(row.id, "id", run=row.id)
+    for column in ("group_id", "reproduces"):
+        if getattr(row, column) is not None:
+            check_id(getattr(row, column), column, run=row.id)
     names = [f.name for f in dataclasses.fields(RunInfo) if f.name != "display_status"]
-    return RunInfo(**{name: _decoded(row, name) for name in names}, display_status=display_status)
+    values = {name: _decoded(row, name) for name in names}
+    for name, kind in _JSON_KINDS.items():
+        if not isinstance(values[name], kind):
+            raise RegistryError(
+                f"run {row.id} in the registry has an invalid {name} (not a JSON {kind.__name__}); "
+                "the registry holds a row imloss did not write"
+            )
+    return RunInfo(**values, display_status=display_status)
 
 
 def group_info(row: Group) -> GroupInfo:
-    """The snapshot of a group row (JSON columns decoded)."""
+    """The snapshot of a group row (JSON columns decoded), its id checked."""
+    if not ID_PATTERN.fullmatch(str(row.id)):
+        raise RegistryError(
+            f"group {row.id!r} in the registry has an invalid id; the registry holds a row imloss did not write"
+        )
     return GroupInfo(**{f.name: _decoded(row, f.name) for f in dataclasses.fields(GroupInfo)})

@@ -19,7 +19,7 @@ from .errors import RegistryError
 from .records import Claim, NewRun
 from .schema import ID_LENGTH, KINDS, Group, Run
 from .status import QUEUED, RUNNING
-from .values import as_float, as_int, check_choice, dumps, new_id
+from .values import as_float, as_int, check_choice, dumps, new_id, without_passwords
 
 
 def new_run_row(new: NewRun, *, group_id: str | None, created_at: datetime, host: str) -> Run:
@@ -42,7 +42,7 @@ def new_run_row(new: NewRun, *, group_id: str | None, created_at: datetime, host
         git_commit=None,
         git_dirty=None,
         code_version=str(new.code_version),
-        argv=dumps(list(new.argv), "argv"),
+        argv=dumps(without_passwords(new.argv), "argv"),
         environment=dumps({}, "environment"),
         host=host,
         pid=os.getpid(),
@@ -73,7 +73,7 @@ def start_attempt(row: Run, claim: Claim, *, at: datetime, host: str, took_over:
     if claim.environment is not None:
         row.environment = dumps(dict(claim.environment), "environment")
     if claim.argv is not None:
-        row.argv = dumps(list(claim.argv), "argv")
+        row.argv = dumps(without_passwords(claim.argv), "argv")
     if claim.git_commit is not None:
         row.git_commit = claim.git_commit
     if claim.git_dirty is not None:

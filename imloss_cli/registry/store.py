@@ -30,12 +30,14 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from imloss_cli import REGISTRY_ENV
+
 from . import backend, reads, rows
 from .errors import RegistryError, RunClaimedError, RunFencedError, db_errors
 from .records import Claim, GroupInfo, NewRun, RunInfo, group_info, run_info
 from .schema import KINDS, EpochMetric, Group, LayerStat, Run
 from .status import LOST, RESUMABLE, RUNNING, STATUSES, TERMINAL
-from .values import as_int, check_choice, dumps, new_id, now, pid_alive
+from .values import as_int, check_choice, dumps, new_id, now, pid_alive, public_url, without_passwords
 
 LOST_AFTER_BEATS = 4
 """A RUNNING run whose heartbeat is older than this many of its own intervals is LOST."""
@@ -87,15 +89,17 @@ class Registry:
 
     @property
     def url(self) -> str:
-        """The registry URL, password hidden."""
-        return self._url.render_as_string(hide_password=True)
+        """The registry URL as it may be shown or stored: password hidden (``?password=`` too)."""
+        return public_url(self._url)
 
-    @property
-    def url_for_subprocesses(self) -> str:
-        """The URL with its password: what a worker or torchrun process started from here opens."""
-        if self._path is not None:
-            return str(self._path)
-        return self._url.render_as_string(hide_password=False)
+    def child_environment(self) -> dict[str, str]:
+        """What a process started from here needs to open this registry: ``{REGISTRY_ENV: URL}``.
+
+        The URL may hold a password, so it travels in the child's environment, which only its user
+        can read, never on its command line, which every user's ``ps`` shows.
+        """
+        location = str(self._path) if self._path is not None else self._url.render_as_string(hide_password=False)
+        return {REGISTRY_ENV: location}
 
     @property
     def path(self) -> Path | None:
@@ -168,7 +172,7 @@ class Registry:
         group_id = new_id()
         row = Group(
             id=group_id, key=key, name=str(name), created_at=now(), base_recipe=dumps(dict(base_recipe), "base_recipe"),
-            axes=dumps(dict(axes), "axes"), argv=dumps(list(argv), "argv"),
+            axes=dumps(dict(axes), "axes"), argv=dumps(without_passwords(argv), "argv"),
         )  # fmt: skip
         try:
             with self._write() as s:

@@ -18,6 +18,7 @@ from imloss_cli.recipe import EnergyConfig, RecipeError, load_energy
 from imloss_cli.registry import FINISHED, Registry
 from imloss_cli.snn.energy import energy_uj
 
+from .compare import Baseline, choose_baseline, compare_configurations, conclusion
 from .epochs import (
     COUNTS,
     ENERGY,
@@ -27,6 +28,7 @@ from .epochs import (
     chosen_epochs,
     higher_is_better,
     read_layer_values,
+    scored_columns,
 )
 from .errors import ReportError
 from .paper import add_paper_columns
@@ -40,7 +42,7 @@ from .selection import (
     select_runs,
 )
 from .study import StudyReport, study_section
-from .text import _mean_std_text
+from .text import _interval_text, subset_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
 EFFICIENCY = ("sops", ENERGY)  # the table's columns of operation counts, where the runs logged them
@@ -54,11 +56,16 @@ class Report:
         title: what was compared, e.g. "group 3fa2c1d0e9ab (digits: im_weight x seed)".
         table: one row per configuration, sorted by the varying recipe fields. Columns: the
             varying recipe fields (dotted paths) or, when none varies, ``config``; then
-            ``<metric>`` ("mean ± std", accuracies in percent), ``n`` (seeds with a value),
+            ``<metric>`` ("mean [95% interval]", accuracies in percent), ``n`` (seeds with a value),
             ``mean_entropy`` (bits); where the runs counted operations, ``sops`` (per image, in
             millions) and ``energy_uj`` (per image, µJ, from ``sops`` and ``macs`` with
             ``energy``); and the numbers ``<column>_mean``, ``<column>_std`` of the metric and
-            of those (stored units, std with ddof=1) and ``config_hash``.
+            of those (stored units, std with ddof=1), ``config_hash``, and the intervals and
+            comparisons with the baseline of ``report.compare`` (``<column>_ci_low``, ``delta_<column>``,
+            ``p_adj_<column>``, ...).
+        baseline: the configuration every other row is compared with (None: one row only).
+        notes: the lines under the table: what was tested, what not to conclude, how many seeds
+            a difference would need when none is significant.
         layer_table: index = layer names in layer_index order, one column per configuration
             (labelled like "loss.im_weight=2.0"); mean over seeds of each layer's entropy (bits)
             at each run's selected epoch.
@@ -89,7 +96,14 @@ class Report:
     metric: str
     select: str
     energy: EnergyConfig
+    baseline: Baseline | None
+    notes: list[str]
     study: StudyReport | None = None
+
+    @property
+    def compared(self) -> list[str]:
+        """The columns compared with the baseline: the metric, then the efficiency columns."""
+        return [self.metric, *self.efficiency]
 
     @property
     def efficiency(self) -> list[str]:
@@ -110,17 +124,7 @@ class Report:
     @property
     def selection_rule(self) -> str:
         """Which epoch of each run the numbers come from, in words a reader can judge."""
-        if self.select == "last":
-            return f"each run's last epoch ({self.metric} there)"
-        if self.select == "best-val":
-            return (
-                f"each run's best epoch by {VAL_METRIC} on a validation set held out of its training data, "
-                f"{self.metric} there: the test set only scores the chosen epoch"
-            )
-        return (
-            f"each run's best epoch by {self.metric} on the test set: what papers usually print, and optimistic, "
-            "since the test set both picks the epoch and scores it"
-        )
+        return _selection_rule(self.metric, self.select)
 
     @property
     def higher_is_better(self) -> bool:
@@ -145,6 +149,7 @@ def build_report(
     select: str = "best",
     energy: EnergyConfig | None = None,
     paper: bool = False,
+    baseline: Sequence[str] | None = None,
 ) -> Report:
     """Compare the finished runs of an ablation group (or of a recipe, or all of them).
 
@@ -160,6 +165,8 @@ def build_report(
         select: "best" = each run's best epoch for the metric (lowest for losses, "im" and the
             operation counts, highest otherwise); "last" = each run's last logged epoch.
         energy: the energy constants; None: the defaults of ``EnergyConfig``.
+        baseline: ``["FIELD=VALUE", ...]`` naming the configuration the others are compared with;
+            None: the first row (the smallest ablated values).
 
     Returns:
         The report; with neither ``group``, ``last`` nor ``recipe_name`` it covers the latest
@@ -185,10 +192,19 @@ def build_report(
     warnings += _missing_warnings(runs, metric) + provenance_warnings(runs)
     study, study_warnings = study_section(registry, members)
     warnings += study_warnings
-    # 4. tables
-    table = _aggregate(runs, configs, varying, metric)
-    warnings += add_paper_columns(table, finished, metric, required=paper)
+    # 4. tables: means and intervals, each configuration against the baseline
+    table, compared = _aggregate(runs, configs, varying, metric)
     valid = runs.dropna(subset=[metric])
+    warnings += _scored_on(table, valid, metric)
+    base = choose_baseline(table, varying, baseline)
+    significant = compare_configurations(table, valid, compared, base)
+    for c in compared:
+        table[c] = [_interval_text(*v, c) for v in zip(table[f"{c}_mean"], table[f"{c}_ci_low"], table[f"{c}_ci_high"],
+                                                        table[f"{c}_values"].map(len))]  # fmt: skip
+    if "scored_on" in table:  # a capped evaluation's accuracy says so next to its number
+        table[metric] = [f"{text} ({on})" if on else text for text, on in zip(table[metric], table["scored_on"])]
+    warnings += add_paper_columns(table, finished, metric, required=paper)
+    notes = conclusion(table, metric, base, _selection_rule(metric, select), significant)
     labels = list(configs["config"])
 
     def per_layer(stat: str) -> pd.DataFrame:
@@ -220,6 +236,22 @@ def build_report(
         select=select,
         energy=energy,
         study=study,
+        baseline=base if len(table) > 1 else None,
+        notes=notes,
+    )
+
+
+def _selection_rule(metric: str, select: str) -> str:
+    if select == "last":
+        return f"each run's last epoch ({metric} there)"
+    if select == "best-val":
+        return (
+            f"each run's best epoch by {VAL_METRIC} on a validation set held out of its training data, "
+            f"{metric} there: the test set only scores the chosen epoch"
+        )
+    return (
+        f"each run's best epoch by {metric} on the test set: what papers usually print, and optimistic, "
+        "since the test set both picks the epoch and scores it"
     )
 
 
@@ -234,6 +266,25 @@ def _enrich(runs: pd.DataFrame, layer_values: pd.DataFrame, energy: EnergyConfig
     entropy = layer_values[layer_values["stat"] == "entropy"].groupby("run_id")["value"].mean()
     runs[ENTROPY_METRIC] = runs[ENTROPY_METRIC].fillna(runs["run_id"].map(entropy))
     return runs
+
+
+def _scored_on(table: pd.DataFrame, valid: pd.DataFrame, metric: str) -> list[str]:
+    """Where ``train.max_eval_batches`` capped the evaluation: per row, the images the metric was scored on
+    (``scored_images`` of ``scored_images_total``, the fewest over its runs) and "test_acc on 16 of 80
+    images" in ``scored_on``; and a warning naming the rows."""
+    columns = scored_columns(metric)
+    if columns is None or not all(c in valid for c in columns):
+        return []
+    images, total = (valid.groupby("config_hash")[c].min().reindex(table["config_hash"]) for c in columns)
+    table["scored_images"], table["scored_images_total"] = images.to_numpy(), total.to_numpy()
+    table["scored_on"] = [subset_text(metric, i, t) or "" for i, t in zip(images, total)]
+    capped = [label for label, on in zip(table["config"], table["scored_on"]) if on]
+    if not capped:
+        return []
+    return [
+        f"{len(capped)} configuration{'s' if len(capped) > 1 else ''} scored {metric} on a fixed, class-balanced "
+        f"subset (train.max_eval_batches), not the whole set: {', '.join(capped)}"
+    ]
 
 
 def _missing_warnings(runs: pd.DataFrame, metric: str) -> list[str]:
@@ -259,7 +310,10 @@ def energy_constants(e_mac_pj: float | None = None, e_ac_pj: float | None = None
         raise ReportError(str(exc)) from None
 
 
-def _aggregate(runs: pd.DataFrame, configs: pd.DataFrame, varying: list[str], metric: str) -> pd.DataFrame:
+def _aggregate(
+    runs: pd.DataFrame, configs: pd.DataFrame, varying: list[str], metric: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """The table's rows and their means and stds (text cells filled in later), and the compared columns."""
     valid = runs.dropna(subset=[metric])
     # Operation counts where any run logged them (runs from before they existed have none).
     counted = [c for c in EFFICIENCY if c != metric and valid[c].notna().any()]
@@ -269,24 +323,19 @@ def _aggregate(runs: pd.DataFrame, configs: pd.DataFrame, varying: list[str], me
     n = grouped[metric].size().reindex(configs["config_hash"]).fillna(0).astype("int64").to_numpy()
     entropy = grouped[ENTROPY_METRIC].mean().reindex(configs["config_hash"])
     table = configs[varying or [CONFIG_COLUMN]].copy()
-    texts = {c: _texts(stats[c]["mean"], stats[c]["std"], valid, c) for c in columns}
-    table[metric] = texts[metric]
+    table[metric] = ""
     table["n"] = n
     if metric != ENTROPY_METRIC:  # else it would repeat the metric column
         table[ENTROPY_METRIC] = entropy.to_numpy()
     for c in counted:
-        table[c] = texts[c]
+        table[c] = ""
     for c in columns:
         table[f"{c}_mean"] = stats[c]["mean"].to_numpy()
         table[f"{c}_std"] = stats[c]["std"].to_numpy()
     table["config_hash"] = configs["config_hash"].to_numpy()
-    return table
-
-
-def _texts(means: pd.Series, stds: pd.Series, valid: pd.DataFrame, column: str) -> list[str]:
-    """ "mean ± std" per configuration, the std over the seeds that have a value of ``column``."""
-    n = valid.dropna(subset=[column]).groupby("config_hash").size().reindex(means.index).fillna(0).astype("int64")
-    return [_mean_std_text(m, s, k, column) for m, s, k in zip(means, stds, n)]
+    if "config" not in table:  # the row labels, for naming the baseline
+        table["config"] = configs["config"].to_numpy()
+    return table, columns
 
 
 def _layer_table(layers: pd.DataFrame, valid_runs: pd.DataFrame, labels: list[str]) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from imloss_cli.registry import Registry
 
 from .errors import ReportError
 from .selection import ids_text
+from .text import SCORED_SETS
 
 SELECTIONS: tuple[str, ...] = ("best", "last", "best-val")
 VAL_METRIC = "val_acc"  # what best-val selects on: accuracy on the held-out part of the training set
@@ -21,15 +22,23 @@ ENERGY = "energy_uj"
 LAYER_STATS = ("entropy", "firing_rate", "sops_per_image")  # the layer tables
 
 
+def scored_columns(metric: str) -> tuple[str, str] | None:
+    """The metrics that say how many images ``metric`` was scored on, and of how many (a test_ or val_ metric)."""
+    return SCORED_SETS.get(metric.split("_", 1)[0])
+
+
 def chosen_epochs(registry: Registry, run_ids: list[str], metric: str, select: str) -> pd.DataFrame:
-    """Per run: the selected epoch, the metric there, and mean_entropy, sops and macs there.
+    """Per run: the selected epoch, the metric there, and mean_entropy, sops, macs and the metric's
+    scored images (``scored_columns``) there.
 
     Raises:
         ReportError: no run logged the metric, or best-val over runs without a validation set.
     """
     # Only the metrics the report uses: a fraction of the rows of a typical run.
     chooser = [VAL_METRIC] if select == "best-val" else []
-    metrics = registry.epoch_metrics(run_ids, names=list(dict.fromkeys([metric, ENTROPY_METRIC, *COUNTS, *chooser])))
+    scored = list(scored_columns(metric) or ())
+    names = list(dict.fromkeys([metric, ENTROPY_METRIC, *COUNTS, *chooser, *scored]))
+    metrics = registry.epoch_metrics(run_ids, names=names)
     if not (metrics["name"] == metric).any():
         known = sorted(registry.epoch_metrics(run_ids)["name"].unique())
         raise ReportError(
@@ -42,10 +51,10 @@ def chosen_epochs(registry: Registry, run_ids: list[str], metric: str, select: s
                 f"--select best-val needs runs trained with data.val_fraction > 0; {ids_text(without)} "
                 f"logged no {VAL_METRIC}"
             )
-    return choose_epochs(metrics, metric, select)
+    return choose_epochs(metrics, metric, select, also=scored)
 
 
-def choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFrame:
+def choose_epochs(metrics: pd.DataFrame, metric: str, select: str, also: list[str] | None = None) -> pd.DataFrame:
     """Per run: the selected epoch, the metric there, and mean_entropy, sops and macs there (NaN if not logged)."""
     rows = metrics.loc[metrics["name"] == metric, ["run_id", "epoch", "value"]]
     if select == "last":
@@ -62,7 +71,7 @@ def choose_epochs(metrics: pd.DataFrame, metric: str, select: str) -> pd.DataFra
             .drop_duplicates("run_id", keep="first")
         )
     rows = rows.rename(columns={"value": metric})
-    for name in (ENTROPY_METRIC, *COUNTS):
+    for name in (ENTROPY_METRIC, *COUNTS, *(also or [])):
         if name == metric:
             continue
         values = metrics.loc[metrics["name"] == name, ["run_id", "epoch", "value"]]

@@ -13,10 +13,11 @@ from imloss_cli.registry import Registry
 from .build import FORMATS, Report
 from .epochs import ENTROPY_METRIC, VAL_METRIC
 from .errors import ReportError
+from .escape import csv_cells, latex_comment, markdown_cell, markdown_text, one_line
 from .selection import CONFIG_COLUMN
 from .study_views import display_tables, machine_trials, notes
 from .study_views import payload as study_payload
-from .text import _count_text, _header, _is_accuracy, _number_text, _scale, _value_text
+from .text import _count_text, _delta_text, _header, _is_accuracy, _number_text, _p_text, _scale, _value_text
 
 
 def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
@@ -42,7 +43,7 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
         raise ReportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if fmt == "csv":  # a study's CSV is its trials, the front marked: what a search is read for
         table = _machine_table(report) if report.study is None else machine_trials(report.study)
-        return table.to_csv(index=False)
+        return csv_cells(table).to_csv(index=False)
     if fmt == "json":
         layers = report.layer_table.reset_index()
         payload = {
@@ -53,35 +54,46 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
             "rows": json.loads(_machine_table(report).to_json(orient="records", double_precision=15)),
             "layers": json.loads(layers.to_json(orient="records", double_precision=15)),
             "sops_layers": json.loads(report.sops_table.reset_index().to_json(orient="records", double_precision=15)),
+            "baseline": None if report.baseline is None else report.baseline.label,
+            "notes": list(report.notes),
             "warnings": list(report.warnings),
         }
         if report.study is not None:
             payload["study"] = study_payload(report.study)
         return json.dumps(payload, indent=2, ensure_ascii=False)
     table, layers = _display_table(report), _display_layers(report.layer_table)
+    efficiency = efficiency_differences(report)
     caption = _layer_caption(report)
     sops = [] if report.sops_table.empty else [(_sops_caption(report), _display_layers(report.sops_table, _count_text))]
     if fmt == "markdown":
-        lines = [f"### {report.title}", "", _subtitle(report)]
-        lines += [f"> warning: {w}" for w in report.warnings]
-        lines += ["", _markdown(table), "", caption, "", _markdown(layers)]
+        lines = [f"### {markdown_text(report.title)}", "", markdown_text(_subtitle(report))]
+        lines += [f"> warning: {markdown_text(w)}" for w in report.warnings]
+        lines += ["", _markdown(table)]
+        for note in report.notes:  # a paragraph each
+            lines += ["", markdown_text(note)]
+        if efficiency is not None:
+            lines += ["", EFFICIENCY_CAPTION, "", _markdown(efficiency)]
+        lines += ["", caption, "", _markdown(layers)]
         for text, frame in sops:
             lines += ["", text, "", _markdown(frame)]
         for text, frame in _study_tables(report):
             lines += ["", text, "", _markdown(frame)]
-        lines += ["", *(f"> note: {n}" for n in _study_notes(report))] if report.study is not None else []
+        lines += ["", *(f"> note: {markdown_text(n)}" for n in _study_notes(report))] if report.study is not None else []
         return "\n".join(lines) + "\n"
     if fmt == "latex":
-        lines = [f"% {report.title}", f"% {_subtitle(report)}"]
-        lines += [f"% warning: {w}" for w in report.warnings]
+        lines = [f"% {latex_comment(report.title)}", f"% {latex_comment(_subtitle(report))}"]
+        lines += [f"% warning: {latex_comment(w)}" for w in report.warnings]
         best = report.best_row
         bold = None if best is None else (best, len(_varying(report)))  # the metric's column
-        lines += [_latex(table, bold), "", f"% {caption}", _latex(layers)]
+        lines += [_latex(table, bold), *[f"% {latex_comment(n)}" for n in report.notes]]
+        if efficiency is not None:
+            lines += ["", f"% {EFFICIENCY_CAPTION}", _latex(efficiency)]
+        lines += ["", f"% {caption}", _latex(layers)]
         for text, frame in sops:
             lines += ["", f"% {text}", _latex(frame)]
         for text, frame in _study_tables(report):
             lines += ["", f"% {text}", _latex(frame)]
-        lines += [f"% note: {n}" for n in _study_notes(report)]
+        lines += [f"% note: {latex_comment(n)}" for n in _study_notes(report)]
         return "\n".join(lines) + "\n"
     from .html import html_page
 
@@ -113,8 +125,10 @@ def _subtitle(report: Report) -> str:
     which = {"best": "best epoch", "last": "last epoch", "best-val": "best-validation epoch"}[report.select]
     unit = _scale(report.metric)[2]
     text = (
-        f"{report.metric}{f' in {unit}' if unit else ''} at each run's {which}: mean ± sample std over seeds (n); "
-        f"mean_entropy in bits at the same epoch; selection: {report.selection_rule}"
+        f"{report.metric}{f' in {unit}' if unit else ''} at each run's {which}: mean over seeds [95% interval, "
+        f"Student's t] (n seeds); Δ: the difference to the baseline ({_baseline_text(report)}) with its 95% interval; "
+        f"p adjusted for the comparisons (Holm); mean_entropy in bits at the same epoch; "
+        f"selection: {report.selection_rule}"
     )
     if report.efficiency or report.metric in ("sops", "energy_uj"):
         text += f"; synaptic operations (sops) in millions per image; {report.energy_rule}"
@@ -140,41 +154,115 @@ def _varying(report: Report) -> list[str]:
     return columns[: columns.index(report.metric)]
 
 
+EFFICIENCY_CAPTION = "Differences to the baseline in operations and energy per image (95% interval, p adjusted by Holm)"
+
+
+def _baseline_text(report: Report) -> str:
+    if report.baseline is None:
+        return "none: one configuration"
+    return report.baseline.label + (
+        " (--baseline)" if report.baseline.how == "given" else ", the smallest ablated values"
+    )
+
+
 def _machine_table(report: Report) -> pd.DataFrame:
     """The numbers of the table (CSV, JSON). An accuracy is in percent, as in every other format and as
-    the paper's column, and its columns say so (``test_acc_mean_pct``); counts and energy as stored."""
+    the paper's column, and its columns say so (``test_acc_mean_pct``, ``delta_test_acc_pp``); counts and
+    energy as stored. Per compared column c: mean, std, ``c_ci_low``/``c_ci_high``, the per-seed
+    ``c_values`` (with ``seeds``), and against the baseline ``delta_c`` (with its interval), ``p_c``,
+    ``p_adj_c`` (Holm), ``test_c`` and ``significant_c``."""
     m = report.metric
-    counts = [f"{c}_{s}" for c in report.efficiency for s in ("mean", "std")]
-    paper = ["paper_row", "paper_top1", "delta_pp", "paper_deviation"]
-    columns = [*_varying(report), f"{m}_mean", f"{m}_std", "n", ENTROPY_METRIC, *counts, *paper]
-    columns.append("config_hash")
+    stats = ("mean", "std", "ci_low", "ci_high", "values")
+    compared = [f"{c}_{s}" for c in report.compared for s in stats]
+    tests = [f"{k}{c}{s}" for c in report.compared
+             for k, s in (("delta_", ""), ("delta_", "_ci_low"), ("delta_", "_ci_high"), ("p_", ""), ("p_adj_", ""),
+                          ("test_", ""), ("significant_", ""))]  # fmt: skip
+    paper = ["paper_row", "paper_top1", "delta_pp", "paper_in_ci", "paper_deviation"]
+    first = [f"{m}_mean", f"{m}_std", "n", ENTROPY_METRIC]  # the columns of imloss before intervals came
+    first += ["scored_images", "scored_images_total"]  # how many images the metric is of (a capped evaluation)
+    rest = [c for c in compared if c not in first]
+    columns = [*_varying(report), *first, *rest, "seeds", *tests, *paper, "config_hash"]
     table = report.table[[c for c in columns if c in report.table.columns]].copy()
-    if _is_accuracy(m):
-        for stat in ("mean", "std"):
-            table[f"{m}_{stat}"] = table[f"{m}_{stat}"] * 100.0
-        table = table.rename(columns={f"{m}_mean": f"{m}_mean_pct", f"{m}_std": f"{m}_std_pct"})
+    if _is_accuracy(m):  # percent, and the names say so
+        renamed = {}
+        for column in [f"{m}_{s}" for s in stats] + [f"delta_{m}", f"delta_{m}_ci_low", f"delta_{m}_ci_high"]:
+            table[column] = table[column].map(lambda v: [x * 100.0 for x in v] if isinstance(v, list) else v * 100.0)
+            renamed[column] = f"{column}_pp" if column.startswith("delta_") else f"{column}_pct"
+        table = table.rename(columns=renamed)
     return table
 
 
 def _display_table(report: Report) -> pd.DataFrame:
-    varying, m = _varying(report), report.metric
-    shown = pd.DataFrame({c: report.table[c].map(_value_text) for c in varying})
-    shown[_header(m)] = report.table[m]
-    shown["n"] = report.table["n"].astype(str)
-    if ENTROPY_METRIC in report.table.columns and m != ENTROPY_METRIC:
-        shown[ENTROPY_METRIC] = report.table[ENTROPY_METRIC].map(_number_text)
+    """The comparison as text cells: mean [95% interval], n, the difference to the baseline, the test, the
+    adjusted p and a plain-words verdict, then entropy, operations, energy and the paper's figure."""
+    varying, m, t = _varying(report), report.metric, report.table
+    shown = pd.DataFrame({c: t[c].map(_value_text) for c in varying})
+    shown[_header(m)] = t[m]
+    shown["n"] = t["n"].astype(str)
+    if report.baseline is not None:
+        unit = "pp" if _is_accuracy(m) else _scale(m)[2]
+        shown[f"Δ {m}" + (f" ({unit})" if unit else "")] = delta_cells(report, m)
+        base = report.baseline.row
+        shown["test"] = ["–" if r == base else v for r, v in enumerate(t[f"test_{m}"])]
+        shown["p (Holm)"] = t[f"p_adj_{m}"].map(_p_text)
+        shown["verdict"] = verdict_cells(report, m)
+    if ENTROPY_METRIC in t.columns and m != ENTROPY_METRIC:
+        shown[ENTROPY_METRIC] = t[ENTROPY_METRIC].map(_number_text)
     for c in report.efficiency:
-        shown[_header(c)] = report.table[c]
-    if "paper_top1" in report.table.columns:
-        shown["paper row"] = report.table["paper_row"].map(lambda v: "–" if pd.isna(v) else v)
-        shown["paper"] = report.table["paper_top1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
+        shown[_header(c)] = t[c]
+    if "paper_top1" in t.columns:
+        shown["paper row"] = t["paper_row"].map(lambda v: "–" if pd.isna(v) else v)
+        shown["paper"] = t["paper_top1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
         # A configuration that is not the paper's setting (fewer epochs, another field): marked, and
         # named in the report's warnings.
         shown["delta (pp)"] = [
             "–" if pd.isna(d) else f"{d:+.2f}" + (" (not the paper's setting)" if isinstance(dev, str) and dev else "")
-            for d, dev in zip(report.table["delta_pp"], report.table["paper_deviation"])
+            for d, dev in zip(t["delta_pp"], t["paper_deviation"])
         ]
+        shown["paper in 95% interval"] = t["paper_in_ci"].map(in_interval_text)
     return shown
+
+
+def efficiency_differences(report: Report) -> pd.DataFrame | None:
+    """Per configuration but the baseline, the differences in operations and energy (None: nothing to show)."""
+    if report.baseline is None or not report.efficiency:
+        return None
+    rows = [r for r in range(len(report.table)) if r != report.baseline.row]
+    shown = pd.DataFrame({"config": report.table["config"].iloc[rows].tolist()})
+    for c in report.efficiency:
+        shown[f"Δ {_header(c)}"] = [delta_cells(report, c)[r] for r in rows]
+        shown[f"test ({c})"] = report.table[f"test_{c}"].iloc[rows].tolist()
+        shown[f"p (Holm, {c})"] = [_p_text(p) for p in report.table[f"p_adj_{c}"].iloc[rows]]
+        shown[f"verdict ({c})"] = [verdict_cells(report, c)[r] for r in rows]
+    return shown
+
+
+def delta_cells(report: Report, c: str) -> list[str]:
+    t = report.table
+    return [
+        "baseline" if report.baseline is not None and r == report.baseline.row else _delta_text(d, lo, hi, c)
+        for r, (d, lo, hi) in enumerate(zip(t[f"delta_{c}"], t[f"delta_{c}_ci_low"], t[f"delta_{c}_ci_high"]))
+    ]
+
+
+def verdict_cells(report: Report, c: str) -> list[str]:
+    """In plain words: "significant" when the adjusted p is below 0.05, else why it is not."""
+    t = report.table
+    out = []
+    for r, (p, significant) in enumerate(zip(t[f"p_adj_{c}"], t[f"significant_{c}"])):
+        if report.baseline is not None and r == report.baseline.row:
+            out.append("baseline")
+        elif pd.isna(p):
+            out.append("no test")
+        else:
+            out.append("significant" if significant else "not significant")
+    return out
+
+
+def in_interval_text(inside: Any) -> str:
+    if inside is None or (isinstance(inside, float) and pd.isna(inside)):
+        return "–"
+    return "yes" if inside else "no"
 
 
 def _display_layers(layer_table: pd.DataFrame, text: Callable[[float], str] = _number_text) -> pd.DataFrame:
@@ -183,10 +271,8 @@ def _display_layers(layer_table: pd.DataFrame, text: Callable[[float], str] = _n
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|")
-
     left = {"layer", CONFIG_COLUMN}
+    cell = markdown_cell
     lines = [
         "| " + " | ".join(cell(c) for c in frame.columns) + " |",
         "|" + "|".join(" :--- " if c in left else " ---: " for c in frame.columns) + "|",
@@ -207,12 +293,14 @@ _LATEX_SPECIALS = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
+    "Δ": r"$\Delta$",
     "–": "--",
 }
 
 
 def _latex_escape(value: Any) -> str:
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(value))
+    """A cell: every character LaTeX would read as a command or a group escaped, on one line."""
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in one_line(value))
 
 
 def _latex(frame: pd.DataFrame, bold: tuple[int, int] | None = None) -> str:

@@ -18,9 +18,10 @@ import pandas as pd
 from imloss_cli.registry import Registry
 
 from .build import Report
+from .formats import EFFICIENCY_CAPTION, delta_cells, efficiency_differences, in_interval_text, verdict_cells
 from .plots import figures
 from .study_views import display_tables, notes
-from .text import _count_text, _header, _number_text, _scale
+from .text import _count_text, _header, _is_accuracy, _number_text, _p_text, _scale
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
@@ -53,7 +54,7 @@ document.querySelectorAll("table.sortable th").forEach((th, column) => th.addEve
 """
 
 _CAPTIONS = {
-    "accuracy": "Test accuracy per epoch: mean over seeds, band from the lowest to the highest seed.",
+    "accuracy": "Test accuracy per epoch: mean over seeds, band the 95% Student-t interval of the mean (none for one seed).",
     "layer_entropy": "Per-layer entropy at each run's selected epoch, mean over seeds.",
     "entropy_over_epochs": "Entropy of every hidden layer over the epochs, one heat map per configuration.",
     "firing_rates": "Per-layer firing rate at each run's selected epoch, mean over seeds.",
@@ -84,6 +85,8 @@ def html_page(report: Report, registry: Registry | None) -> str:
         *[f'<p class="warning">warning: {_e(w)}</p>' for w in report.warnings],
         "<h2>Comparison</h2>",
         _comparison(report),
+        *[f'<p class="note">{_e(n)}</p>' for n in report.notes],
+        *_efficiency(report),
         *_study(report),
         "<h2>Layers</h2>",
         f"<p>Entropy (bits) at each run's selected epoch ({_e(report.selection_rule)}), mean over seeds.</p>",
@@ -116,7 +119,8 @@ def _context(report: Report) -> str:
     axes = [c for c in report.table.columns[: list(report.table.columns).index(report.metric)] if c != "config"]
     versions = sorted(report.runs["code_version"].unique())
     items = {
-        "metric": f"{report.metric} (mean ± sample std over seeds, n seeds)",
+        "metric": f"{report.metric} (mean over seeds and its 95% interval, Student's t; n seeds)",
+        "baseline": "none: one configuration" if report.baseline is None else report.baseline.label,
         "selection": report.selection_rule,
         "axes": ", ".join(axes) if axes else "none: one configuration",
         "configurations": str(len(report.table)),
@@ -156,15 +160,24 @@ def _comparison(report: Report) -> str:
     t, m = report.table, report.metric
     labels = list(t.columns[: list(t.columns).index(m)])
     means = t[f"{m}_mean"]
-    header = [*labels, _header(m), "n", *(["mean_entropy (bits)"] if "mean_entropy" in t.columns else [])]
+    compared = report.baseline is not None
+    header = [*labels, _header(m), "n"]
+    header += [f"Δ {m}" + (" (pp)" if _is_accuracy(m) else ""), "test", "p (Holm)", "verdict"] if compared else []
+    header += ["mean_entropy (bits)"] if "mean_entropy" in t.columns else []
     header += [_header(c) for c in report.efficiency]
     paper = "paper_top1" in t.columns
-    header += ["paper row", "paper", "delta (pp)"] if paper else []
+    header += ["paper row", "paper", "delta (pp)", "paper in 95% interval"] if paper else []
+    deltas, verdicts = (delta_cells(report, m), verdict_cells(report, m)) if compared else ([], [])
     rows = []
     for i in range(len(t)):
         row = [(str(t[c].iloc[i]), None) for c in labels]
         row.append((t[m].iloc[i], _key(means.iloc[i])))
         row.append((str(t["n"].iloc[i]), str(t["n"].iloc[i])))
+        if compared:
+            row.append((deltas[i], _key(t[f"delta_{m}"].iloc[i])))
+            row.append(("–" if i == report.baseline.row else t[f"test_{m}"].iloc[i], None))
+            row.append((_p_text(t[f"p_adj_{m}"].iloc[i]), _key(t[f"p_adj_{m}"].iloc[i])))
+            row.append((verdicts[i], None))
         if "mean_entropy" in t.columns:
             row.append((_number_text(t["mean_entropy"].iloc[i]), _key(t["mean_entropy"].iloc[i])))
         row += [(t[c].iloc[i], _key(t[f"{c}_mean"].iloc[i])) for c in report.efficiency]
@@ -175,19 +188,19 @@ def _comparison(report: Report) -> str:
             row += [("–" if pd.isna(label) else str(label), None)]
             row += [("–" if pd.isna(top1) else f"{top1:.2f}", _key(top1))]
             row += [("–" if pd.isna(delta) else f"{delta:+.2f}{mark}", _key(delta))]
+            row += [(in_interval_text(t["paper_in_ci"].iloc[i]), None)]
         rows.append(row)
     return _table(header, rows, labels=len(labels), best=report.best_row)
 
 
-def _study(report: Report) -> list[str]:
-    """A study's front, importances and trials (``study_views``), each a sortable table."""
-    if report.study is None:
+from .study_views import display_tables, notes
+def _efficiency(report: Report) -> list[str]:
+    """The differences to the baseline in operations and energy, as a caption and a table (or nothing)."""
+    frame = efficiency_differences(report)
+    if frame is None:
         return []
-    parts = ["<h2>Study</h2>", *[f"<p>{_e(n)}</p>" for n in notes(report.study)]]
-    for caption, frame in display_tables(report.study):
-        rows = [[(str(v), None) for v in row] for row in frame.itertuples(index=False)]
-        parts += [f"<p>{_e(caption)}</p>", _table([str(c) for c in frame.columns], rows)]
-    return parts
+    rows = [[(str(v), None) for v in row] for row in frame.itertuples(index=False)]
+    return [f"<p>{_e(EFFICIENCY_CAPTION)}.</p>", _table(list(frame.columns), rows)]
 
 
 def _layers(table: pd.DataFrame, text: Callable[[float], str] = _number_text) -> str:

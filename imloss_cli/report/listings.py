@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from imloss_cli.recipe import read_recorded
 from imloss_cli.registry import Registry, RunInfo
+
+from .text import subset_notes
 
 # Recipe fields a researcher scans a run list by.
 KEY_FIELDS = {
@@ -24,6 +27,7 @@ class RunDetails:
     epochs: pd.DataFrame  # one row per epoch, one column per metric, and the attempt that wrote it
     layers: pd.DataFrame  # last epoch: one row per layer, one column per statistic
     reproduced_by: list[str]  # the runs that train this one again (imloss reproduce)
+    subsets: list[str]  # "test_acc on 512 of 10,000 images ...": accuracies of a capped evaluation
 
 
 def _duration(run: RunInfo) -> str:
@@ -47,7 +51,8 @@ def runs_overview(
     for r in runs:
         row = {"id": r.id, "name": r.name, "status": r.display_status, "group": r.group_id or ""}
         for label, (section, field) in KEY_FIELDS.items():
-            row[label] = r.recipe.get(section, {}).get(field)
+            part = read_recorded(r.recipe).get(section)  # a row is input: a section may be missing or not a table
+            row[label] = part.get(field) if isinstance(part, dict) else None
         row |= {"seed": r.seed, "best_acc": best.get(r.id), "last_acc": last.get(r.id), "duration": _duration(r)}
         rows.append(row)
     return pd.DataFrame(
@@ -71,4 +76,4 @@ def run_details(registry: Registry, run: str) -> RunDetails:
         if len(stats)
         else pd.DataFrame()
     )
-    return RunDetails(info, epochs, layers, registry.reproductions_of(info.id))
+    return RunDetails(info, epochs, layers, registry.reproductions_of(info.id), subset_notes(epochs))

@@ -22,7 +22,9 @@ from .text import _is_accuracy
 
 def add_paper_columns(table: pd.DataFrame, runs: Sequence[RunInfo], metric: str, *, required: bool) -> list[str]:
     """Add ``paper_row`` (the row's label), ``paper_top1``, ``delta_pp`` (our mean - the paper's, in
-    percentage points) and ``paper_deviation`` ("" for the paper's setting) where runs carry a figure.
+    percentage points), ``paper_in_ci`` (whether the paper's figure lies inside our 95% interval of the
+    mean; None without one) and ``paper_deviation`` ("" for the paper's setting) where runs carry a figure.
+    The table must hold the metric's interval (``<metric>_ci_low``, ``report.compare``).
 
     Returns:
         One warning per configuration whose runs are not the paper's setting.
@@ -52,6 +54,10 @@ def add_paper_columns(table: pd.DataFrame, runs: Sequence[RunInfo], metric: str,
     table["paper_row"] = hashes.map(labels)
     table["paper_top1"] = hashes.map({h: r.recipe["paper"]["top1"] for h, r in carrying.items()}).astype("float64")
     table["delta_pp"] = table[f"{metric}_mean"] * 100.0 - table["paper_top1"]
+    low, high, top1 = table[f"{metric}_ci_low"] * 100.0, table[f"{metric}_ci_high"] * 100.0, table["paper_top1"]
+    table["paper_in_ci"] = [
+        None if pd.isna(p) or pd.isna(lo) else bool(lo <= p <= hi) for p, lo, hi in zip(top1, low, high)
+    ]
     table["paper_deviation"] = hashes.map(differs)
     return [
         f"{labels[h]}: not the paper's setting ({text}), so its delta compares another run with the paper's figure"

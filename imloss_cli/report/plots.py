@@ -18,6 +18,7 @@ from imloss_cli.registry import Registry
 from .build import Report
 from .errors import ReportError
 from .study_views import pareto_figure
+from .stats import mean_interval
 
 _MAX_LEGEND = 12  # more series than this get no legend
 
@@ -37,8 +38,8 @@ PLOTS: tuple[str, ...] = (
 def figures(report: Report, registry: Registry) -> dict[str, Any]:
     """The report's figures as matplotlib ``Figure`` objects, by the names in :data:`PLOTS`.
 
-    ``accuracy``: test accuracy per epoch, per configuration the mean over seeds with a min..max
-    band; ``layer_entropy``, ``firing_rates`` and ``layer_sops``: the layer tables (entropy, firing
+    ``accuracy``: test accuracy per epoch, per configuration the mean over seeds with its 95%
+    t-interval as a band (``report.stats.mean_interval``; none for a single seed); ``layer_entropy``, ``firing_rates`` and ``layer_sops``: the layer tables (entropy, firing
     rate, synaptic operations per image) as grouped bars, one colour per configuration (a layer x
     configuration heat map beyond 12);
     ``entropy_over_epochs``: one layer x epoch heat map of the entropy per configuration (mean
@@ -105,14 +106,17 @@ def write_plots(report: Report, registry: Registry, directory: Path | str) -> li
 def _accuracy_figure(fig: Any, curves: pd.DataFrame, labels: list[str]) -> Any:
     ax = fig.add_subplot()
     acc = curves[curves["name"] == "test_acc"]
-    stats = acc.groupby(["config", "epoch"])["value"].agg(["mean", "min", "max"]) * 100
-    for label in labels:  # one line per configuration; epochs are vectorised inside
-        if label not in stats.index.get_level_values("config"):
+    for label in labels:  # one line per configuration, a band where an epoch has two seeds or more
+        per_epoch = acc[acc["config"] == label].groupby("epoch")["value"]
+        if not len(per_epoch):
             continue
-        s = stats.loc[label]
-        (line,) = ax.plot(s.index, s["mean"], label=label)
-        ax.fill_between(s.index, s["min"], s["max"], color=line.get_color(), alpha=0.2, linewidth=0)
-    _finish(ax, "epoch", "test accuracy (%)", "test accuracy (mean over seeds, band = min..max)", empty=acc.empty)
+        intervals = [(int(e), mean_interval(v.tolist())) for e, v in per_epoch]
+        epochs = [e for e, _ in intervals]
+        (line,) = ax.plot(epochs, [i.mean * 100 for _, i in intervals], label=label)
+        low, high = [i.low * 100 for _, i in intervals], [i.high * 100 for _, i in intervals]
+        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    title = "test accuracy (mean over seeds, band = 95% t-interval of the mean)"
+    _finish(ax, "epoch", "test accuracy (%)", title, empty=acc.empty)
     return fig
 
 

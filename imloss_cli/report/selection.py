@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from imloss_cli.recipe import NON_SEMANTIC_FIELDS
+from imloss_cli.recipe import NON_SEMANTIC_FIELDS, read_recorded
 from imloss_cli.registry import FINISHED, Registry, RegistryError, RunInfo
 
 from .errors import ReportError
@@ -100,7 +100,7 @@ def configurations(runs: Sequence[RunInfo]) -> tuple[pd.DataFrame, list[str]]:
     for run in reversed(runs):  # list_runs is newest first: the oldest run stands for its config
         first.setdefault(run.config_hash, run)
     hashes = list(first)
-    flat = pd.json_normalize([first[h].recipe for h in hashes], sep=".")
+    flat = pd.json_normalize([read_recorded(first[h].recipe) for h in hashes], sep=".")
     # Non-semantic fields and sections (a section such as [paper] flattens to paper.row, paper.top1).
     flat = flat.drop(
         columns=[c for c in flat.columns if any(c == f or c.startswith(f + ".") for f in NON_SEMANTIC_FIELDS)]

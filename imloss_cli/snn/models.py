@@ -47,7 +47,8 @@ class NetSpec:
     reset: str
     detach_reset: bool
     norm: str
-    neuron: str  # "lif", "plif" (learnable decay), or "relu" for the ANN twin
+    neuron: str  # "lif", "plif" (Fang et al.), "lif-learned-leak" (a learnable decay), or "relu" for the ANN twin
+    plif_tau: float  # PLIF's initial time constant tau0
     membrane_bn: bool = False  # MPBN: a BatchNorm on each hidden LIF's potential before it fires
     strict_threshold: bool = False  # spike on u > V_th (the authors' code) instead of u >= V_th
     surrogate: str = "tanh"  # the backward's shape: "tanh" (ESG, fixed K) or "guo" (the authors' code)
@@ -72,6 +73,7 @@ class NetSpec:
             detach_reset=n.detach_reset,
             norm=recipe.model.norm,
             neuron=recipe.model.neuron,
+            plif_tau=n.plif_tau,
             membrane_bn=recipe.model.membrane_bn,
             strict_threshold=n.strict_threshold,
             surrogate="guo" if recipe.surrogate.schedule == "guo" else "tanh",
@@ -81,12 +83,16 @@ class NetSpec:
 
     def lif(self, channels: int | None = None, block_output: bool = True, spatial: bool = True) -> LIF:
         """A hidden spiking layer on ``channels`` channels (feature maps, or ``spatial=False`` features):
-        PLIF's learnable decay for ``neuron = "plif"``, MPBN with ``membrane_bn`` (which needs ``channels``)."""
+        a learnable decay for ``neuron = "plif"`` (Fang et al.'s charge, tau from ``plif_tau``) and
+        ``"lif-learned-leak"`` (imloss's charge, from ``decay``), MPBN with ``membrane_bn`` (which needs
+        ``channels``)."""
+        fang = self.neuron == "plif"
         params = LIFParams(
-            decay=self.decay, v_threshold=self.v_threshold, soft_reset=self.reset == "soft",
-            detach_reset=self.detach_reset, strict=self.strict_threshold, surrogate=self.surrogate,
+            decay=1.0 - 1.0 / self.plif_tau if fang else self.decay, v_threshold=self.v_threshold,
+            soft_reset=self.reset == "soft", detach_reset=self.detach_reset, strict=self.strict_threshold,
+            surrogate=self.surrogate, decay_input=fang,
         )  # fmt: skip
-        args = (params, self.kernels, block_output, self.neuron == "plif")
+        args = (params, self.kernels, block_output, self.neuron in ("plif", "lif-learned-leak"))
         if self.membrane_bn:
             if channels is None:
                 raise ValueError("a membrane BatchNorm needs the layer's channel count")

@@ -1,20 +1,28 @@
 """Multi-step leaky integrate-and-fire neuron on time-first tensors [T, B, ...].
 
-    h[t] = decay * r(h[t-1], o[t-1]) + x[t]        (h: membrane potential before the spike)
+    h[t] = decay * r(h[t-1], o[t-1]) + x[t]                  (h: membrane potential before the spike)
+    h[t] = decay * r(h[t-1], o[t-1]) + (1 - decay) * x[t]    with ``decay_input`` (Fang et al.'s PLIF)
     o[t] = H(h[t] - V_th)
     r(h, o) = h * (1 - o)        hard reset
     r(h, o) = h - V_th * o       soft reset
+    (at t = 0 the state is 0: h[0] = x[0], or (1 - decay) * x[0])
 
 The whole time loop is one autograd function: forward saves only the pre-spike potentials h,
 backward recomputes the spikes from them and runs BPTT in a second loop, with the ESG surrogate
 g'(h) = 1/2 K (1 - tanh(K (h - V_th))^2) for dO/dh. Both loops are plain tensor code that
 torch.compile turns into one kernel each, a single pass over the neurons carrying h through time.
 
+One precision rule for every kernel set (these loops, their compiled form, the Triton kernels, and
+MPBN's loop): the membrane state and every sum over it are carried in fp32 (or the input's wider
+type) whatever the compute dtype; v_seq is stored in the input's dtype and each spike is read off
+the stored value, o[t] = H(v_seq[t] - V_th), so the backward, which recomputes the spikes from
+v_seq, sees the forward's spikes, and the kernel sets agree spike for spike in bf16 as in fp32.
+
 The loops see every tensor as [T, N], one row per time step in the order the step lies in memory
 (NCHW or channels_last alike): a 2-D elementwise kernel, compiled once for every layer and batch
 size (N is a dynamic dimension), instead of one kernel per 5-D shape and stride pattern. The same
-loops written as Triton kernels (``triton_lif``, fp32 state for bf16 inputs) are the third kernel
-set, the one the trainer picks on CUDA.
+loops written as Triton kernels (``triton_lif``) are the third kernel set, the one the trainer
+picks on CUDA.
 """
 
 from __future__ import annotations
@@ -36,28 +44,39 @@ from imloss_cli.snn.triton_lif import lif_backward_triton, lif_forward_triton
 def lif_forward_loop(x_seq: Tensor, p: LIFParams) -> tuple[Tensor, Tensor, Tensor]:
     """Run the LIF over T steps (``p.strict``: a spike when h > V_th, else h >= V_th).
 
-    Every step is a tensor of its own, stacked at the end: compiled, that is one pass over N that
-    carries h from step to step (writing into slices of one [T, N] buffer instead makes Inductor
-    recompute the recurrence for every row, O(T^2) work).
+    The state h is carried in fp32 (``acc``); each step's potential is stored in x's dtype and its
+    spike read off that stored value (the module docstring's precision rule; for fp32 inputs the
+    rounding is a no-op). Every step is a tensor of its own, stacked at the end: compiled, that is one
+    pass over N that carries h from step to step (writing into slices of one [T, N] buffer instead
+    makes Inductor recompute the recurrence for every row, O(T^2) work).
 
     Returns:
-        spike_seq and v_seq, both shaped like x_seq [T, N], and v_sum [N], each neuron's potential
-        summed over time in fp32: IM-Loss needs only the mean of v_seq, and a sum kept inside the
-        loop leaves the compiled kernel pointwise (a full reduction would add size-dependent
+        spike_seq and v_seq, both shaped like x_seq [T, N] in its dtype, and v_sum [N], each neuron's
+        fp32 potential summed over time: IM-Loss needs only the mean of v_seq, and a sum kept inside
+        the loop leaves the compiled kernel pointwise (a full reduction would add size-dependent
         reduction strategies, each with its own compile guard), so only N values remain to reduce.
     """
-    h = x_seq[0]
-    o = fires(h, p.v_threshold, p.strict).to(x_seq.dtype)
-    v_sum = h.float()
-    hs, spikes = [h], [o]
+    dtype, acc = x_seq.dtype, torch.promote_types(x_seq.dtype, torch.float32)
+    decay = p.decay.to(acc) if isinstance(p.decay, Tensor) else p.decay
+    h = _charge(x_seq[0].to(acc), decay, p.decay_input)
+    v = h.to(dtype)
+    o = fires(v, p.v_threshold, p.strict).to(acc)
+    v_sum = h
+    vs, spikes = [v], [o.to(dtype)]
     for t in range(1, x_seq.shape[0]):
         kept = h - p.v_threshold * o if p.soft_reset else h * (1.0 - o)
-        h = (p.decay * kept + x_seq[t]).to(x_seq.dtype)
-        o = fires(h, p.v_threshold, p.strict).to(x_seq.dtype)
-        v_sum = v_sum + h.float()
-        hs.append(h)
-        spikes.append(o)
-    return torch.stack(spikes), torch.stack(hs), v_sum
+        h = decay * kept + _charge(x_seq[t].to(acc), decay, p.decay_input)
+        v = h.to(dtype)
+        o = fires(v, p.v_threshold, p.strict).to(acc)
+        v_sum = v_sum + h
+        vs.append(v)
+        spikes.append(o.to(dtype))
+    return torch.stack(spikes), torch.stack(vs), v_sum
+
+
+def _charge(x: Tensor, decay: float | Tensor, decay_input: bool) -> Tensor:
+    """What the input adds to the potential in one step: x, or (1 - decay) x with ``decay_input``."""
+    return (1.0 - decay) * x if decay_input else x
 
 
 def lif_backward_loop(
@@ -77,8 +96,12 @@ def lif_backward_loop(
     (none at the last step):
         dL/do[t] = grad_spike[t] + g * dh[t+1]/do[t]      (-decay*h[t] hard, -decay*V_th soft, 0 detached)
         dL/dh[t] = grad_v[t] + dL/do[t] * g'(h[t]) + g * dh[t+1]/dh[t]|o   (decay*(1-o[t]) hard, decay soft)
-        dL/dx[t] = dL/dh[t]
-        dL/d(decay) = sum over t and neurons of g * r(h[t], o[t])      (dh[t+1]/d(decay) = r)
+        dL/dx[t] = dL/dh[t]                      ((1 - decay) * dL/dh[t] with ``decay_input``)
+        dL/d(decay) = sum over t and neurons of g * dh[t+1]/d(decay):
+            r(h[t], o[t])                        imloss's charge
+            r(h[t], o[t]) - x[t+1]               ``decay_input``, and -x[0] for h[0] = (1 - decay) x[0]
+    With ``decay_input`` x is not saved: h[t+1] = decay * r + (1 - decay) * x[t+1] gives
+    r - x[t+1] = (r - h[t+1]) / (1 - decay), from the potentials the loop reads anyway (r = 0 before t = 0).
     Every term is accumulated in fp32 (or the input's wider type) and dL/dx rounded once to v_seq's dtype: in bf16 a per-element
     dL/dv_mean (~1e-9 beside CE terms ~1e-5) would otherwise be rounded away at each step. Steps are
     stacked at the end, as in the forward loop.
@@ -90,6 +113,7 @@ def lif_backward_loop(
     grad_decay = v_seq.new_zeros((), dtype=acc) if decay_grad else None
     grads: list[Tensor] = []
     g: Tensor | None = None
+    h_next: Tensor | None = None  # h[t+1], read one step earlier
     for t in range(v_seq.shape[0] - 1, -1, -1):
         h = v_seq[t].to(acc)
         o = fires(h, v_threshold, p.strict).to(acc)
@@ -99,14 +123,19 @@ def lif_backward_loop(
         grad_h = grad_o * surrogate_grad(h, k.to(acc), v_threshold, p.surrogate)
         if g is not None:  # through h[t+1] = decay * r(h[t], o[t]) + x[t+1], the spike o[t] held fixed
             grad_h = grad_h + g * (decay_f * (1.0 if soft_reset else 1.0 - o))
-            if grad_decay is not None:
-                grad_decay = grad_decay + (g * (h - v_threshold * o if soft_reset else h * (1.0 - o))).sum()
+            if grad_decay is not None and h_next is not None:
+                kept = h - v_threshold * o if soft_reset else h * (1.0 - o)
+                if p.decay_input:
+                    kept = (kept - h_next) / (1.0 - decay_f)
+                grad_decay = grad_decay + (g * kept).sum()
         if grad_v is not None:
             grad_h = grad_h + grad_v[t].to(acc)
         if from_mean is not None:
             grad_h = grad_h + from_mean
-        grads.append(grad_h)
-        g = grad_h
+        grads.append(_charge(grad_h, decay_f, p.decay_input))  # dL/dx[t] = dh[t]/dx[t] * dL/dh[t]
+        g, h_next = grad_h, h
+    if grad_decay is not None and p.decay_input and g is not None and h_next is not None:
+        grad_decay = grad_decay - (g * h_next).sum() / (1.0 - decay_f)  # h[0] = (1 - decay) x[0]: -x[0]
     return torch.stack(grads[::-1]).to(v_seq.dtype), grad_decay
 
 
@@ -131,6 +160,10 @@ def compiled_kernels() -> LIFKernels:
         # N is dynamic, so Inductor cannot size the work at compile time; let OpenMP split the loop
         # over N at run time (otherwise a dynamic CPU kernel runs on one thread)
         "cpp.dynamic_threads": True,
+        # round where the loop rounds: without it Inductor skips the bf16 store-and-reload inside
+        # the fused kernel and fires on the fp32 potential, so spikes differ from the stored v_seq
+        # (which backward reads) and from the eager and Triton kernels
+        "emulate_precision_casts": True,
     }
     return LIFKernels(*(torch.compile(loop, options=options) for loop in (lif_forward_loop, lif_backward_loop)))
 
@@ -241,12 +274,15 @@ class LIF(nn.Module):
 
     Args:
         params: the dynamics (decay, with ``learn_decay`` its initial value; V_th; reset; spike
-            test; surrogate shape).
+            test; surrogate shape; the charge, ``decay_input``).
         kernels: which time loops run it: "eager", "compiled" (torch.compile'd) or "triton" (CUDA
             tensors, or CPU ones under TRITON_INTERPRET=1); see ``kernel_set``.
         block_output: whether this layer counts for IM-Loss when only block outputs are chosen.
-        learn_decay: PLIF (Fang et al., ICCV 2021): the decay is sigmoid(w) of one learnable w per
-            layer, w starting at logit(decay); trained with the network, in the same fused kernels.
+        learn_decay: one learnable w per layer sets the decay, trained with the network in the same
+            fused kernels. With ``params.decay_input`` it is PLIF as Fang et al. (ICCV 2021) and
+            SpikingJelly's ``ParametricLIFNode`` define it: sigmoid(w) = 1/tau = 1 - decay, so w
+            starts at -log(tau0 - 1). Without, it is a learnable leak on imloss's charge:
+            decay = sigmoid(w), w starting at logit(decay).
 
     Set ``store_v_seq = True`` to keep, from the last forward pass, ``v_mean`` (the mean membrane
     potential, attached to the autograd graph: IM-Loss differentiates it), ``spike_seq`` (attached)
@@ -267,9 +303,9 @@ class LIF(nn.Module):
         self.params = params
         self.kernels = kernels
         self.block_output = block_output
-        # PLIF: decay = sigmoid(w), w = logit(decay) at the start (SpikingJelly's ParametricLIFNode
-        # parametrises 1/tau the same way).
-        self.w = nn.Parameter(torch.tensor(math.log(decay / (1.0 - decay)))) if learn_decay else None
+        # w is the logit of what sigmoid(w) stands for: 1/tau = 1 - decay (Fang et al.), or the decay.
+        share = 1.0 - decay if params.decay_input else decay
+        self.w = nn.Parameter(torch.tensor(math.log(share / (1.0 - share)))) if learn_decay else None
         # K of the surrogate; a buffer so it follows .to(device) and changes without recompiling.
         self.register_buffer("k", torch.tensor(1.0), persistent=False)
         self.store_v_seq = False
@@ -280,8 +316,18 @@ class LIF(nn.Module):
         self.x_mean: Tensor | None = None
 
     def leak(self) -> float | Tensor:
-        """The decay the next forward pass uses: the constant, or sigmoid(w) (a tensor with a gradient)."""
-        return self.params.decay if self.w is None else torch.sigmoid(self.w)
+        """The decay the next forward pass uses: the constant, or from w (a tensor with a gradient):
+        sigmoid(-w) = 1 - 1/tau with ``decay_input`` (Fang et al.), else sigmoid(w)."""
+        if self.w is None:
+            return self.params.decay
+        return torch.sigmoid(-self.w) if self.params.decay_input else torch.sigmoid(self.w)
+
+    def decay_value(self) -> float:
+        """The decay as a number (a learned one computed from w in float64): what an export writes."""
+        if self.w is None:
+            return float(self.params.decay)
+        w = self.w.detach().double()
+        return float(torch.sigmoid(-w) if self.params.decay_input else torch.sigmoid(w))
 
     def forward(self, x_seq: Tensor) -> Tensor:
         kernels = kernel_set(self.kernels)
@@ -299,9 +345,15 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         p = self.params
-        decay = f"learnable, from {p.decay}" if self.w is not None else p.decay
-        extra = (", strict" if p.strict else "") + (f", surrogate={p.surrogate}" if p.surrogate != "tanh" else "")
-        return f"decay={decay}, v_threshold={p.v_threshold}, reset={p.reset}, kernels={self.kernels}{extra}"
+        if self.w is None:
+            decay = f"decay={p.decay}"
+        elif p.decay_input:
+            decay = f"tau=learnable from {1.0 / (1.0 - float(p.decay)):g}"
+        else:
+            decay = f"decay=learnable from {p.decay}"
+        extra = (", decay_input" if p.decay_input else "") + (", strict" if p.strict else "")
+        extra += f", surrogate={p.surrogate}" if p.surrogate != "tanh" else ""
+        return f"{decay}, v_threshold={p.v_threshold}, reset={p.reset}, kernels={self.kernels}{extra}"
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, LIF]]:

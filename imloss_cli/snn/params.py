@@ -26,6 +26,8 @@ class LIFParams:
         detach_reset: no gradient through the reset.
         strict: a spike when h > V_th (the authors' code), else h >= V_th.
         surrogate: the backward's shape, "tanh" (ESG) or "guo".
+        decay_input: the input is scaled by 1 - decay too (Fang et al.'s PLIF, SpikingJelly's
+            ``decay_input=True``): h = decay * r + (1 - decay) * x; else h = decay * r + x.
     """
 
     decay: float | Tensor
@@ -34,6 +36,7 @@ class LIFParams:
     detach_reset: bool = False
     strict: bool = False
     surrogate: str = "tanh"
+    decay_input: bool = False
 
     def __post_init__(self) -> None:
         if self.surrogate not in SURROGATES:

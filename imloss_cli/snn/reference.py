@@ -16,16 +16,20 @@ from imloss_cli.snn.surrogate import spike
 def lif_naive(x_seq: Tensor, k: Tensor | float, p: LIFParams) -> tuple[Tensor, Tensor]:
     """Per-step Python loop of the LIF dynamics (see neuron.py). Returns (spike_seq, v_seq).
 
-    ``p.decay`` may be a tensor with a gradient (PLIF): autograd then gives dL/d(decay) through the loop.
+    ``p.decay`` may be a tensor with a gradient (PLIF): autograd then gives dL/d(decay) through the
+    loop. In x's dtype throughout: the fp32 reference the kernels are checked against.
     """
     spikes, potentials = [], []
-    h = x_seq[0]
+    h: Tensor | None = None
     o: Tensor | None = None
     for t in range(x_seq.shape[0]):
-        if o is not None:
+        x = (1.0 - p.decay) * x_seq[t] if p.decay_input else x_seq[t]
+        if h is None or o is None:
+            h = x  # the state starts at 0
+        else:
             r = o.detach() if p.detach_reset else o
             kept = h - p.v_threshold * r if p.soft_reset else h * (1.0 - r)
-            h = p.decay * kept + x_seq[t]
+            h = p.decay * kept + x
         o = spike(h, k, p.v_threshold, p.strict, p.surrogate)
         spikes.append(o)
         potentials.append(h)

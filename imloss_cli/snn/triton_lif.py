@@ -1,8 +1,8 @@
 """The LIF time loops as Triton kernels: one program per block of neurons carries h through time.
 
 Same interface as ``neuron.lif_forward_loop`` / ``lif_backward_loop`` (so ``MultiStepLIFFunction``
-takes them as a third kernel set, ``TRITON_KERNELS``) and the same equations, with two differences
-that only matter in low precision:
+takes them as a third kernel set, ``TRITON_KERNELS``), the same equations and the same precision rule
+(``snn.neuron``'s module docstring):
 
 - the membrane state is carried in fp32 whatever the input dtype (bf16 or fp32); v_seq is stored in
   the input's dtype, and each spike is read off the stored potential (``o[t] = H(v_seq[t] - V_th)``),
@@ -10,8 +10,9 @@ that only matter in low precision:
 - BPTT accumulates in fp32 and writes dL/dx in the input's dtype.
 
 Offsets are int64 (a layer's T*N passes 2^31 elements at ImageNet sizes). The spike test (``>=`` or
-strict ``>``), the surrogate's shape ("tanh" or "guo") and a learnable decay (PLIF: read from the
-device, its gradient summed per neuron) are compile-time choices of the same two kernels.
+strict ``>``), the surrogate's shape ("tanh" or "guo"), the charge (``decay_input``: the input scaled
+by 1 - decay, Fang et al.'s PLIF) and a learnable decay (read from the device, its gradient summed per
+neuron) are compile-time choices of the same two kernels.
 
 The forward kernel also sums each neuron's potential over time (v_sum [N], fp32), what IM-Loss needs
 of v_seq; the backward kernel adds dL/dv_mean / (T*N) to every step inside the loop. Rows are read
@@ -63,12 +64,13 @@ def _grid(n: int) -> tuple[int]:
     return ((n + BLOCK - 1) // BLOCK,)
 
 
-def _decay_args(decay: float | Tensor, device: torch.device) -> tuple[Tensor | None, float, bool]:
-    """(pointer tensor, float, whether the kernel reads the pointer): a float rides as a kernel argument;
-    a tensor (PLIF's learnable decay) stays on the device, read there without a host sync."""
+def _decay_args(decay: float | Tensor, device: torch.device) -> tuple[Tensor | None, float, float, bool]:
+    """(pointer tensor, decay, input gain 1 - decay, whether the kernel reads the pointer): a float rides
+    as a kernel argument; a tensor (a learned decay) stays on the device, read there without a host sync
+    (the kernel then computes the gain itself)."""
     if isinstance(decay, Tensor):
-        return decay.detach().reshape(1).to(device=device, dtype=torch.float32), 0.0, True
-    return None, float(decay), False
+        return decay.detach().reshape(1).to(device=device, dtype=torch.float32), 0.0, 0.0, True
+    return None, float(decay), 1.0 - float(decay), False
 
 
 def lif_forward_triton(x_seq: Tensor, p: LIFParams) -> tuple[Tensor, Tensor, Tensor]:
@@ -78,13 +80,13 @@ def lif_forward_triton(x_seq: Tensor, p: LIFParams) -> tuple[Tensor, Tensor, Ten
     spike_seq = torch.empty((T, N), dtype=x_seq.dtype, device=x_seq.device)
     v_seq = torch.empty_like(spike_seq)
     v_sum = torch.empty(N, dtype=torch.float32, device=x_seq.device)
-    decay_t, decay_f, decay_ptr = _decay_args(p.decay, x_seq.device)
+    decay_t, decay_f, gain_f, decay_ptr = _decay_args(p.decay, x_seq.device)
     if N and T:
         _jit().lif_fwd[_grid(N)](
             x_seq, spike_seq, v_seq, v_sum, v_sum if decay_t is None else decay_t, T, N, stride_t, stride_n,
-            decay_f, p.v_threshold,
-            SOFT=p.soft_reset, STRICT=p.strict, DECAY_PTR=decay_ptr, BLOCK=BLOCK, num_warps=NUM_WARPS,
-            enable_fp_fusion=False,
+            decay_f, gain_f, p.v_threshold,
+            SOFT=p.soft_reset, STRICT=p.strict, DECAY_PTR=decay_ptr, DECAY_INPUT=p.decay_input, BLOCK=BLOCK,
+            num_warps=NUM_WARPS, enable_fp_fusion=False,
         )  # fmt: skip
     return spike_seq, v_seq, v_sum
 
@@ -112,13 +114,13 @@ def lif_backward_triton(
     k_t = k.reshape(1).to(device=v_seq.device)
     # divided here, not in the kernel: Triton may make T or N a compile-time 1, and T*N a Python int
     mean_t = k_t if grad_v_mean is None else (grad_v_mean.float() / v_seq.numel()).reshape(1).to(v_seq.device)
-    decay_t, decay_f, decay_ptr = _decay_args(p.decay, v_seq.device)
+    decay_t, decay_f, gain_f, decay_ptr = _decay_args(p.decay, v_seq.device)
     _jit().lif_bwd[_grid(N)](
         grad_spike, v_seq if grad_v is None else grad_v, mean_t, v_seq, k_t, grad_x, k_t if decay_t is None else decay_t,
-        partial, T, N, *stride_gs, *stride_gv, decay_f, p.v_threshold,
+        partial, T, N, *stride_gs, *stride_gv, decay_f, gain_f, p.v_threshold,
         SOFT=p.soft_reset, DETACH=p.detach_reset, HAS_GV=grad_v is not None, HAS_GM=grad_v_mean is not None,
         STRICT=p.strict, GUO=p.surrogate == "guo", DECAY_PTR=decay_ptr, DECAY_GRAD=decay_grad,
-        BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        DECAY_INPUT=p.decay_input, BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
     )  # fmt: skip
     return grad_x, partial.sum() if decay_grad else None
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
+import re
+import secrets
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ import numpy as np
 import torch
 
 from imloss_cli.errors import ImlossError
+from imloss_cli.files import replacing
 
 FORMAT = "imloss-checkpoint-1"
+EPOCH_FILE = re.compile(r"epoch-\d{4,}\.pt")
 
 
 class CheckpointError(ImlossError):
@@ -25,25 +28,12 @@ class CheckpointError(ImlossError):
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` so that a crash leaves either the old file or the new one.
 
-    The bytes go to a temporary file in the same directory, are fsync'ed, then renamed over
-    ``path`` (atomic on POSIX); the directory is fsync'ed so the rename itself survives a crash.
+    The bytes go to a temporary file in the same directory (mode per umask), are fsync'ed, then
+    renamed over ``path`` (atomic on POSIX); the directory is fsync'ed so the rename itself survives
+    a crash (``files.replacing``).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with replacing(path) as f:
+        torch.save({"format": FORMAT, **state}, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -125,12 +115,14 @@ class CheckpointDir:
         self._link(epoch_file, self.last)
         if is_best:
             self._link(epoch_file, self.best)
-        for old in sorted(self.path.glob("epoch-*.pt"))[: -self.keep_last]:
+        # Only the epoch files this class writes: a name of the exact form, a regular file (a planted
+        # symlink or folder is left alone).
+        epochs = [p for p in self.path.glob("epoch-*.pt") if EPOCH_FILE.fullmatch(p.name) and not p.is_symlink()]
+        for old in sorted(epochs)[: -self.keep_last]:
             old.unlink()
 
     @staticmethod
     def _link(source: Path, target: Path) -> None:
-        tmp = target.with_name(f".{target.name}.link")
-        tmp.unlink(missing_ok=True)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.link")  # a name no one can plant first
         os.link(source, tmp)
         os.replace(tmp, target)

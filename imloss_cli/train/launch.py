@@ -8,12 +8,14 @@ this claim's attempt token.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from imloss_cli import data as data_mod
+from imloss_cli.files import child_path, write_atomically
 from imloss_cli.recipe import Recipe, to_toml
 from imloss_cli.registry import Registry
 from imloss_cli.train.distributed import rank_batch_size
@@ -41,19 +43,22 @@ def launch_distributed(
     # A data problem fails here, before any row or process (and an event cache is built once, not per rank).
     data_mod.build_datasets(recipe.data, timesteps=recipe.model.timesteps)
     run_id = registry.queue_run(new_run(recipe, argv=argv, kind="train"))
-    run_dir = Path(recipe.train.output_dir) / run_id
+    run_dir = child_path(
+        Path(recipe.train.output_dir), run_id, "run id"
+    )  # checkpoints off or on: recipe.toml goes here
     with claimed_run(
         registry, run_id, how=f"fresh: torchrun, {nproc} processes", heartbeat_s=heartbeat_s,
         device=resolve_device(recipe.train.device), checkpoint_dir=run_dir, argv=argv,
     ) as run:  # fmt: skip
         recipe_file = run_dir / "recipe.toml"
-        recipe_file.write_text(to_toml(recipe))
+        write_atomically(recipe_file, to_toml(recipe))
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "imloss_cli", "train", str(recipe_file), "--registry", registry.url_for_subprocesses,
-            "--run-id", run_id, "--attempt", str(run.attempt),
+            "-m", "imloss_cli", "train", str(recipe_file), "--run-id", run_id, "--attempt", str(run.attempt),
         ]  # fmt: skip
-        code = _wait_for(subprocess.Popen(command), run)
+        # The registry URL (it may hold a password) goes in torchrun's environment, which its processes inherit.
+        env = {**os.environ, **registry.child_environment()}
+        code = _wait_for(subprocess.Popen(command, env=env), run)
         if code != 0:
             raise WorkerFailedError(f"a training process failed (torchrun exit code {code}); its output is above")
     return run_id

@@ -47,7 +47,8 @@ import torch
 import torch.distributed as dist
 
 from imloss_cli.errors import Terminated
-from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, validate_recipe
+from imloss_cli.files import UnsafePathError, child_path, write_atomically
+from imloss_cli.recipe import Recipe, config_hash, run_fingerprint, validate_recorded
 from imloss_cli.registry import (
     FAILED,
     FINISHED,
@@ -228,7 +229,7 @@ def claimed_run(
             if checkpoint_dir is not None:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 if git.dirty:
-                    (checkpoint_dir / "code.diff").write_text(git.diff)
+                    write_atomically(checkpoint_dir / "code.diff", git.diff)
             yield run
         except BaseException as e:
             run.close(e)
@@ -319,7 +320,7 @@ def resume_run(
         RunFencedError: it was taken over while this trained.
     """
     info = registry.get_run(run)
-    recipe = validate_recipe(info.recipe, f"run {info.id}")
+    recipe = validate_recorded(info.recipe, f"run {info.id}")
     checkpoint_dir, how = _checkpoint_plan(info, recipe)
     with claimed_run(
         registry, info.id, how=how, heartbeat_s=heartbeat_s, device=resolve_device(recipe.train.device),
@@ -350,23 +351,35 @@ def train_rank(registry: Registry, recipe: Recipe, held: HeldRun, *, callbacks: 
 
 
 def run_dir(recipe: Recipe, run_id: str) -> Path | None:
-    """Where a new run keeps its checkpoints: OUTPUT_DIR/<run id>, or None without checkpoints."""
-    return Path(recipe.train.output_dir) / run_id if recipe.train.checkpoint else None
+    """Where a run keeps its checkpoints: OUTPUT_DIR/<run id>, a folder of its own (None without checkpoints).
+
+    Only ever this path, built from the recipe and the run's checked id: never the folder a registry
+    row records, which anyone who can write the registry could point anywhere.
+
+    Raises:
+        UnsafePathError: the id is not a plain name, or the folder is a symbolic link (writes and
+            deletions there would land elsewhere).
+    """
+    if not recipe.train.checkpoint:
+        return None
+    folder = child_path(Path(recipe.train.output_dir), run_id, "run id")
+    if folder.is_symlink():
+        raise UnsafePathError(f"run {run_id}: its checkpoint folder {folder} is a symbolic link; remove it")
+    return folder
 
 
 def _checkpoint_plan(info: RunInfo, recipe: Recipe) -> tuple[Path | None, str]:
     """Where this attempt keeps its checkpoints, and how it starts (recorded in the run's attempts)."""
-    if not recipe.train.checkpoint:
+    folder = run_dir(recipe, info.id)
+    if folder is None:
         return None, "fresh" if info.started_at is None else "restarted: checkpoints are off"
-    local = Path(recipe.train.output_dir) / info.id
-    recorded = Path(info.checkpoint_dir) if info.checkpoint_dir else None
-    if recorded is not None and (recorded / "last.pt").is_file():
-        return recorded, f"resumed from {recorded / 'last.pt'}"
+    if (folder / "last.pt").is_file():
+        return folder, f"resumed from {folder / 'last.pt'}"
     if info.started_at is None:
-        return recorded or local, "fresh"
-    if recorded is not None and not recorded.is_dir():
-        return local, f"restarted: checkpoint directory {recorded} is not reachable from this machine"
-    return recorded or local, "restarted: no checkpoint had been written"
+        return folder, "fresh"
+    if info.checkpoint_dir and Path(info.checkpoint_dir) != folder:
+        return folder, f"restarted: its checkpoints were recorded in {info.checkpoint_dir}, not in {folder} here"
+    return folder, "restarted: no checkpoint had been written"
 
 
 def _fit(trainer: Trainer, run: RunSink, run_id: str) -> RunResult:

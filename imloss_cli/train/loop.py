@@ -23,9 +23,11 @@ import torch
 from torch import Tensor
 
 from imloss_cli import data as data_mod
+from imloss_cli.data.capped import capped_subset
 from imloss_cli.data.resident import device_resident_sets, resident_eval_batches, resident_train_batches
-from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recipe
+from imloss_cli.recipe import EnergyConfig, Recipe, RecipeError, canonical_json, validate_recorded
 from imloss_cli.snn.energy import energy_uj
+from imloss_cli.snn.memory import use_low_memory
 from imloss_cli.snn.models import build_model
 from imloss_cli.snn.neuron import LIF, set_surrogate_k, spiking_layers
 from imloss_cli.snn.ops import plan_ops
@@ -97,6 +99,11 @@ class Trainer:
     def _setup_data(self) -> None:
         self.data = data_mod.build_datasets(self.recipe.data, timesteps=self.recipe.model.timesteps)
         self.resident = device_resident_sets(self.data, self.recipe.data, self.device)
+        # train.max_eval_batches: a fixed, class-balanced subset of each evaluation set, from the seed.
+        limit = self.recipe.train.max_eval_batches
+        cap = None if limit is None else limit * self.recipe.data.eval_batch_size
+        self.test_subset = capped_subset(self.data.test, cap, self.seed)
+        self.val_subset = None if self.data.val is None else capped_subset(self.data.val, cap, self.seed)
 
     def _setup_model(self) -> None:
         torch.manual_seed(self.seed)
@@ -107,6 +114,8 @@ class Trainer:
         self.lif_kernels = lif_kernels(self.recipe, self.device, self._run_neuron_steps)
         for _, layer in spiking_layers(self.model):
             layer.kernels = self.lif_kernels
+        if self.recipe.train.memory == "low":  # spikes as bits, norms and neurons recomputed (snn.memory)
+            use_low_memory(self.model)
         # The bare network (evaluation, checkpoints, layer names) and what the step calls (DDP under torchrun).
         self.model = place_model(self.model, self.recipe, self.device, self.dist)
         self.step_model = wrap_ddp(self.model, self.device, self.dist)
@@ -125,9 +134,7 @@ class Trainer:
         return per_image * images_per_epoch * self.recipe.train.epochs
 
     def _setup_optimizer(self) -> None:
-        self.optimizer, self.scheduler = build_optimizer(
-            self.step_model.parameters(), self.recipe.optim, self.recipe.train.epochs
-        )
+        self.optimizer, self.scheduler = build_optimizer(self.step_model, self.recipe.optim, self.recipe.train.epochs)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -159,7 +166,7 @@ class Trainer:
         if not isinstance(stored, str):
             return False
         try:
-            return canonical_json(validate_recipe(json.loads(stored))) == canonical_json(self.recipe)
+            return canonical_json(validate_recorded(json.loads(stored))) == canonical_json(self.recipe)
         except (ValueError, RecipeError):
             return False
 
@@ -359,14 +366,16 @@ class Trainer:
         self.model.eval()
         loader = data_mod.eval_loader(
             self.data.val, self.recipe.data, rank=self.rank, world_size=self.world_size,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", indices=self.val_subset,
         )  # fmt: skip
         sums = self._score(loader)
         for _, m in self.hidden_layers:
             m.clear()
         all_reduce_sum([sums])
         loss, correct, images = sums.tolist()
-        return {"val_loss": loss / images, "val_acc": correct / images}
+        # How many images the accuracy is of: fewer than the set's under train.max_eval_batches.
+        return {"val_loss": loss / images, "val_acc": correct / images, "val_images": images,
+                "val_images_total": float(len(self.data.val))}  # fmt: skip
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, float], list[LayerStats]]:
@@ -385,12 +394,13 @@ class Trainer:
         loader: Iterable[tuple[Tensor, Tensor]]
         if self.resident is not None:
             loader = resident_eval_batches(
-                self.resident[1], self.recipe.data, rank=self.rank, world_size=self.world_size
-            )
+                self.resident[1], self.recipe.data, rank=self.rank, world_size=self.world_size,
+                indices=self.test_subset,
+            )  # fmt: skip
         else:
             loader = data_mod.test_loader(
                 self.data, self.recipe.data, rank=self.rank, world_size=self.world_size,
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.device.type == "cuda", indices=self.test_subset,
             )  # fmt: skip
         with stats.watch(self.model):
             sums = self._score(loader, after_batch=stats.update)
@@ -404,6 +414,8 @@ class Trainer:
         metrics = {
             "test_loss": loss / images,
             "test_acc": correct / images,
+            "test_images": images,  # fewer than test_images_total under train.max_eval_batches
+            "test_images_total": float(len(self.data.test)),  # type: ignore[arg-type]
             "sops": sops,
             "macs": macs,
             "energy_uj": energy_uj(macs, sops, EnergyConfig()),

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
 from imloss_cli.recipe import OptimConfig
+from imloss_cli.snn.neuron import spiking_layers
 
 
 def build_optimizer(
-    parameters: Iterable[torch.nn.Parameter], cfg: OptimConfig, epochs: int
+    model: torch.nn.Module, cfg: OptimConfig, epochs: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD, Adam or AdamW over ``parameters``, and its per-epoch schedule (cosine to 0, or constant).
+    """SGD, Adam or AdamW over ``model``'s parameters, and its per-epoch schedule (cosine to 0, or constant).
 
     With ``no_decay_norm_bias``, parameters of one dimension (BatchNorm weights, biases) get no
-    weight decay.
+    weight decay; the learnable w of each LIF layer (``model.neuron = "plif"`` or
+    ``"lif-learned-leak"``) gets none unless ``plif_weight_decay`` (Fang et al. train it without).
     """
+    leak_weights = {id(m.w) for _, m in spiking_layers(model) if m.w is not None}
     decay, no_decay = [], []
-    for p in parameters:
-        (no_decay if cfg.no_decay_norm_bias and p.ndim <= 1 else decay).append(p)
+    for p in model.parameters():
+        exempt = (cfg.no_decay_norm_bias and p.ndim <= 1) or (id(p) in leak_weights and not cfg.plif_weight_decay)
+        (no_decay if exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from imloss_cli.recipe import validate_recipe
+from imloss_cli.recipe import validate_recorded
 from imloss_cli.registry import FINISHED, Registry, RunInfo
 from imloss_cli.train.environment import code_version, git_state
 from imloss_cli.train.errors import TrainingError
@@ -76,7 +76,7 @@ def reproduce_run(
     info = registry.get_run(run)
     if info.status != FINISHED:
         raise TrainingError(f"run {info.id} is {info.display_status}; reproduce a FINISHED run")
-    recipe = validate_recipe(info.recipe, f"run {info.id}")
+    recipe = validate_recorded(info.recipe, f"run {info.id}")
     warnings = provenance_warnings(info)
     if on_warning is not None:
         for w in warnings:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from imloss_cli.ablate.jobs import run_workers
 from imloss_cli.recipe import Recipe, config_hash, validate_recipe
 from imloss_cli.registry import DIVERGED, FAILED, FINISHED, INVALID, KILLED, LOST, PRUNED, SKIPPED, Registry
 from imloss_cli.train.environment import code_version, git_state
 
 from .errors import TuneError
-from .jobs import run_workers
 from .space import StudySpec, check_study, study_key
 from .storage import make_pruner, open_study, require_optuna, where
 from .worker import StudyContext, StudyWorker, TrialOutcome, TuneOptions
@@ -113,9 +113,10 @@ def run_study(
     worker = StudyWorker(registry, context, options, argv, started_at)
     if options.jobs > 1:
         log_dir = Path(plan.base.train.output_dir) / f"study-{group_id}"
+        study_options = ["--trials", str(options.trials), "--seed", str(options.seed)]
         codes = run_workers(
-            group_id, options.jobs, trials=options.trials, seed=options.seed,
-            registry_url=registry.url_for_subprocesses, options=["--heartbeat", str(options.heartbeat_s)],
+            "tune", group_id, options.jobs, registry_env=registry.child_environment(),
+            options=[*study_options, "--heartbeat", str(options.heartbeat_s)],
             log_dir=log_dir, poll_s=worker.poll_s, on_poll=worker.report_new,
         )  # fmt: skip
         for slot, code in enumerate(codes):
