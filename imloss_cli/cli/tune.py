@@ -45,8 +45,8 @@ def tune(
         list[str] | None, typer.Option("--constraint", help="METRIC<=X or METRIC>=X, e.g. energy_uj<=0.2 (repeatable)")
     ] = None,
     trials: Annotated[
-        int, typer.Option("--trials", help="the study's trials in total; rerun with more to continue")
-    ] = 0,
+        int | None, typer.Option("--trials", help="the study's trials in total (required); rerun with more to continue")
+    ] = None,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none (single-objective studies)")] = "none",
     baseline: Annotated[bool, typer.Option("--baseline", help="trial 0 trains the recipe's own values")] = False,
     seed: Annotated[
@@ -70,7 +70,7 @@ def tune(
     from imloss_cli.tune.space import StudySpec
     from imloss_cli.tune.storage import require_optuna
 
-    if trials < 1:
+    if trials is None or trials < 1:
         fail("--trials: how many trials the study has in total, at least 1, e.g. --trials 20")
     plan = None
     if group is None:  # checked before the registry is opened: a bad space writes nothing

@@ -78,7 +78,9 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
             lines += ["", text, "", _markdown(frame)]
         for text, frame in _study_tables(report):
             lines += ["", text, "", _markdown(frame)]
-        lines += ["", *(f"> note: {markdown_text(n)}" for n in _study_notes(report))] if report.study is not None else []
+        lines += (
+            ["", *(f"> note: {markdown_text(n)}" for n in _study_notes(report))] if report.study is not None else []
+        )
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         lines = [f"% {latex_comment(report.title)}", f"% {latex_comment(_subtitle(report))}"]

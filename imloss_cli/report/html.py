@@ -193,7 +193,17 @@ def _comparison(report: Report) -> str:
     return _table(header, rows, labels=len(labels), best=report.best_row)
 
 
-from .study_views import display_tables, notes
+def _study(report: Report) -> list[str]:
+    """A study's front, importances and trials (``study_views``), each a sortable table."""
+    if report.study is None:
+        return []
+    parts = ["<h2>Study</h2>", *[f"<p>{_e(n)}</p>" for n in notes(report.study)]]
+    for caption, frame in display_tables(report.study):
+        rows = [[(str(v), None) for v in row] for row in frame.itertuples(index=False)]
+        parts += [f"<p>{_e(caption)}</p>", _table([str(c) for c in frame.columns], rows)]
+    return parts
+
+
 def _efficiency(report: Report) -> list[str]:
     """The differences to the baseline in operations and energy, as a caption and a table (or nothing)."""
     frame = efficiency_differences(report)

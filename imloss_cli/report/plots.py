@@ -17,8 +17,8 @@ from imloss_cli.registry import Registry
 
 from .build import Report
 from .errors import ReportError
-from .study_views import pareto_figure
 from .stats import mean_interval
+from .study_views import pareto_figure
 
 _MAX_LEGEND = 12  # more series than this get no legend
 
