@@ -33,6 +33,7 @@ from imloss_cli.registry import (
     TERMINAL,
     Claim,
     GroupInfo,
+    NewRun,
     Registry,
     RegistryError,
     RunInfo,
@@ -310,7 +311,7 @@ def test_finish_rejects_non_terminal_status(registry: Registry) -> None:
     run_id = new_run(registry)
     with pytest.raises(RegistryError, match="finish status must be one of FAILED, FINISHED, KILL"):
         registry.finish_run(run_id, "RUNNING", attempt=1)
-    assert {"FINISHED", "FAILED", "KILLED"} == TERMINAL
+    assert {"FINISHED", "FAILED", "KILLED", "PRUNED"} == TERMINAL
     assert registry.get_run(run_id).status == "RUNNING"
 
 
@@ -362,7 +363,7 @@ def test_heartbeat_advances_and_checkpoint_dir_is_recorded(registry: Registry) -
 
 
 def test_create_run_rejects_bad_kind_status_group_or_json_writing_nothing(registry: Registry) -> None:
-    with pytest.raises(RegistryError, match="kind must be one of train, ablate, got 'sweep'"):
+    with pytest.raises(RegistryError, match="kind must be one of train, ablate, tune, got 'sweep'"):
         new_run(registry, kind="sweep")
     with pytest.raises(RegistryError, match="no group with id 'feedfeedfeed'"):
         new_run(registry, group_id="feedfeedfeed")
@@ -796,6 +797,119 @@ def test_a_version_2_registry_gets_attempts_on_its_epochs_and_unstarted_runs_at_
         assert reg.claim_run(queued) == 1  # the first claim of a never-started run is attempt 1
         assert reg.epoch_metrics([started]).value.tolist() == [1.0]
     assert stored_schema_version(f"sqlite:///{path}") == str(SCHEMA_VERSION)
+
+
+V3_CHECKS = {"status": "('QUEUED', 'RUNNING', 'FINISHED', 'FAILED', 'KILLED')", "kind": "('train', 'ablate')"}
+
+
+def take_back_to_version_3(url: str) -> None:
+    """The runs table's check constraints as version 3 wrote them (no kind 'tune', no PRUNED)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            for column, values in V3_CHECKS.items():
+                conn.exec_driver_sql(
+                    f"ALTER TABLE runs DROP CONSTRAINT ck_runs_{column}, "
+                    f"ADD CONSTRAINT ck_runs_{column} CHECK ({column} IN {values})"
+                )
+        else:
+            sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'runs'").scalar_one()
+            for column, values in V3_CHECKS.items():
+                sql = sql.replace(f"CHECK ({column} IN ({', '.join(repr(v) for v in registry_names(column))}))",
+                                  f"CHECK ({column} IN {values})")  # fmt: skip
+            cookie = conn.exec_driver_sql("PRAGMA schema_version").scalar_one()
+            conn.exec_driver_sql("PRAGMA writable_schema = ON")
+            conn.exec_driver_sql("UPDATE sqlite_master SET sql = ? WHERE name = 'runs'", (sql,))
+            conn.exec_driver_sql(f"PRAGMA schema_version = {cookie + 1}")
+            conn.exec_driver_sql("PRAGMA writable_schema = OFF")
+        conn.execute(update(Meta).where(Meta.key == "schema_version").values(value="3"))
+    engine.dispose()
+
+
+def registry_names(column: str) -> tuple[str, ...]:
+    from imloss_cli.registry import KINDS, STATUSES
+
+    return STATUSES if column == "status" else KINDS
+
+
+def test_a_version_3_registry_takes_tune_runs_and_pruned_ends_keeping_its_runs(url: str) -> None:
+    with Registry(url) as reg:
+        old = new_run(reg, "old")
+        reg.log_epoch(old, 1, {"loss": 1.0}, [], attempt=1)
+    take_back_to_version_3(url)
+    engine = create_engine(url)
+    with pytest.raises(Exception, match="ck_runs_kind"), engine.begin() as conn:  # version 3 refuses the kind
+        conn.execute(update(Run).where(Run.id == old).values(kind="tune"))
+    engine.dispose()
+    with Registry(url) as reg:
+        trial = new_run(reg, "trial", kind="tune")
+        reg.finish_run(trial, "PRUNED", attempt=1, error_message="pruned after epoch 1")
+        assert (reg.get_run(trial).kind, reg.get_run(trial).status) == ("tune", "PRUNED")
+        assert reg.get_run(trial).is_terminal
+        assert reg.epoch_metrics([old]).value.tolist() == [1.0] and reg.get_run(old).status == "RUNNING"
+        assert [r.id for r in reg.list_runs(status="PRUNED")] == [trial]
+        with pytest.raises(RegistryError, match="only QUEUED, FAILED, KILLED or LOST runs"):
+            reg.claim_run(trial)  # a pruned trial is a result: never resumed
+    assert stored_schema_version(url) == str(SCHEMA_VERSION)
+    engine = create_engine(url)
+    with pytest.raises(Exception, match="ck_runs_status"), engine.begin() as conn:  # still a check constraint
+        conn.execute(update(Run).where(Run.id == old).values(status="SOMETHING"))
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+    engine.dispose()
+
+
+def test_queue_planned_decides_under_the_group_lock_and_skips_known_fingerprints(registry: Registry) -> None:
+    group = new_group(registry, "study", {}, {}, [])
+    seen: list[dict[str, str]] = []
+
+    def plan(known: Any, fingerprints: tuple[str, ...]) -> list[Any]:
+        seen.append(dict(known))
+        return [
+            NewRun(name="t", recipe={}, config_hash="c", fingerprint=fp, seed=0, code_version="v", kind="tune")
+            for fp in fingerprints
+        ]
+
+    first = registry.queue_planned(group, lambda known: plan(known, ("fp0", "fp1")))
+    again = registry.queue_planned(group, lambda known: plan(known, ("fp1", "fp2")))
+    assert len(first) == 2 and len(again) == 1  # fp1 was queued already
+    assert seen[0] == {} and seen[1] == dict(zip(("fp0", "fp1"), first))
+    assert sorted(r.fingerprint for r in registry.list_runs(group_id=group)) == ["fp0", "fp1", "fp2"]
+
+    def broken(known: Any) -> list[Any]:
+        raise ValueError("the plan failed")
+
+    with pytest.raises(ValueError, match="the plan failed"):
+        registry.queue_planned(group, broken)
+    assert len(registry.list_runs(group_id=group)) == 3
+    with pytest.raises(RegistryError, match="no group with id 'nope'"):
+        registry.queue_planned("nope", lambda known: [])
+
+
+def test_a_side_schema_holds_another_tools_tables_beside_a_postgresql_registry(
+    postgres_url: str, postgres_admin: Engine
+) -> None:
+    with Registry(postgres_url, write=False) as reg:
+        assert reg.side_schema_url("optuna", create=False) is None
+        url = reg.side_schema_url("optuna", create=True)
+        assert url is not None and reg.side_schema_url("optuna", create=False) == url
+    schema = postgres_url.rsplit("search_path%3D", 1)[-1].rsplit("search_path=", 1)[-1] + "_optuna"
+    assert f"search_path%3D{schema}" in url or f"search_path={schema}" in url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE other_tool (x INTEGER)")  # lands in the side schema
+    engine.dispose()
+    registry_tables = set(inspect(create_engine(postgres_url)).get_table_names())
+    assert "other_tool" not in registry_tables and "runs" in registry_tables
+    with postgres_admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_side_schema_is_refused_beside_a_sqlite_registry(file_registry: Registry, db_path: Path) -> None:
+    assert file_registry.path == db_path
+    with pytest.raises(RegistryError, match="is not a PostgreSQL registry"):
+        file_registry.side_schema_url("optuna", create=True)
 
 
 def test_foreign_database_is_refused(url: str) -> None:

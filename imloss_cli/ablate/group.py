@@ -204,7 +204,7 @@ def work_on_group(
         first = registry.list_runs(group_id=group_id)[-1]
         log_dir = Path(validate_recorded(first.recipe).train.output_dir) / f"group-{group_id}"
         codes = run_workers(
-            group_id, work.jobs, registry_env=registry.child_environment(), options=options, log_dir=log_dir,
+            "ablate", group_id, work.jobs, registry_env=registry.child_environment(), options=options, log_dir=log_dir,
             poll_s=worker.poll_s, on_poll=worker.report_new,
         )  # fmt: skip
         for slot, code in enumerate(codes):

@@ -1,7 +1,8 @@
-"""Workers in parallel processes on one machine: ``imloss ablate --jobs N``.
+"""Workers in parallel processes on one machine: ``imloss ablate --jobs N`` and ``imloss tune --jobs N``.
 
-Each job is one more worker of the group, ``imloss ablate --group GROUP --no-wait``: it claims
-trials through the registry exactly like a worker started by hand on another machine, so parallel
+Each job is one more worker of the group, ``imloss ablate --group GROUP --no-wait`` (or ``imloss tune
+--group STUDY ... --no-wait``): it claims trials through the registry exactly like a worker started
+by hand on another machine, so parallel
 trials are sequential ones run elsewhere. GPUs are handed out round-robin through
 CUDA_VISIBLE_DEVICES; on CPU the cores are split between the processes (unless OMP_NUM_THREADS is
 set), which changes floating-point summation order but not the method.
@@ -33,6 +34,7 @@ def _environment(slot: int, jobs: int, registry_env: dict[str, str]) -> dict[str
 
 
 def run_workers(
+    command: str,
     group_id: str,
     jobs: int,
     *,
@@ -45,11 +47,12 @@ def run_workers(
     """Start ``jobs`` worker processes on the group and wait for them.
 
     Args:
+        command: the workers' imloss command, "ablate" or "tune".
         group_id: the group every worker joins.
         jobs: processes at once.
         registry_env: what names the group's registry in a worker's environment (``Registry.child_environment``):
             its URL may hold a password, so it is never put on the worker's command line.
-        options: further ``imloss ablate`` options for each worker (``--heartbeat``, ``--fail-fast``).
+        options: further options of each worker (``--heartbeat``, ``--fail-fast``; a study's ``--trials``, ``--seed``).
         log_dir: worker k writes its output to ``log_dir/worker-k.log``.
         poll_s: seconds between calls of ``on_poll``.
         on_poll: called while the workers run (to report finished trials).
@@ -61,22 +64,14 @@ def run_workers(
         KeyboardInterrupt: after every worker was sent SIGTERM.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "imloss_cli",
-        "ablate",
-        "--group",
-        group_id,
-        "--no-wait",
-    ]
+    argv = [sys.executable, "-m", "imloss_cli", command, "--group", group_id, "--no-wait"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for slot in range(jobs):
             with open_to_append(log_dir / f"worker-{slot}.log") as log:
                 procs.append(
                     subprocess.Popen(
-                        [*command, *options],
+                        [*argv, *options],
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         env=_environment(slot, jobs, registry_env),

@@ -29,6 +29,7 @@ from imloss_cli.cli.common import (
 )
 from imloss_cli.cli.errors import App, RecipeCommand, fail, note, warn
 from imloss_cli.cli.results import export, reproduce
+from imloss_cli.cli.tune import tune
 from imloss_cli.files import write_atomically
 from imloss_cli.recipe import Recipe, to_toml
 
@@ -198,6 +199,9 @@ def _group_table(registry: Any, group_id: str | None) -> str:
         return f"no summary table: {e}"
 
 
+app.command(cls=RecipeCommand)(tune)
+
+
 @app.command(cls=RecipeCommand)
 def paper(
     rows: Annotated[list[str] | None, typer.Argument(help="rows (recipes/paper/ file names); default: all")] = None,
@@ -250,7 +254,9 @@ def models() -> None:
 
 @app.command()
 def runs(
-    status: Annotated[str | None, typer.Option(help="QUEUED, RUNNING, FINISHED, FAILED, KILLED or LOST")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="QUEUED, RUNNING, FINISHED, FAILED, KILLED, PRUNED or LOST")
+    ] = None,
     group: Annotated[str | None, typer.Option(help="ablation group id or prefix")] = None,
     limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 20,
     registry: RegistryOpt = DEFAULT_REGISTRY,

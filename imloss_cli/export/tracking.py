@@ -27,9 +27,10 @@ import pandas as pd
 from imloss_cli.export.problems import ExportError
 from imloss_cli.export.to_nir import require
 from imloss_cli.files import child_path
-from imloss_cli.registry import FAILED, FINISHED, KILLED, Registry, RunInfo
+from imloss_cli.registry import FAILED, FINISHED, KILLED, PRUNED, Registry, RunInfo
 
-MLFLOW_STATUS = {FINISHED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}  # the ended imloss statuses
+# The ended imloss statuses; a pruned study trial was stopped early, which MLflow calls KILLED.
+MLFLOW_STATUS = {FINISHED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED", PRUNED: "KILLED"}
 TENSORBOARD_LAYER_STATS = ("entropy", "firing_rate")
 
 

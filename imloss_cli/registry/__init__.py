@@ -9,7 +9,7 @@ Modules:
     records  what goes in (:class:`NewRun`, :class:`Claim`) and comes out (:class:`RunInfo`,
              :class:`GroupInfo`; run columns are defined there once).
     rows     the row-level steps behind the methods (a new run row, a claim, an epoch's rows).
-    status   every status name (runs: QUEUED ... KILLED, LOST; trials: SKIPPED, PLANNED) and the sets built from them.
+    status   every status name (runs: QUEUED ... KILLED, PRUNED, LOST; trials: SKIPPED, PLANNED, DIVERGED, INVALID) and the sets built from them.
     schema   the tables and the schema version.
     backend  opening SQLite (WAL, BEGIN IMMEDIATE) or PostgreSQL, creating or checking the schema.
     reads    bulk reads of epoch metrics and layer statistics into data frames.
@@ -21,11 +21,14 @@ from .errors import RegistryError, RunClaimedError, RunFencedError
 from .records import Claim, GroupInfo, NewRun, RunInfo
 from .schema import KINDS, SCHEMA_VERSION
 from .status import (
+    DIVERGED,
     FAILED,
     FINISHED,
+    INVALID,
     KILLED,
     LOST,
     PLANNED,
+    PRUNED,
     QUEUED,
     RESUMABLE,
     RUNNING,
@@ -36,13 +39,16 @@ from .status import (
 from .store import LOST_AFTER_BEATS, Registry
 
 __all__ = [
+    "DIVERGED",
     "FAILED",
     "FINISHED",
+    "INVALID",
     "KILLED",
     "KINDS",
     "LOST",
     "LOST_AFTER_BEATS",
     "PLANNED",
+    "PRUNED",
     "QUEUED",
     "RESUMABLE",
     "RUNNING",

@@ -38,7 +38,7 @@ class NewRun:
         fingerprint: what makes two runs "the same experiment" (recipe, seed, code version).
         seed: the run's seed.
         code_version: the version of imloss that queued it.
-        kind: "train" or "ablate".
+        kind: "train", "ablate" or "tune" (``schema.KINDS``).
         argv: the command line that queued it.
         reproduces: the id of the run this one trains again (``imloss reproduce``).
     """
@@ -117,7 +117,7 @@ class RunInfo:
 
     @property
     def is_terminal(self) -> bool:
-        """True when the run is FINISHED, FAILED or KILLED."""
+        """True when the run has ended (FINISHED, FAILED, KILLED or PRUNED)."""
         return self.status in TERMINAL
 
     @property

@@ -18,6 +18,7 @@ byte order, as SQLite's default BINARY collation, so results sort the same on bo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -38,12 +39,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from .errors import RegistryError
 from .status import STATUSES
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the schema defined here; stored in ``meta`` under the key ``schema_version``."""
 
-KINDS: tuple[str, ...] = ("train", "ablate")
+KINDS: tuple[str, ...] = ("train", "ablate", "tune")
+"""What made a run: ``imloss train`` (and ``reproduce``), an ablation's trial, a study's trial (``imloss tune``)."""
 
 Migration = Callable[[Connection], None]
 """Upgrades a registry by one schema version, inside the caller's write transaction."""
@@ -68,7 +71,42 @@ def _v2_to_v3(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN reproduces VARCHAR(12)")
 
 
-MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _v1_to_v2, 2: _v2_to_v3})
+def _v3_to_v4(conn: Connection) -> None:
+    """Version 4: ``imloss tune``. A run may be of kind "tune" (a study's trial) and end as PRUNED.
+
+    Both names join the check constraints on ``runs.kind`` and ``runs.status``. PostgreSQL replaces
+    the two constraints. SQLite cannot alter a constraint, and rebuilding ``runs`` would mean copying
+    it and dropping the original under the epoch tables' cascading foreign keys; its documented way
+    to change a CHECK constraint (https://www.sqlite.org/lang_altertable.html#otheralter) edits the
+    table's CREATE statement in ``sqlite_master`` inside the transaction and bumps the schema cookie
+    so every connection re-reads it. No row is touched, and as the lists only grow, every stored row
+    satisfies the new constraints.
+    """
+    lists = {"status": _sql_list(STATUSES), "kind": _sql_list(KINDS)}
+    if conn.dialect.name == "postgresql":
+        for column, names in lists.items():
+            name = f"ck_runs_{column}"
+            conn.exec_driver_sql(
+                f"ALTER TABLE runs DROP CONSTRAINT IF EXISTS {name}, ADD CONSTRAINT {name} CHECK ({column} IN ({names}))"
+            )
+        return
+    sql = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").scalar_one()
+    for column, names in lists.items():
+        sql, found = re.subn(rf"CHECK \({column} IN \([^)]*\)\)", f"CHECK ({column} IN ({names}))", sql)
+        if found != 1:
+            raise RegistryError(
+                f"cannot upgrade the registry to schema 4: runs has {found} check constraints on {column}"
+            )
+    cookie = conn.exec_driver_sql("PRAGMA schema_version").scalar_one()
+    conn.exec_driver_sql("PRAGMA writable_schema = ON")
+    try:
+        conn.exec_driver_sql("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'runs'", (sql,))
+        conn.exec_driver_sql(f"PRAGMA schema_version = {int(cookie) + 1}")
+    finally:
+        conn.exec_driver_sql("PRAGMA writable_schema = OFF")
+
+
+MIGRATIONS: Mapping[int, Migration] = MappingProxyType({1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4})
 """``{from_version: step}``: ``step`` upgrades a registry from ``from_version`` to
 ``from_version + 1``."""
 

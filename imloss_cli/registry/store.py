@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -97,6 +100,41 @@ class Registry:
         """
         location = str(self._path) if self._path is not None else self._url.render_as_string(hide_password=False)
         return {REGISTRY_ENV: location}
+
+    @property
+    def path(self) -> Path | None:
+        """The database file of a SQLite registry; None for a server or an in-memory registry."""
+        return self._path
+
+    def side_schema_url(self, suffix: str, *, create: bool) -> str | None:
+        """The URL (its password included) of a schema beside a PostgreSQL registry's, for another tool's tables.
+
+        The schema is ``<registry schema>_<suffix>`` (``imloss_<suffix>`` beside a registry in
+        ``public``), in the same database; the URL's ``search_path`` is that schema alone, so the
+        tool's tables never mix with the registry's (``imloss tune`` keeps Optuna's study there).
+
+        Args:
+            suffix: names the schema (the whole name must be lower-case letters, digits and underscores).
+            create: create the schema now if it is missing; False: None when it is missing.
+
+        Raises:
+            RegistryError: not a PostgreSQL registry, a bad suffix, or the schema cannot be created.
+        """
+        if self._url.get_backend_name() != "postgresql":
+            raise RegistryError(f"{self._where} is not a PostgreSQL registry")
+        with self._read() as s:
+            current = s.scalar(select(func.current_schema()))
+            schema = f"imloss_{suffix}" if current in (None, "public") else f"{current}_{suffix}"
+            if re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema) is None:  # it goes into DDL and search_path unquoted
+                raise RegistryError(f"cannot keep tables beside {self._where}: {schema!r} is not a plain schema name")
+            found = s.scalar(text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": schema})
+        if found is None:
+            if not create:
+                return None
+            with self._write() as s:
+                s.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
+        url = self._url.update_query_dict({"options": f"-csearch_path={schema}"})
+        return url.render_as_string(hide_password=False)
 
     def close(self) -> None:
         """Release pooled connections; the registry must not be used afterwards."""
@@ -197,6 +235,40 @@ class Registry:
                     s.add(row)
                     known[new.fingerprint] = row.id
                 ids.append(known[new.fingerprint])
+        return ids
+
+    def queue_planned(self, group_id: str, plan: Callable[[Mapping[str, str]], Sequence[NewRun]]) -> list[str]:
+        """Queue the runs that ``plan`` decides on while this process holds the group's lock.
+
+        ``plan`` is called with the group's runs as ``{fingerprint: run id}`` and returns the runs to
+        queue now (one whose fingerprint the group holds already is skipped). The workers of a group
+        take turns here, so each decides knowing what the one before it queued: an ``imloss tune``
+        worker asks Optuna for its next trial inside. On SQLite the turn holds the database's write
+        lock, so ``plan`` must be quick and must not write to this registry itself.
+
+        Returns:
+            The ids of the runs queued now, in the order ``plan`` returned them.
+
+        Raises:
+            RegistryError: no such group, a run that cannot be recorded, or a failed write.
+            Whatever ``plan`` raised (nothing was queued).
+        """
+        ids: list[str] = []
+        with self._write() as s:
+            if s.get(Group, group_id, with_for_update=True) is None:
+                raise RegistryError(f"no group with id {group_id!r}")
+            stmt = select(Run.fingerprint, Run.id).where(Run.group_id == group_id)
+            known = {fingerprint: run_id for fingerprint, run_id in s.execute(stmt)}
+            start = now()
+            for i, new in enumerate(plan(MappingProxyType(known))):
+                if new.fingerprint in known:
+                    continue
+                row = rows.new_run_row(
+                    new, group_id=group_id, created_at=start + timedelta(microseconds=i), host=self._host
+                )
+                s.add(row)
+                known[new.fingerprint] = row.id
+                ids.append(row.id)
         return ids
 
     def claim_run(self, run_id: str, claim: Claim = Claim()) -> int:

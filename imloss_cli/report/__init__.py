@@ -16,7 +16,8 @@ Modules:
     selection which runs (group, recipe, all) and their configurations (seeds pooled by config hash).
     epochs    which epoch of each run (best, last, best-val) and what is read there.
     errors    :class:`ReportError`.
-    formats   :func:`render`: markdown, CSV, LaTeX (booktabs), JSON, HTML.
+    formats   :func:`render`: markdown, CSV, LaTeX (booktabs), JSON, HTML; :func:`render_study`: a study's front.
+    study     a study's section (``imloss tune``): trials, Pareto front, importances; ``study_views`` renders it.
     html      the HTML page: one self-contained file, figures embedded, sortable tables.
     plots     :func:`figures` and :func:`write_plots` (matplotlib is loaded only there).
     text      how values and numbers are written.
@@ -27,7 +28,7 @@ Nothing here imports torch.
 from .build import FORMATS, Report, build_report, energy_constants
 from .epochs import SELECTIONS
 from .errors import ReportError
-from .formats import render
+from .formats import render, render_study
 from .listings import RunDetails, run_details, runs_overview
 from .plots import PLOTS, figures, write_plots
 
@@ -42,6 +43,7 @@ __all__ = [
     "energy_constants",
     "figures",
     "render",
+    "render_study",
     "run_details",
     "runs_overview",
     "write_plots",

@@ -41,6 +41,7 @@ from .selection import (
     runs_frame,
     select_runs,
 )
+from .study import StudyReport, study_section
 from .text import _interval_text, subset_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
@@ -81,6 +82,7 @@ class Report:
             host; newest first.
         metric: the compared metric.
         select: "best" or "last".
+        study: for a study's group (``imloss tune``): its trials, Pareto front and importances.
     """
 
     title: str
@@ -96,6 +98,7 @@ class Report:
     energy: EnergyConfig
     baseline: Baseline | None
     notes: list[str]
+    study: StudyReport | None = None
 
     @property
     def compared(self) -> list[str]:
@@ -187,6 +190,8 @@ def build_report(
     # 3. enrich: the energy at the report's constants, entropies of older runs, what is missing
     runs = _enrich(runs.merge(chosen, on="run_id", how="left"), layer_values, energy)
     warnings += _missing_warnings(runs, metric) + provenance_warnings(runs)
+    study, study_warnings = study_section(registry, members)
+    warnings += study_warnings
     # 4. tables: means and intervals, each configuration against the baseline
     table, compared = _aggregate(runs, configs, varying, metric)
     valid = runs.dropna(subset=[metric])
@@ -230,6 +235,7 @@ def build_report(
         metric=metric,
         select=select,
         energy=energy,
+        study=study,
         baseline=base if len(table) > 1 else None,
         notes=notes,
     )

@@ -15,6 +15,8 @@ from .epochs import ENTROPY_METRIC, VAL_METRIC
 from .errors import ReportError
 from .escape import csv_cells, latex_comment, markdown_cell, markdown_text, one_line
 from .selection import CONFIG_COLUMN
+from .study_views import display_tables, machine_trials, notes
+from .study_views import payload as study_payload
 from .text import _count_text, _delta_text, _header, _is_accuracy, _number_text, _p_text, _scale, _value_text
 
 
@@ -39,8 +41,9 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
     """
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    if fmt == "csv":
-        return csv_cells(_machine_table(report)).to_csv(index=False)
+    if fmt == "csv":  # a study's CSV is its trials, the front marked: what a search is read for
+        table = _machine_table(report) if report.study is None else machine_trials(report.study)
+        return csv_cells(table).to_csv(index=False)
     if fmt == "json":
         layers = report.layer_table.reset_index()
         payload = {
@@ -55,6 +58,8 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
             "notes": list(report.notes),
             "warnings": list(report.warnings),
         }
+        if report.study is not None:
+            payload["study"] = study_payload(report.study)
         return json.dumps(payload, indent=2, ensure_ascii=False)
     table, layers = _display_table(report), _display_layers(report.layer_table)
     efficiency = efficiency_differences(report)
@@ -71,6 +76,11 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
         lines += ["", caption, "", _markdown(layers)]
         for text, frame in sops:
             lines += ["", text, "", _markdown(frame)]
+        for text, frame in _study_tables(report):
+            lines += ["", text, "", _markdown(frame)]
+        lines += (
+            ["", *(f"> note: {markdown_text(n)}" for n in _study_notes(report))] if report.study is not None else []
+        )
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         lines = [f"% {latex_comment(report.title)}", f"% {latex_comment(_subtitle(report))}"]
@@ -83,10 +93,34 @@ def render(report: Report, fmt: str, registry: Registry | None = None) -> str:
         lines += ["", f"% {caption}", _latex(layers)]
         for text, frame in sops:
             lines += ["", f"% {text}", _latex(frame)]
+        for text, frame in _study_tables(report):
+            lines += ["", f"% {text}", _latex(frame)]
+        lines += [f"% note: {latex_comment(n)}" for n in _study_notes(report)]
         return "\n".join(lines) + "\n"
     from .html import html_page
 
     return html_page(report, registry)
+
+
+def render_study(report: Report) -> str:
+    """A study's front and parameter importances as markdown, with its notes and warnings: what
+    ``imloss tune`` prints when the study is complete ("" for a report that is no study's)."""
+    if report.study is None:
+        return ""
+    tables = _study_tables(report)[:-1]  # every trial: the command printed each as it ended
+    lines = [f"> warning: {w}" for w in report.warnings if "best_trials" in w]
+    for text, frame in tables:
+        lines += [text, "", _markdown(frame), ""]
+    lines += [f"> note: {n}" for n in _study_notes(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _study_tables(report: Report) -> list[tuple[str, pd.DataFrame]]:
+    return [] if report.study is None else display_tables(report.study)
+
+
+def _study_notes(report: Report) -> list[str]:
+    return [] if report.study is None else notes(report.study)
 
 
 def _subtitle(report: Report) -> str:

@@ -20,6 +20,7 @@ from imloss_cli.registry import Registry
 from .build import Report
 from .formats import EFFICIENCY_CAPTION, delta_cells, efficiency_differences, in_interval_text, verdict_cells
 from .plots import figures
+from .study_views import display_tables, notes
 from .text import _count_text, _header, _is_accuracy, _number_text, _p_text, _scale
 
 _STYLE = """
@@ -60,6 +61,8 @@ _CAPTIONS = {
     "layer_sops": "Synaptic operations per image of every hidden spiking layer at each run's selected epoch, "
     "mean over seeds.",
     "k_schedule": "The surrogate's sharpness K per epoch (ESG ramps it from K_min to K_max).",
+    "pareto_front": "The study's trials at their best-validation epochs: the Pareto front in red, joined by the "
+    "line that bounds what it dominates; infeasible trials as grey crosses; the baseline as a star.",
 }
 
 
@@ -84,6 +87,7 @@ def html_page(report: Report, registry: Registry | None) -> str:
         _comparison(report),
         *[f'<p class="note">{_e(n)}</p>' for n in report.notes],
         *_efficiency(report),
+        *_study(report),
         "<h2>Layers</h2>",
         f"<p>Entropy (bits) at each run's selected epoch ({_e(report.selection_rule)}), mean over seeds.</p>",
         _layers(report.layer_table),
@@ -187,6 +191,17 @@ def _comparison(report: Report) -> str:
             row += [(in_interval_text(t["paper_in_ci"].iloc[i]), None)]
         rows.append(row)
     return _table(header, rows, labels=len(labels), best=report.best_row)
+
+
+def _study(report: Report) -> list[str]:
+    """A study's front, importances and trials (``study_views``), each a sortable table."""
+    if report.study is None:
+        return []
+    parts = ["<h2>Study</h2>", *[f"<p>{_e(n)}</p>" for n in notes(report.study)]]
+    for caption, frame in display_tables(report.study):
+        rows = [[(str(v), None) for v in row] for row in frame.itertuples(index=False)]
+        parts += [f"<p>{_e(caption)}</p>", _table([str(c) for c in frame.columns], rows)]
+    return parts
 
 
 def _efficiency(report: Report) -> list[str]:

@@ -18,6 +18,7 @@ from imloss_cli.registry import Registry
 from .build import Report
 from .errors import ReportError
 from .stats import mean_interval
+from .study_views import pareto_figure
 
 _MAX_LEGEND = 12  # more series than this get no legend
 
@@ -29,8 +30,9 @@ PLOTS: tuple[str, ...] = (
     "firing_rates",
     "layer_sops",
     "k_schedule",
+    "pareto_front",
 )
-"""The report's figures, in the order they are drawn and written."""
+"""The report's figures, in the order they are drawn and written (``pareto_front``: a study's only)."""
 
 
 def figures(report: Report, registry: Registry) -> dict[str, Any]:
@@ -41,7 +43,8 @@ def figures(report: Report, registry: Registry) -> dict[str, Any]:
     rate, synaptic operations per image) as grouped bars, one colour per configuration (a layer x
     configuration heat map beyond 12);
     ``entropy_over_epochs``: one layer x epoch heat map of the entropy per configuration (mean
-    over seeds; the paper's figure); ``k_schedule``: K per epoch, one line per distinct schedule.
+    over seeds; the paper's figure); ``k_schedule``: K per epoch, one line per distinct schedule;
+    ``pareto_front``, for a study: its trials and front (``study_views.pareto_figure``).
 
     Args:
         report: from :func:`build_report`.
@@ -75,6 +78,7 @@ def figures(report: Report, registry: Registry) -> dict[str, Any]:
             "per-layer synaptic operations (mean over seeds)",
         ),
         "k_schedule": _k_figure(Figure(figsize=(7, 4.5)), curves),
+        **({} if report.study is None else {"pareto_front": pareto_figure(Figure(figsize=(7, 5)), report.study)}),
     }
 
 

@@ -19,11 +19,12 @@ A trial's path, from claim to FINISHED::
 
 The claim returns the run's new attempt, the fence token every later write carries. While the body
 runs, a background thread refreshes the heartbeat; SIGTERM becomes :class:`Terminated`, an
-interrupt. On the way out the run is closed once: KILLED for Ctrl-C or SIGTERM, FAILED (with the
-traceback) for any other error, FINISHED otherwise. If another worker took the run over (this
-process was paused past its heartbeat), every write is refused with :class:`RunFencedError`; the
-heartbeat thread notices first, :meth:`ClaimedRun.check` stops training at the next step, and
-nothing more is written for the run.
+interrupt. On the way out the run is closed once: KILLED for Ctrl-C or SIGTERM, PRUNED when a
+tuner's pruner stopped it after an epoch (``sink.RunPruned``), FAILED (with the traceback) for any
+other error, FINISHED otherwise. If another worker took the run over (this process was paused past
+its heartbeat), every write is refused with :class:`RunFencedError`; the heartbeat thread notices
+first, :meth:`ClaimedRun.check` stops training at the next step, and nothing more is written for
+the run.
 
 Order matters for a new run: the registry is opened (and proven writable) by the caller, and the
 data and model are built before a run row exists, so a bad registry, missing data or an impossible
@@ -52,6 +53,7 @@ from imloss_cli.registry import (
     FAILED,
     FINISHED,
     KILLED,
+    PRUNED,
     Claim,
     NewRun,
     Registry,
@@ -63,7 +65,7 @@ from imloss_cli.train.distributed import DistEnv, process_group
 from imloss_cli.train.environment import code_version, environment, git_state
 from imloss_cli.train.loop import Trainer
 from imloss_cli.train.placement import resolve_device
-from imloss_cli.train.sink import Callbacks, EpochRecord, LocalRun, RunSink, RunStart
+from imloss_cli.train.sink import Callbacks, EpochRecord, LocalRun, RunPruned, RunSink, RunStart
 
 HEARTBEAT_S = 30.0
 """Seconds between a training run's heartbeats (``--heartbeat``); LOST after a few missed ones."""
@@ -125,15 +127,22 @@ class ClaimedRun:
             self._fenced = e
 
     def close(self, error: BaseException) -> None:
-        """End the run after ``error``: KILLED for an interrupt, FAILED otherwise (never after a takeover)."""
+        """End the run after ``error``: KILLED for an interrupt, PRUNED when a tuner's pruner stopped it
+        (:class:`~imloss_cli.train.sink.RunPruned`), FAILED otherwise (never after a takeover)."""
         if isinstance(error, RunFencedError):
             return
-        fields: dict[str, Any] = (
-            {"error_type": "KeyboardInterrupt", "error_message": "interrupted"}
-            if isinstance(error, KeyboardInterrupt)
-            else {"error_type": type(error).__name__, "error_message": str(error), "traceback": traceback.format_exc()}
-        )
-        status = KILLED if isinstance(error, KeyboardInterrupt) else FAILED
+        fields: dict[str, Any]
+        if isinstance(error, KeyboardInterrupt):
+            status, fields = KILLED, {"error_type": "KeyboardInterrupt", "error_message": "interrupted"}
+        elif isinstance(error, RunPruned):  # an outcome, not a failure: the reason, no traceback
+            status, fields = PRUNED, {"error_type": type(error).__name__, "error_message": str(error)}
+        else:
+            status = FAILED
+            fields = {
+                "error_type": type(error).__name__,
+                "error_message": str(error),
+                "traceback": traceback.format_exc(),
+            }
         # A takeover or a broken database while closing must not hide the error that ended the run.
         with contextlib.suppress(RegistryError):
             self.registry.finish_run(self.run_id, status, attempt=self.attempt, **fields)
@@ -206,7 +215,7 @@ def claimed_run(
     Raises:
         RunClaimedError: another live process holds the run. RegistryError: it cannot be claimed.
         RunFencedError: the run was taken over while the body ran (nothing more was written).
-        Whatever the body raised, after the run was closed as KILLED or FAILED.
+        Whatever the body raised, after the run was closed as KILLED, PRUNED or FAILED.
     """
     git = git_state()
     claim = Claim(

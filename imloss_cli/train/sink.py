@@ -48,9 +48,19 @@ class RunStart:
     first_epoch: int
 
 
+class RunPruned(Exception):
+    """Raised by a front end's ``on_epoch`` to stop the run after that epoch, its epochs and
+    checkpoints kept: a tuner's pruner judged the run not worth finishing. A claimed run ends as
+    PRUNED (``lifecycle.ClaimedRun.close``), with this message as the reason."""
+
+
 @dataclass(frozen=True)
 class Callbacks:
-    """What a front end wants to hear about while a run trains (each None: not interested)."""
+    """What a front end wants to hear about while a run trains (each None: not interested).
+
+    ``on_epoch`` runs after the epoch's record is stored and its checkpoint promoted; it may raise
+    :class:`RunPruned` to end the run there.
+    """
 
     on_start: Callable[[RunStart], None] | None = None
     on_step: StepCallback | None = None
