@@ -421,3 +421,23 @@ def test_a_study_on_postgresql_keeps_optunas_tables_in_a_schema_of_their_own(
         create_engine(postgres_url).dispose()
         with postgres_admin.connect() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema}_optuna CASCADE")
+
+
+@pytest.mark.slow
+def test_a_studys_report_selects_on_validation_and_compares_with_its_baseline_trial(
+    study_recipe: Path, workdir: Path
+) -> None:
+    quick = ["--set", "train.max_steps_per_epoch=2", "--set", "train.max_eval_batches=1"]
+    code, out = tune(str(study_recipe), *SPACE, *TWO_OBJECTIVES, *quick, "--baseline", "--trials", "2")
+    assert code == 0, out
+    reg = Registry("runs/imloss.db")
+    runs = {trial_number(r.fingerprint): r for r in reg.list_runs()}
+    assert (runs[0].recipe["loss"]["im_weight"], runs[0].recipe["optim"]["lr"]) == (2.0, 0.1)  # the recipe's own
+
+    result = runner.invoke(app, ["report", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["select"] == "best-val"  # what the study selected on, not the test set
+    assert report["baseline"] == "loss.im_weight=2.0, optim.lr=0.1"
+    given = runner.invoke(app, ["report", "--format", "json", "--select", "best"])
+    assert json.loads(given.stdout)["select"] == "best"

@@ -302,8 +302,12 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="markdown, csv, latex, json or html")] = "markdown",
     metric: Annotated[str, typer.Option(help="metric to compare")] = "test_acc",
     select: Annotated[
-        str, typer.Option(help="best: best test epoch (optimistic); best-val: best validation epoch; last: the last")
-    ] = "best",
+        str | None,
+        typer.Option(
+            help="best: best test epoch (optimistic); best-val: best validation epoch; last: the last "
+            "(default: best-val for a study of imloss tune, best otherwise)"
+        ),
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="write to this file instead of stdout")] = None,
     plots: Annotated[Path | None, typer.Option(help="also write the PNG figures into this directory")] = None,
     e_mac: Annotated[float | None, typer.Option("--e-mac", help=energy_help("e_mac_pj"), show_default=False)] = None,

@@ -41,7 +41,7 @@ from .selection import (
     runs_frame,
     select_runs,
 )
-from .study import StudyReport, study_section
+from .study import StudyReport, is_study, study_section
 from .text import _interval_text, subset_text
 
 FORMATS: tuple[str, ...] = ("markdown", "csv", "latex", "json", "html")
@@ -146,7 +146,7 @@ def build_report(
     last: bool = False,
     recipe_name: str | None = None,
     metric: str = "test_acc",
-    select: str = "best",
+    select: str | None = None,
     energy: EnergyConfig | None = None,
     paper: bool = False,
     baseline: Sequence[str] | None = None,
@@ -163,10 +163,13 @@ def build_report(
         recipe_name: keep runs whose recipe ``name`` is this (within the group if one is given).
         metric: an epoch metric name, e.g. "test_acc", "test_loss", "mean_firing_rate".
         select: "best" = each run's best epoch for the metric (lowest for losses, "im" and the
-            operation counts, highest otherwise); "last" = each run's last logged epoch.
+            operation counts, highest otherwise); "best-val" = each run's best validation epoch;
+            "last" = each run's last logged epoch. None: "best-val" for a study's trials (what the
+            study selected on), "best" otherwise.
         energy: the energy constants; None: the defaults of ``EnergyConfig``.
         baseline: ``["FIELD=VALUE", ...]`` naming the configuration the others are compared with;
-            None: the first row (the smallest ablated values).
+            None: a study's baseline trial (``imloss tune --baseline``), else the first row (the
+            smallest ablated values).
 
     Returns:
         The report; with neither ``group``, ``last`` nor ``recipe_name`` it covers the latest
@@ -176,11 +179,12 @@ def build_report(
         ReportError: bad ``select``, both ``group`` and ``last``, unknown group, no finished
             runs in the selection, or a metric none of the selected runs logged.
     """
-    if select not in SELECTIONS:
+    if select is not None and select not in SELECTIONS:
         raise ReportError(f"unknown selection {select!r}; use one of: {', '.join(SELECTIONS)}")
     energy = energy if energy is not None else EnergyConfig()
     # 1. select: the runs, their configurations
     title, where, members = select_runs(registry, group=group, last=last, recipe_name=recipe_name)
+    select = select or ("best-val" if is_study(members) else "best")
     finished, warnings = finished_runs(members, where)
     configs, varying = configurations(finished)
     runs = runs_frame(finished, configs)
@@ -196,7 +200,7 @@ def build_report(
     table, compared = _aggregate(runs, configs, varying, metric)
     valid = runs.dropna(subset=[metric])
     warnings += _scored_on(table, valid, metric)
-    base = choose_baseline(table, varying, baseline)
+    base = choose_baseline(table, varying, baseline, _baseline_trial_row(study, runs, table))
     significant = compare_configurations(table, valid, compared, base)
     for c in compared:
         table[c] = [_interval_text(*v, c) for v in zip(table[f"{c}_mean"], table[f"{c}_ci_low"], table[f"{c}_ci_high"],
@@ -239,6 +243,16 @@ def build_report(
         baseline=base if len(table) > 1 else None,
         notes=notes,
     )
+
+
+def _baseline_trial_row(study: StudyReport | None, runs: pd.DataFrame, table: pd.DataFrame) -> int | None:
+    """The table row of a study's baseline trial (the recipe's own values), if it has a finished one."""
+    if study is None or not study.trials["baseline"].any():
+        return None
+    run_id = study.trials.loc[study.trials["baseline"], "run_id"].iloc[0]
+    hashes = runs.loc[runs["run_id"] == run_id, "config_hash"].tolist()
+    rows = [i for i, h in enumerate(table["config_hash"]) if hashes and h == hashes[0]]
+    return rows[0] if rows else None
 
 
 def _selection_rule(metric: str, select: str) -> str:

@@ -28,11 +28,23 @@ class Baseline:
 
     row: int
     label: str
-    how: str  # "given" (--baseline) or "default" (the smallest ablated value: the table's first row)
+    how: str  # "given" (--baseline), "default" (the table's first row) or "study" (its baseline trial)
+
+    @property
+    def reason(self) -> str:
+        """How the row was chosen, in words."""
+        return {
+            "given": "chosen with --baseline",
+            "default": "the smallest ablated values",
+            "study": "the recipe's own values: the study's baseline trial",
+        }[self.how]
 
 
-def choose_baseline(table: pd.DataFrame, varying: list[str], wanted: Sequence[str] | None) -> Baseline:
-    """The row ``wanted`` names (``["loss.im_weight=0", ...]``), or the first row (smallest ablated values).
+def choose_baseline(
+    table: pd.DataFrame, varying: list[str], wanted: Sequence[str] | None, study_row: int | None = None
+) -> Baseline:
+    """The row ``wanted`` names (``["loss.im_weight=0", ...]``); else ``study_row`` (a study's baseline
+    trial); else the first row (smallest ablated values).
 
     Raises:
         ReportError: a key that is not an ablated field, a value no row has, or a choice that
@@ -40,7 +52,9 @@ def choose_baseline(table: pd.DataFrame, varying: list[str], wanted: Sequence[st
     """
     labels = table["config"].tolist() if "config" in table else [str(i) for i in range(len(table))]
     if not wanted:
-        return Baseline(0, labels[0], "default")
+        return (
+            Baseline(0, labels[0], "default") if study_row is None else Baseline(study_row, labels[study_row], "study")
+        )
     keep = pd.Series(True, index=table.index)
     for item in wanted:
         key, eq, value = item.partition("=")
@@ -121,7 +135,7 @@ def conclusion(
     unit_text = {"%": " pp", "": ""}.get(unit, f" {unit}")
     lines = [
         f"Tested: every configuration against the baseline {baseline.label} "
-        f"({'chosen with --baseline' if baseline.how == 'given' else 'the smallest ablated values'}), on {metric} "
+        f"({baseline.reason}), on {metric} "
         f"at {selection_rule}: a paired t-test by seed where both rows have the same seeds, Welch's t-test "
         f"otherwise; intervals are 95% Student's t; p-values adjusted for {others} comparison"
         f"{'s' if others > 1 else ''} (Holm), significant below {ALPHA}.",

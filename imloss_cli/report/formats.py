@@ -162,9 +162,7 @@ EFFICIENCY_CAPTION = "Differences to the baseline in operations and energy per i
 def _baseline_text(report: Report) -> str:
     if report.baseline is None:
         return "none: one configuration"
-    return report.baseline.label + (
-        " (--baseline)" if report.baseline.how == "given" else ", the smallest ablated values"
-    )
+    return f"{report.baseline.label}, {report.baseline.reason}"
 
 
 def _machine_table(report: Report) -> pd.DataFrame:

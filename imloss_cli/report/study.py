@@ -59,12 +59,16 @@ class StudyReport:
         return [p.field for p in self.spec.params]
 
 
+def is_study(members: Sequence[RunInfo]) -> bool:
+    """``members`` are the trials of one study (``imloss tune``)."""
+    return bool(members) and len({r.group_id for r in members}) == 1 and all(r.kind == "tune" for r in members)
+
+
 def study_section(registry: Registry, members: Sequence[RunInfo]) -> tuple[StudyReport | None, list[str]]:
     """The study section of a report over ``members`` and its warnings; (None, []) unless they are one study's runs."""
-    groups = {r.group_id for r in members}
-    if not members or len(groups) != 1 or any(r.kind != "tune" for r in members):
+    if not is_study(members):
         return None, []
-    group = registry.get_group(str(groups.pop()))
+    group = registry.get_group(str(members[0].group_id))
     try:
         spec = StudySpec.from_record(group.axes)
     except RecipeError as e:

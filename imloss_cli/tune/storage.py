@@ -20,6 +20,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import make_url
+
 from imloss_cli.registry import Registry
 
 from .errors import TuneError
@@ -62,7 +64,15 @@ def where(registry: Registry) -> str:
     if registry.path is not None:
         path = journal_path(registry.path)
         return f"{path} (optuna-dashboard {path})"
-    return f"schema *_{SCHEMA_SUFFIX} of {registry.url} (optuna-dashboard URL?options=-csearch_path=SCHEMA)"
+    url = registry.side_schema_url(SCHEMA_SUFFIX, create=False) if registry.url.startswith("postgresql") else None
+    if url is None:
+        return f"nowhere yet: no study beside {registry.url}"
+    schema = make_url(url).query["options"].removeprefix("-csearch_path=")
+    shown = f"{registry.url}{'&' if '?' in registry.url else '?'}options=-csearch_path={schema}"
+    return (
+        f"schema {schema} beside {registry.url} (optuna-dashboard '{shown}', *** being the password, "
+        "or a URL without it and the password in ~/.pgpass)"
+    )
 
 
 def storage_for(registry: Registry, *, create: bool) -> optuna.storages.BaseStorage | None:
