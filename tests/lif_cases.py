@@ -5,11 +5,16 @@ Shared by the eager/compiled kernels (test_neuron.py) and the Triton kernels (te
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from dataclasses import replace
 
+import pytest
 import torch
 from torch.testing import assert_close
 
+from imloss_cli.snn import triton_lif
 from imloss_cli.snn.neuron import LIFKernels, MultiStepLIFFunction
 from imloss_cli.snn.params import LIFParams
 from imloss_cli.snn.reference import lif_naive
@@ -185,3 +190,22 @@ def assert_bf16_forward_follows_the_precision_rule(kernels: LIFKernels) -> None:
     assert not torch.allclose(v_sum, v.float().sum(0), rtol=1e-6, atol=1e-6)  # not the sum of bf16 copies
     s_bf16_state, _ = bf16_spikes_by_hand(x, torch.bfloat16)
     assert int((s_bf16_state != s_ref).sum()) > 0  # the rule decides spikes on this input
+
+
+@contextlib.contextmanager
+def interpreted_triton() -> Iterator[None]:
+    """The Triton LIF kernels on this CPU (TRITON_INTERPRET=1); skips the test where they cannot run."""
+    if not triton_lif.triton_available():
+        pytest.skip("triton is not installed (it ships with CUDA builds of torch)")
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    triton_lif._jit.cache_clear()
+    try:
+        try:
+            triton_lif.lif_forward_triton(torch.zeros(1, 2), LIFParams(0.25, 0.5))
+        except Exception as e:  # the interpreter needs a numpy and triton that agree; say why not
+            pytest.skip(f"TRITON_INTERPRET=1 cannot run here: {type(e).__name__}: {e}")
+        yield
+    finally:
+        os.environ.pop("TRITON_INTERPRET") if before is None else os.environ.update(TRITON_INTERPRET=before)
+        triton_lif._jit.cache_clear()

@@ -128,11 +128,18 @@ def test_a_failing_trial_is_reported_and_the_group_goes_on(tiny_recipe: Path, re
     assert statuses == ["FAILED", "FINISHED"]
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A shell that runs pytest in the background (nohup, `&` in a script) starts it with SIGINT
+    # ignored, which children inherit and Python then keeps: give the child Ctrl-C's default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_process(recipe: Path, registry: str, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "imloss_cli", "train", str(recipe), "--registry", registry, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
 
 

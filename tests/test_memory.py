@@ -17,16 +17,17 @@ from typer.testing import CliRunner
 from imloss_cli.cli.app import app
 from imloss_cli.recipe import Recipe, load_recipe
 from imloss_cli.registry import Registry
-from imloss_cli.snn import spike_bits, triton_lif
+from imloss_cli.snn import spike_bits
 from imloss_cli.snn.memory import LowMemoryNet, use_low_memory
 from imloss_cli.snn.models import BasicBlock, Folded, build_model
 from imloss_cli.snn.mpbn import MembraneBNLIF
 from imloss_cli.snn.neuron import set_surrogate_k, spiking_layers
-from imloss_cli.snn.params import LIFParams
 from imloss_cli.snn.spike_bits import mark_spikes, pack_bits, unpack_bits
 from imloss_cli.train.loop import Trainer
 from imloss_cli.train.objective import StepLoss, im_layers, input_layers, loss_step
 from imloss_cli.train.sink import LocalRun
+
+from .lif_cases import interpreted_triton
 
 TIMING = {"train_seconds", "epoch_seconds"}
 SHAPES = {"convnet3": (1, 8), "resnet19": (3, 16), "resnet19-tet": (3, 16), "resnet34": (3, 32), "vgg16": (3, 32)}
@@ -137,26 +138,13 @@ def test_frame_sequences_recompute_the_stems_norm_and_lif_too() -> None:
 
 
 @pytest.fixture
-def interpreted_triton() -> Iterator[None]:
-    """The Triton LIF kernels on this CPU (TRITON_INTERPRET=1), as tests/test_triton_lif.py runs them."""
-    if not triton_lif.triton_available():
-        pytest.skip("triton is not installed (it ships with CUDA builds of torch)")
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    triton_lif._jit.cache_clear()
-    try:
-        try:
-            triton_lif.lif_forward_triton(torch.zeros(1, 2), LIFParams(0.25, 0.5))
-        except Exception as e:
-            pytest.skip(f"TRITON_INTERPRET=1 cannot run here: {type(e).__name__}: {e}")
+def interpreted_kernels() -> Iterator[None]:
+    with interpreted_triton():
         yield
-    finally:
-        os.environ.pop("TRITON_INTERPRET") if before is None else os.environ.update(TRITON_INTERPRET=before)
-        triton_lif._jit.cache_clear()
 
 
 @pytest.mark.parametrize("arch", ["resnet19", "convnet3"])
-def test_a_low_memory_step_equals_the_default_step_on_the_triton_kernels(arch: str, interpreted_triton: None) -> None:
+def test_a_low_memory_step_equals_the_default_step_on_the_triton_kernels(arch: str, interpreted_kernels: None) -> None:
     _assert_low_step_equals_the_default_step(_recipe(arch, {}), "triton", side=8)  # the interpreter runs numpy
 
 

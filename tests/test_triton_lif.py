@@ -8,7 +8,6 @@ runs every program in numpy.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 
@@ -31,6 +30,7 @@ from .lif_cases import (
     bf16_layer_input,
     bf16_spikes_by_hand,
     im_share_of_the_input_gradient,
+    interpreted_triton,
     lif_input,
     lif_params,
 )
@@ -38,20 +38,8 @@ from .lif_cases import (
 
 @pytest.fixture(scope="module", autouse=True)
 def interpreted_kernels() -> Iterator[None]:
-    if not triton_lif.triton_available():
-        pytest.skip("triton is not installed (it ships with CUDA builds of torch)")
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    triton_lif._jit.cache_clear()
-    try:
-        triton_lif.lif_forward_triton(torch.zeros(1, 2), lif_params())
-    except Exception as e:  # the interpreter needs a numpy and triton that agree; say why not
-        os.environ.pop("TRITON_INTERPRET") if before is None else os.environ.update(TRITON_INTERPRET=before)
-        triton_lif._jit.cache_clear()
-        pytest.skip(f"TRITON_INTERPRET=1 cannot run here: {type(e).__name__}: {e}")
-    yield
-    os.environ.pop("TRITON_INTERPRET") if before is None else os.environ.update(TRITON_INTERPRET=before)
-    triton_lif._jit.cache_clear()
+    with interpreted_triton():
+        yield
 
 
 def _triton3(x: torch.Tensor, k: float, reset: str, detach_reset: bool) -> tuple[torch.Tensor, ...]:

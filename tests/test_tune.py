@@ -441,3 +441,21 @@ def test_a_studys_report_selects_on_validation_and_compares_with_its_baseline_tr
     assert report["baseline"] == "loss.im_weight=2.0, optim.lr=0.1"
     given = runner.invoke(app, ["report", "--format", "json", "--select", "best"])
     assert json.loads(given.stdout)["select"] == "best"
+
+
+def test_a_trials_label_host_and_error_from_the_registry_print_as_text_not_markup() -> None:
+    from rich.console import Console
+
+    from imloss_cli.cli.tune import TuneView
+    from imloss_cli.registry import FAILED
+    from imloss_cli.tune.worker import TrialOutcome
+
+    console = Console(record=True, width=300, color_system=None)
+    view = TuneView(console)
+    hostile = TrialOutcome(
+        3, "a" * 12, FAILED, {"data.root": "[/x]"}, error="[bold]boom[/]", elsewhere="[red]h (pid 1)"
+    )
+    view.outcome(hostile)
+    view.waiting([hostile])
+    text = console.export_text()
+    assert "root=[/x]" in text and ": [bold]boom[/]" in text and "on [red]h (pid 1)" in text, text

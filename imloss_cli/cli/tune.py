@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
 from imloss_cli.cli.common import (
     DEFAULT_REGISTRY,
@@ -21,7 +19,7 @@ from imloss_cli.cli.common import (
     load,
     open_registry,
 )
-from imloss_cli.cli.views import TrainDisplay
+from imloss_cli.cli.views import WorkerView
 from imloss_cli.registry import DIVERGED, FAILED, FINISHED, INVALID, KILLED, LOST, PRUNED, SKIPPED
 
 if TYPE_CHECKING:
@@ -99,19 +97,9 @@ def _study_report(registry: Any, group_id: str) -> str:
         return f"no report: {e}"
 
 
-class TuneView:
-    """Progress of a study: a header per trial trained here, its epochs, each trial's outcome, a summary."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.display = TrainDisplay(console)
-
-    def __enter__(self) -> TuneView:
-        self.display.__enter__()
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.display.__exit__(et, ev, tb)
+class TuneView(WorkerView):
+    """Progress of a study: a header per trial trained here, its epochs, each trial's outcome, a summary.
+    Labels, hosts and errors come from the registry: printed as text, never as markup."""
 
     def options(self, **options: Any) -> TuneOptions:
         """The worker's options with this view's progress hooks."""
@@ -123,39 +111,36 @@ class TuneView:
         )  # fmt: skip
 
     def trial(self, number: int, total: int, label: str, run_id: str) -> Callbacks:
-        self.console.print(f"[bold]trial {number}[/] ({total} in the study)  {label}  run {run_id}", highlight=False)
+        self.console.print(
+            f"[bold]trial {number}[/] ({total} in the study)  {escape(label)}  run {escape(run_id)}", highlight=False
+        )
         return self.display.callbacks()
 
     def outcome(self, o: TrialOutcome) -> None:
-        where = f" on {o.elsewhere}" if o.elsewhere else ""
-        head = f"trial {o.number}  {o.label}"
-        values = "  ".join(f"{k} {v:.4g}" for k, v in o.values.items())
+        where = f" on {escape(o.elsewhere)}" if o.elsewhere else ""
+        head = f"trial {o.number}  {escape(o.label)}"
+        values = "  ".join(f"{escape(k)} {v:.4g}" for k, v in o.values.items())
+        error = escape(str(o.error))
         if o.status in (FAILED, KILLED, LOST):
             self.console.print(
-                f"[bold red]{o.status}[/]{where}  {head}  run {o.run_id}: {o.error}", highlight=False, soft_wrap=True
-            )
+                f"[bold red]{o.status}[/]{where}  {head}  run {escape(str(o.run_id))}: {error}", highlight=False,
+                soft_wrap=True,
+            )  # fmt: skip
         elif o.status in (DIVERGED, INVALID):
-            self.console.print(f"[yellow]{o.status.lower()}[/]{where}  {head}: {o.error}", highlight=False)
+            self.console.print(f"[yellow]{o.status.lower()}[/]{where}  {head}: {error}", highlight=False)
         elif o.status == PRUNED:
-            self.console.print(f"[yellow]pruned[/]{where}  {head}: {o.error}", highlight=False)
+            self.console.print(f"[yellow]pruned[/]{where}  {head}: {error}", highlight=False)
         elif o.status == SKIPPED:
             self.console.print(f"[dim]told before[/]  {head}  {values}", highlight=False)
         elif o.status == FINISHED:
             self.console.print(f"[green]finished[/]{where}  {head}  {values}", highlight=False)
 
-    def taken_over(self, error: Exception) -> None:
-        self.console.print(str(error), style="yellow", markup=False, highlight=False, soft_wrap=True)
-
-    def job_failed(self, log: Path, code: int) -> None:
-        self.console.print(
-            f"a worker process exited with code {code}; its output is in {log}", style="yellow", markup=False,
-            highlight=False, soft_wrap=True,
-        )  # fmt: skip
-
     def waiting(self, running: list[TrialOutcome]) -> None:
         self.console.print(f"waiting for {len(running)} trial(s) running elsewhere:", highlight=False)
         for o in running:
-            self.console.print(f"  trial {o.number}  {o.label}  run {o.run_id}  on {o.elsewhere}", highlight=False)
+            self.console.print(
+                f"  trial {o.number}  {o.label}  run {o.run_id}  on {o.elsewhere}", highlight=False, markup=False
+            )
 
     def summary(self, result: TuneResult, report: str) -> None:
         """The outcome counts, the study's report (its front) and where Optuna's record lives."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pandas as pd
 from rich.console import Console
@@ -153,14 +153,15 @@ def _cell(value: object, floats: str) -> str:
     return str(value)
 
 
-class AblationView:
-    """Progress of an ablation: a header per trial, its epochs, its outcome at once, a summary."""
+class WorkerView:
+    """What every worker's view shows (an ablation's, a study's): each trial's epochs, a takeover,
+    a ``--jobs`` process that failed."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.display = TrainDisplay(console)
 
-    def __enter__(self) -> AblationView:
+    def __enter__(self) -> Self:
         self.display.__enter__()
         return self
 
@@ -170,6 +171,21 @@ class AblationView:
     def stop(self) -> None:
         """Take the progress bar off the screen now (before an error message is printed)."""
         self.display.stop()
+
+    def taken_over(self, error: Exception) -> None:
+        """A trial this worker trained was taken over by another worker (this one had been paused)."""
+        self.console.print(str(error), style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    def job_failed(self, log: Path, code: int) -> None:
+        """A ``--jobs`` worker ended in an error of its own; its trials are left to the others."""
+        self.console.print(
+            f"a worker process exited with code {code}; its output is in {log}", style="yellow", markup=False,
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+
+
+class AblationView(WorkerView):
+    """Progress of an ablation: a header per trial, its epochs, its outcome at once, a summary."""
 
     def work_options(self, **options: Any) -> WorkOptions:
         """The worker's options with this view's progress hooks."""
@@ -201,17 +217,6 @@ class AblationView:
         elif outcome.status == FINISHED:
             acc = f"  test accuracy {outcome.test_acc:.4f}" if outcome.test_acc is not None else ""
             self.console.print(f"[green]finished[/]{where}  {label}{acc}", highlight=False)
-
-    def taken_over(self, error: Exception) -> None:
-        """A trial this worker trained was taken over by another worker (this one had been paused)."""
-        self.console.print(str(error), style="yellow", markup=False, highlight=False, soft_wrap=True)
-
-    def job_failed(self, log: Path, code: int) -> None:
-        """A ``--jobs`` worker ended in an error of its own; its trials are left to the others."""
-        self.console.print(
-            f"a worker process exited with code {code}; its output is in {log}", style="yellow", markup=False,
-            highlight=False, soft_wrap=True,
-        )  # fmt: skip
 
     def waiting(self, running: list[TrialOutcome]) -> None:
         """Nothing left to claim: the trials this worker waits for, and who holds them."""
